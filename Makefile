@@ -1,0 +1,24 @@
+# Every target creates .venv and installs the project into it when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUDGET ?= 3.1M
+
+.PHONY: search test docs bench clean-venv
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+search: $(VENV)/.installed
+	$(VENV)/bin/nas search --budget $(BUDGET)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+docs: $(VENV)/.installed
+	$(PY) -m nas.docs
+
+clean-venv:
+	rm -rf $(VENV)

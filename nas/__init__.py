@@ -1,0 +1,1 @@
+"""qkvnas: neural-architecture search over the QKV embeddings of tiny vision transformers."""

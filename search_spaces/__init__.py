@@ -1,0 +1,1 @@
+"""What can be searched, and how a point of a search space becomes a model."""

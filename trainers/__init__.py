@@ -1,0 +1,1 @@
+"""How any model is trained and evaluated: datasets, recipes, the engine, checkpoints."""
