@@ -1,6 +1,8 @@
 """Named architectures: the timm baselines and the paper's three QKV structures on XCiT-N12."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from search_spaces.arch import ArchConfig, QKVConfig
 from search_spaces.errors import UsageError
 
@@ -31,3 +33,33 @@ def get_preset(name: str) -> ArchConfig:
         return PRESETS[name]
     except KeyError:
         raise UsageError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)} or a path to arch.json") from None
+
+
+# Fewest tokens per side a preset's own patch size may leave before the dataset's patch size is used instead.
+MIN_TOKEN_GRID = 7
+
+
+def load_arch(spec: str) -> ArchConfig:
+    """A preset name, or the path of an arch JSON file (as `nas search` writes them)."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    path = Path(spec)
+    if spec.endswith(".json") or path.exists():
+        if not path.is_file():
+            raise UsageError(f"architecture file {spec}: not found; expected a preset ({', '.join(PRESETS)}) "
+                             "or an existing arch.json")
+        return ArchConfig.from_json(path.read_text())
+    return get_preset(spec)
+
+
+def fit_patch_size(arch: ArchConfig, img_size: int, dataset_patch_size: int, patch_size: int | None = None) -> ArchConfig:
+    """Give `arch` the patch size its images need: an explicit one, else the dataset's when the arch's does not fit.
+
+    Presets are written for 224 px ImageNet (patch 16); on 8 px digits that would leave no token, so a
+    preset meets a small dataset through the patch size the dataset declares (2 for 8 px, 4 for 32 px).
+    """
+    if patch_size is not None:
+        return arch.replace(patch_size=patch_size)
+    if img_size % arch.patch_size == 0 and img_size // arch.patch_size >= MIN_TOKEN_GRID:
+        return arch
+    return arch.replace(patch_size=dataset_patch_size)
