@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 docs: $(VENV)/.installed
-	$(PY) -m nas.docs
+	$(VENV)/bin/nas presets --markdown > docs/presets.md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from search_spaces.errors import UsageError
@@ -32,10 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nas", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nas", description="qkvnas: search how tiny vision transformers compute their queries, "
+                                             "keys and values, under a hard parameter budget.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for name, (module_name, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue
         sub = commands.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
         add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments

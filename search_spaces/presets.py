@@ -48,7 +48,10 @@ def load_arch(spec: str) -> ArchConfig:
         if not path.is_file():
             raise UsageError(f"architecture file {spec}: not found; expected a preset ({', '.join(PRESETS)}) "
                              "or an existing arch.json")
-        return ArchConfig.from_json(path.read_text())
+        try:
+            return ArchConfig.from_json(path.read_text())
+        except UsageError as error:
+            raise UsageError(f"{spec}: {error}") from None
     return get_preset(spec)
 
 

@@ -1,0 +1,39 @@
+"""Parameter budgets as people write them: 3.1M, 3100000, 3.1e6, 750K, 750k, 0.5m."""
+from __future__ import annotations
+
+import math
+import re
+
+from search_spaces.errors import UsageError
+
+SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
+BUDGET_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
+
+
+def parse_budget(text: str, what: str = "budget") -> int:
+    """'3.1M' -> 3100000. Anything else than a positive count with an optional K/M/G suffix is a UsageError."""
+    match = BUDGET_PATTERN.match(str(text))
+    if not match:
+        raise UsageError(f"{what} {text!r}: expected a positive count such as 3.1M, 750K, 3100000 or 3.1e6")
+    value = float(match.group(1)) * SUFFIXES[match.group(2).lower()]
+    if not math.isfinite(value) or value < 1:
+        raise UsageError(f"{what} {text!r}: expected a positive count of at least 1, such as 3.1M")
+    return int(round(value))
+
+
+def format_count(count: float) -> str:
+    """3053224 -> '3.05M'; for tables and messages."""
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return f"{count:g}"
+
+
+def budget_argument(text: str) -> int:
+    """argparse `type=` for budgets: a bad one is reported by argparse as one line with exit code 2."""
+    import argparse
+
+    try:
+        return parse_budget(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

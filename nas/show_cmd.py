@@ -1,0 +1,121 @@
+"""`nas show results/<run>`: a run's settings, progress, best trials and front; `nas show`: every run listed."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from nas.budget import format_count
+from nas.pareto import SCORE, pareto_front, scored_trials
+from nas.pareto_cmd import Run, find_run, read_run
+from search_spaces.errors import UsageError
+
+SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size", "num_classes", "in_chans",
+                  "trials", "epochs", "seed", "started", "finished")
+TRIAL_COLUMNS = ("trial_id", "state", "structure", "params", "flops", SCORE, "epochs", "seconds")
+
+
+def format_seconds(seconds: float) -> str:
+    """7384 -> '2h03m'; 75 -> '1m15s'."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def trials_text(trials: pd.DataFrame) -> str:
+    """Trials as an aligned table with readable units (params in K/M, GFLOPs, accuracy in %)."""
+    shown = trials[[name for name in TRIAL_COLUMNS if name in trials.columns]].copy()
+    formats = {
+        "params": format_count,
+        "flops": lambda flops: f"{flops / 1e9:.3f}G",
+        SCORE: lambda accuracy: f"{accuracy * 100:.2f}%",
+        "epochs": lambda epochs: f"{epochs:g}",
+        "seconds": format_seconds,
+    }
+    for name, format_value in formats.items():
+        if name in shown:
+            shown[name] = [("" if pd.isna(value) else format_value(value)) for value in shown[name]]
+    return shown.to_string(index=False)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
+
+
+def run_summary(run: Run, top: int) -> str:
+    """The terminal summary of one run."""
+    table = run.table
+    settings = {key: run.settings[key] for key in SETTINGS_SHOWN if run.settings.get(key) is not None}
+    if "budget" in settings:
+        settings["budget"] = f"{format_count(settings['budget'])} params"
+    if "max_flops" in settings:
+        settings["max_flops"] = f"{settings['max_flops'] / 1e9:.3g} GFLOPs"
+    lines = [f"run {run.path}"]
+    lines += [f"  {key:<12} {value}" for key, value in settings.items()]
+    counts = table["state"].fillna("unknown").value_counts()
+    lines.append(f"trials: {len(table)} ({', '.join(f'{n} {state}' for state, n in counts.items()) or 'none yet'})")
+    trial_seconds = table["seconds"].sum() if "seconds" in table else 0.0
+    wall = run.settings.get("seconds")
+    lines.append(f"time: {format_seconds(wall) + ' wall, ' if wall is not None else ''}"
+                 f"{format_seconds(trial_seconds)} summed over trials")
+    scored = scored_trials(table)
+    if scored.empty:
+        lines.append("no trial has a validation accuracy yet")
+        return "\n".join(lines)
+    best = scored.sort_values([SCORE, "params", "trial_id"], ascending=[False, True, True], kind="stable")
+    lines += [f"top {min(top, len(best))} by {SCORE}:", _indent(trials_text(best.head(top)))]
+    front = pareto_front(table, ["params"])
+    lines += [f"Pareto front over params ({len(front)} of {len(scored)} scored trials):",
+              _indent(trials_text(front))]
+    winner = best.iloc[0]
+    if isinstance(winner.get("arch"), str):
+        from search_spaces.arch import ArchConfig
+
+        lines.append(f"best: trial {winner['trial_id']} {ArchConfig.from_json(winner['arch']).summary()}")
+    return "\n".join(lines)
+
+
+def runs_overview(results_dir: Path) -> str:
+    """One row per run folder under `results_dir`: its settings and best figures."""
+    if not results_dir.is_dir():
+        raise UsageError(f"results folder {results_dir}: not found; expected the folder `nas search` writes "
+                         "runs into (set it with --results-dir)")
+    rows = []
+    for folder in sorted(path for path in results_dir.iterdir() if (path / "trials.csv").is_file()):
+        try:
+            run = read_run(folder)
+        except UsageError as error:
+            rows.append({"run": folder.name, "note": f"unreadable: {error}"})
+            continue
+        table = run.table
+        scored = scored_trials(table)
+        budget = run.settings.get("budget")
+        row = {"run": run.name, "dataset": run.settings.get("dataset", ""),
+               "budget": format_count(budget) if budget is not None else "",
+               "trials done": int((table["state"] != "running").sum()), "best val_acc": "", "its params": ""}
+        if not scored.empty:
+            best = scored.sort_values([SCORE, "params"], ascending=[False, True], kind="stable").iloc[0]
+            row.update({"best val_acc": f"{best[SCORE] * 100:.2f}%", "its params": format_count(best["params"])})
+        rows.append(row)
+    if not rows:
+        return f"no runs under {results_dir}/ yet (a run is a folder with trials.csv, written by `nas search`)"
+    return pd.DataFrame(rows).fillna("").to_string(index=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", help="run folder (results/<run>) or a run name; omit to list the runs")
+    parser.add_argument("--results-dir", default="results", help="where runs are listed from (default results)")
+    parser.add_argument("--top", type=int, default=5, help="how many of the best trials to show (default 5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UsageError(f"--top {args.top}: expected a positive number of trials")
+    results_dir = Path(args.results_dir)
+    if args.run is None:
+        print(runs_overview(results_dir))
+    else:
+        print(run_summary(read_run(find_run(args.run, results_dir)), args.top))
+    return 0

@@ -1,0 +1,45 @@
+"""Exact parameter counts on the meta device and FLOPs from torch.utils.flop_counter."""
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from search_spaces.arch import ArchConfig, QKVConfig
+from search_spaces.build import build_model
+from search_spaces.cost import count_flops, count_params
+from search_spaces.presets import PRESETS
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_meta_count_equals_a_real_build(name):
+    real = build_model(PRESETS[name], num_classes=100, img_size=224)
+    assert count_params(PRESETS[name], num_classes=100, img_size=224) == sum(p.numel() for p in real.parameters())
+
+
+def test_counts_match_timm_and_papers():
+    assert count_params(PRESETS["xcit-n12"]) == 3_053_224
+    assert count_params(PRESETS["deit-tiny"]) == 5_717_416
+    # timm lists xcit_nano_12_p16_224 at 0.56 GMACs; the flop counter counts 2 FLOPs per multiply-add.
+    assert count_flops(PRESETS["xcit-n12"]) / 2e9 == pytest.approx(0.56, abs=0.01)
+    assert count_flops(PRESETS["deit-tiny"]) / 2e9 == pytest.approx(1.26, abs=0.01)
+
+
+def test_meta_flops_equal_flops_of_a_real_forward():
+    arch = PRESETS["xcit-n12-fsne"].replace(depth=2, patch_size=4)
+    model = build_model(arch, num_classes=10, img_size=32).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert count_flops(arch, num_classes=10, img_size=32) == counter.get_total_flops()
+
+
+def test_qkv_structure_changes_the_count_by_its_own_weights():
+    dim, depth = 128, 12
+    base = count_params(PRESETS["xcit-n12"])
+    # SNE: each target gets C->C and C->C with biases, replacing one C->3C linear.
+    sne_qkv = 3 * 2 * (dim * dim + dim)
+    assert count_params(PRESETS["xcit-n12-sne"]) - base == depth * (sne_qkv - (3 * dim * dim + 3 * dim))
+    # F-SNE with m=8: one shared C->C (+8 code columns), one shared C->C, 3 codes of 8.
+    fsne_qkv = (dim * dim + 8 * dim + dim) + (dim * dim + dim) + 3 * 8
+    assert count_params(PRESETS["xcit-n12-fsne"]) - base == depth * (fsne_qkv - (3 * dim * dim + 3 * dim))
+
