@@ -30,13 +30,14 @@ class Axis:
 
     label: str
     scale: float
+    unit: str
     limit_name: str
 
 
 AXES: dict[str, Axis] = {
-    "params": Axis("parameters (M)", 1e-6, "budget"),
-    "flops": Axis("GFLOPs per image (2 per multiply-add)", 1e-9, "FLOPs cap"),
-    "latency_ms": Axis("latency at batch 1 (ms)", 1.0, "latency cap"),
+    "params": Axis("parameters (M)", 1e-6, "M params", "budget"),
+    "flops": Axis("GFLOPs per image (2 per multiply-add)", 1e-9, "GFLOPs", "FLOPs cap"),
+    "latency_ms": Axis("latency at batch 1 (ms)", 1.0, "ms", "latency cap"),
 }
 
 
@@ -112,7 +113,7 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    axis = AXES.get(cost, Axis(cost, 1.0, "limit"))
+    axis = AXES.get(cost, Axis(cost, 1.0, "", "limit"))
     trials = scored_trials(table).dropna(subset=[cost])
     figure = Figure(figsize=(8.5, 5.0), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -141,7 +142,7 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
     if budget is not None:
         ax.axvline(budget * axis.scale, color="#d62728", ls="--", lw=1.2, zorder=1)
         handles.append(Line2D([], [], color="#d62728", ls="--",
-                              label=f"{axis.limit_name} {budget * axis.scale:.3g}"))
+                              label=f"{axis.limit_name} {budget * axis.scale:.3g} {axis.unit}"))
     if references is not None and len(references) and cost in references:
         ax.scatter(references[cost] * axis.scale, references[SCORE] * 100, marker="*", s=160, color="black",
                    zorder=5)

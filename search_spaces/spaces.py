@@ -1,0 +1,122 @@
+"""Named search spaces: Optuna define-by-run functions `space(trial, patch_size) -> ArchConfig`.
+
+A space is ordinary Python: conditional choices are plain `if`s. `trial` is anything with Optuna's
+`suggest_*` methods (this module never imports Optuna). `patch_size` is the one the dataset's images need.
+A space may carry `initial_points`: parameter dicts the searcher tries first (e.g. the paper's grid).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from search_spaces.arch import ArchConfig, QKVConfig
+from search_spaces.errors import UsageError
+
+
+class Trial(Protocol):
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any: ...
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int: ...
+
+
+Space = Callable[[Trial, int], ArchConfig]
+
+MEMBER_CHOICES = ["qkv", "qk", "qv", "kv", "q", "k", "v"]
+BLOCK_CHOICES = ["all", "first_half", "second_half", "alternate"]
+
+
+def block_subset(choice: str, depth: int) -> tuple[int, ...] | None:
+    """Which blocks get the embedding: all, the first or second half, or every other block."""
+    half = max(1, depth // 2)
+    subsets = {
+        "all": None,
+        "first_half": tuple(range(half)),
+        "second_half": tuple(range(depth - half, depth)),
+        "alternate": tuple(range(0, depth, 2)),
+    }
+    return subsets[choice]
+
+
+def qkv_space(trial: Trial, patch_size: int) -> ArchConfig:
+    """The QKV embedding together with XCiT's width, depth, heads and MLP ratio."""
+    embed_dim = trial.suggest_categorical("embed_dim", [64, 96, 128, 160, 192])
+    depth = trial.suggest_int("depth", 4, 12, step=2)
+    num_heads = trial.suggest_categorical("num_heads", [2, 4, 8])
+    mlp_ratio = trial.suggest_categorical("mlp_ratio", [2.0, 3.0, 4.0])
+    num_layers = trial.suggest_int("qkv_num_layers", 1, 3)
+    if num_layers == 1:
+        qkv = QKVConfig(layers=("separate",))
+    else:
+        layers = tuple(trial.suggest_categorical(f"qkv_layer{i}", ["separate", "shared"]) for i in range(num_layers))
+        hidden_ratio = trial.suggest_categorical("qkv_hidden_ratio", [0.5, 1.0, 1.5, 2.0])
+        activation = trial.suggest_categorical("qkv_activation", ["relu", "gelu"])
+        code_size = 0
+        if layers[-1] == "shared":
+            code_size = trial.suggest_categorical("qkv_code_size", [4, 8, 16, 32])
+        elif "shared" in layers:
+            code_size = trial.suggest_categorical("qkv_code_size_optional", [0, 4, 8, 16, 32])
+        members = trial.suggest_categorical("qkv_members", MEMBER_CHOICES)
+        blocks = block_subset(trial.suggest_categorical("qkv_blocks", BLOCK_CHOICES), depth)
+        qkv = QKVConfig(layers=layers, hidden_ratio=hidden_ratio, activation=activation, code_size=code_size,
+                        members=members, blocks=blocks)
+    return ArchConfig(backbone="xcit", embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                      patch_size=patch_size, qkv=qkv)
+
+
+PAPER_STRUCTURES = {
+    "linear": ("separate",),
+    "SNE": ("separate", "separate"),
+    "P-SNE": ("shared", "separate"),
+    "F-SNE": ("shared", "shared"),
+}
+PAPER_CODE_SIZES = [4, 8, 16, 32]
+
+
+def paper_space(trial: Trial, patch_size: int) -> ArchConfig:
+    """XCiT-N12 fixed; only the paper's structures (linear, SNE, P-SNE, F-SNE with codes 4/8/16/32)."""
+    structure = trial.suggest_categorical("structure", list(PAPER_STRUCTURES))
+    layers = PAPER_STRUCTURES[structure]
+    code_size = trial.suggest_categorical("code_size", PAPER_CODE_SIZES) if layers[-1] == "shared" else 0
+    qkv = QKVConfig(layers=layers, activation="relu", code_size=code_size)
+    return ArchConfig(backbone="xcit", embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, patch_size=patch_size,
+                      qkv=qkv)
+
+
+paper_space.initial_points = (  # type: ignore[attr-defined]
+    [{"structure": name} for name in ("linear", "SNE", "P-SNE")]
+    + [{"structure": "F-SNE", "code_size": size} for size in PAPER_CODE_SIZES])
+
+SPACES: dict[str, Space] = {"qkv": qkv_space, "paper": paper_space}
+
+
+def load_space(spec: str) -> Space:
+    """A named space, or `path/to/file.py:function` for a user's own."""
+    if spec in SPACES:
+        return SPACES[spec]
+    if ":" not in spec:
+        raise UsageError(f"unknown space {spec!r}: expected one of {', '.join(SPACES)} or path/to/file.py:function")
+    path_text, function_name = spec.rsplit(":", 1)
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"space file {path_text}: not found; expected path/to/file.py:function")
+    module_spec = importlib.util.spec_from_file_location(f"user_space_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # a user's file: any error it raises is theirs to read
+        raise UsageError(f"space file {path_text} failed to load ({type(error).__name__}: {error})") from None
+    space = getattr(module, function_name, None)
+    if not callable(space):
+        raise UsageError(f"space file {path_text} has no function {function_name!r}: expected def "
+                         f"{function_name}(trial, patch_size) -> ArchConfig")
+    return space
+
+
+def draw(space: Space, trial: Trial, patch_size: int) -> ArchConfig:
+    """One point of `space`; a space returning anything but an ArchConfig is the user's error, named clearly."""
+    arch = space(trial, patch_size)
+    if not isinstance(arch, ArchConfig):
+        raise UsageError(f"space {getattr(space, '__name__', space)!r} returned {type(arch).__name__}: "
+                         "expected an ArchConfig")
+    return arch

@@ -1,0 +1,545 @@
+"""Dataset registry: small files in each dataset's real on-disk format, read through the real code.
+
+Where torchvision can read the same files (with its MD5 check off: the checksums are of the real
+archives), the tests check that both readers see the same images and labels.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import struct
+import time
+import urllib.error
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torchvision.datasets
+from PIL import Image
+
+from search_spaces.errors import UsageError
+from trainers import data
+from trainers.data import FileImageDataset, FileSplit, TensorSplit, dataset_names, load_dataset
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes `bytes` as Python 2 `str` opcodes, as the original CIFAR files (cPickle, Python 2) hold them.
+
+    Read back with encoding="latin1" (torchvision) they are `str`; with encoding="bytes" (the CIFAR
+    website's snippet) they are `bytes`: the same as the real files.
+    """
+
+    def save_bytes(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+
+def _write_python2_pickle(path: Path, content: dict) -> None:
+    with open(path, "wb") as pickle_file:
+        _Python2Pickler(pickle_file, protocol=2).dump(content)
+
+
+def _image_key(image: torch.Tensor) -> bytes:
+    return hashlib.sha1(image.contiguous().numpy().tobytes()).digest()
+
+
+def _keys(split: TensorSplit) -> Counter:
+    return Counter((_image_key(image), int(label)) for image, label in zip(split.images, split.labels))
+
+
+def _class_counts(split) -> Counter:
+    return Counter(int(label) for label in split.labels)
+
+
+def _skip_md5(monkeypatch: pytest.MonkeyPatch, module) -> None:
+    """torchvision checks existing files against the real archives' MD5s; fake files can only exist-check."""
+    monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+def write_cifar10(root: Path, per_class: int = 2, test_per_class: int = 2) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(1, 6):
+        labels = [i % 10 for i in range(10 * per_class)]
+        _write_python2_pickle(folder / f"data_batch_{index}", {
+            b"batch_label": f"training batch {index} of 5".encode(),
+            b"labels": labels,
+            b"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8),
+            b"filenames": [f"img_{index}_{i}.png".encode() for i in range(len(labels))],
+        })
+    test_labels = [i % 10 for i in range(10 * test_per_class)]
+    _write_python2_pickle(folder / "test_batch", {
+        b"batch_label": b"testing batch 1 of 1", b"labels": test_labels,
+        b"data": rng.integers(0, 256, (len(test_labels), 3072), dtype=np.uint8),
+        b"filenames": [f"test_{i}.png".encode() for i in range(len(test_labels))],
+    })
+    _write_python2_pickle(folder / "batches.meta", {
+        b"num_cases_per_batch": 10 * per_class, b"label_names": [name.encode() for name in CIFAR10_NAMES],
+        b"num_vis": 3072})
+    return root
+
+
+def write_cifar100(root: Path, per_class: int = 2) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for part, count in (("train", 100 * per_class), ("test", 100)):
+        fine = [i % 100 for i in range(count)]
+        _write_python2_pickle(folder / part, {
+            b"filenames": [f"{part}_{i}.png".encode() for i in range(count)], b"batch_label": f"{part} batch".encode(),
+            b"fine_labels": fine, b"coarse_labels": [label // 5 for label in fine],
+            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+        })
+    _write_python2_pickle(folder / "meta", {
+        b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)]})
+    return root
+
+
+def _stl10_images(count: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, 3, 96, 96) images whose top row is white and whose pixels elsewhere are below 255."""
+    images = rng.integers(0, 255, (count, 3, 96, 96), dtype=np.uint8)
+    images[:, :, 0, :] = 255
+    return images
+
+
+def write_stl10(root: Path, per_class: int = 4, test_per_class: int = 2) -> tuple[Path, dict[str, np.ndarray]]:
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    arrays = {}
+    for part, count in (("train", 10 * per_class), ("test", 10 * test_per_class)):
+        images, labels = _stl10_images(count, rng), np.arange(count) % 10
+        # the real files store each channel column-major: transposing H and W, then writing in C order
+        (folder / f"{part}_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())
+        (folder / f"{part}_y.bin").write_bytes((labels + 1).astype(np.uint8).tobytes())
+        arrays[part], arrays[f"{part}_labels"] = images, labels
+    (folder / "class_names.txt").write_text("\n".join(
+        ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]) + "\n")
+    return root, arrays
+
+
+def _write_jpeg(path: Path, size: tuple[int, int], seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG")
+
+
+def _write_cars_annotations(path: Path, rows: list[tuple[str, int]]) -> None:
+    """A 1xN struct array `annotations`, fields as in the devkit's cars_train_annos.mat (class is 1-based)."""
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    annotations = np.empty((1, len(rows)), dtype=[(field, object) for field in fields])
+    for index, (fname, label) in enumerate(rows):
+        annotations[0, index] = (np.uint8(2), np.uint8(3), np.uint16(30), np.uint16(20), np.uint8(label), fname)
+    scipy.io.savemat(path, {"annotations": annotations})
+
+
+def write_stanford_cars(root: Path, train_per_class: int = 3, test_per_class: int = 2) -> Path:
+    base = root / "stanford_cars"
+    (base / "devkit").mkdir(parents=True)
+    class_names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi TTS Coupe 2012"]
+    scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array([class_names], dtype=object)})
+    for part, per_class, annotations_path in (
+            ("train", train_per_class, base / "devkit" / "cars_train_annos.mat"),
+            ("test", test_per_class, base / "cars_test_annos_withlabels.mat")):
+        rows = [(f"{index + 1:05d}.jpg", index % 3 + 1) for index in range(3 * per_class)]
+        for index, (fname, _) in enumerate(rows):
+            _write_jpeg(base / f"cars_{part}" / fname, (24 + index, 16), seed=index)
+        _write_cars_annotations(annotations_path, rows)
+    return root
+
+
+def write_image_folders(root: Path, test_name: str | None = "val", per_class: int = 6) -> Path:
+    """train/<class>/ with JPEGs, a grayscale PNG, one corrupt .JPEG and a stray text file; test as asked."""
+    for class_index, class_name in enumerate(("n02", "n01", "n03")):  # written out of order: labels must sort
+        for index in range(per_class):
+            extension = ".JPEG" if index % 2 else ".jpeg"
+            _write_jpeg(root / "train" / class_name / f"{class_name}_{index}{extension}", (20, 12), seed=index)
+        if test_name is not None:
+            for index in range(2):
+                _write_jpeg(root / test_name / class_name / f"{class_name}_val_{index}.JPEG", (18, 14), seed=99 + index)
+    Image.fromarray(np.full((10, 10), 128, np.uint8), mode="L").save(root / "train" / "n01" / "gray.png")
+    (root / "train" / "n02" / "broken.JPEG").write_bytes(b"this is not a JPEG")
+    (root / "train" / "n02" / "notes.txt").write_text("not an image")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    return root
+
+
+# --- registry --------------------------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_descriptions():
+    assert dataset_names() == ["digits", "cifar10", "cifar100", "stl10", "stanford_cars", "imagenet", "folder",
+                               "synthetic"]
+    for name, entry in data.DATASETS.items():
+        assert entry.name == name
+        assert entry.description and "\n" not in entry.description
+
+
+def test_unknown_dataset_lists_the_names():
+    with pytest.raises(UsageError, match=r"'mnist'.*digits, cifar10, cifar100, stl10"):
+        load_dataset("mnist")
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"val_fraction": 0.0}, "val_fraction=0.0"), ({"val_fraction": 1.0}, "val_fraction=1.0"),
+    ({"train_fraction": 0.0}, "train_fraction=0.0"), ({"train_fraction": 1.5}, "train_fraction=1.5"),
+    ({"classes": 1}, "classes=1"), ({"classes": 11}, "classes=11: dataset digits has only 10"),
+    ({"img_size": 0}, "img_size=0"), ({"seed": -1}, "seed=-1"),
+])
+def test_bad_arguments_are_one_line_usage_errors(kwargs, expected):
+    with pytest.raises(UsageError, match=expected) as error:
+        load_dataset("digits", **kwargs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "stanford_cars", "imagenet", "folder"])
+def test_file_datasets_need_a_data_dir(name):
+    with pytest.raises(UsageError, match=f"dataset {name} reads files: pass --data-dir"):
+        load_dataset(name)
+
+
+# --- digits ---------------------------------------------------------------------------------------------------
+
+
+def test_digits_splits_partition_sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    expected = Counter((hashlib.sha1(np.rint(image * 255 / 16).astype(np.uint8)[None].tobytes()).digest(), int(label))
+                       for image, label in zip(digits.images, digits.target))
+    splits = load_dataset("digits")
+    assert splits.info.num_classes == 10 and splits.info.in_chans == 1
+    assert splits.info.img_size == 8 and splits.info.patch_size == 2
+    for split in (splits.train, splits.val, splits.test):
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+        assert split.images.shape[1:] == (1, 8, 8) and split.images.is_contiguous()
+    assert int(splits.train.images.max()) == 255
+    # the three splits together are the dataset, each image exactly once: disjoint and complete
+    assert _keys(splits.train) + _keys(splits.val) + _keys(splits.test) == expected
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 1797
+
+
+def test_digits_without_the_bundled_csv_falls_back_to_load_digits(monkeypatch):
+    fast = load_dataset("digits")
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    slow = load_dataset("digits")
+    assert torch.equal(fast.train.images, slow.train.images) and torch.equal(fast.test.labels, slow.test.labels)
+
+
+def test_digits_loads_fast():
+    start = time.perf_counter()
+    load_dataset("digits", seed=3)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_digits_splits_are_stratified():
+    splits = load_dataset("digits")
+    train, val, test = _class_counts(splits.train), _class_counts(splits.val), _class_counts(splits.test)
+    for label in range(10):
+        total = train[label] + val[label] + test[label]
+        assert abs(test[label] - 0.2 * total) <= 1
+        assert abs(val[label] - 0.1 * (train[label] + val[label])) <= 1
+
+
+def test_digits_seed_moves_val_but_never_test():
+    first, again, other = load_dataset("digits", seed=0), load_dataset("digits", seed=0), load_dataset("digits", seed=1)
+    assert torch.equal(first.val.images, again.val.images) and torch.equal(first.train.labels, again.train.labels)
+    assert torch.equal(first.test.images, other.test.images) and torch.equal(first.test.labels, other.test.labels)
+    assert _keys(first.val) != _keys(other.val)
+    assert _keys(first.train) + _keys(first.val) == _keys(other.train) + _keys(other.val)
+
+
+def test_train_fraction_subsets_train_and_leaves_val_alone():
+    full, half = load_dataset("digits", seed=5), load_dataset("digits", seed=5, train_fraction=0.5)
+    assert torch.equal(full.val.images, half.val.images) and torch.equal(full.test.images, half.test.images)
+    assert not _keys(half.train) - _keys(full.train)
+    full_counts, half_counts = _class_counts(full.train), _class_counts(half.train)
+    for label in range(10):
+        assert abs(half_counts[label] - 0.5 * full_counts[label]) <= 1
+    assert _keys(load_dataset("digits", seed=5, train_fraction=0.5).train) == _keys(half.train)
+
+
+def test_img_size_resizes_tensor_splits_once():
+    native, resized = load_dataset("digits"), load_dataset("digits", img_size=16)
+    assert resized.info.img_size == 16 and resized.info.patch_size == 4
+    for split in (resized.train, resized.val, resized.test):
+        assert split.images.shape[1:] == (1, 16, 16) and split.images.dtype == torch.uint8
+        assert split.images.is_contiguous()
+    assert torch.equal(native.train.labels, resized.train.labels)
+    # bilinear upsampling keeps each image's brightness: mean within a couple of grey levels
+    mean_gap = (native.train.images.float().mean((1, 2, 3)) - resized.train.images.float().mean((1, 2, 3))).abs()
+    assert float(mean_gap.max()) < 3.0
+
+
+def test_classes_keeps_the_first_k_in_every_split():
+    splits = load_dataset("digits", classes=3)
+    assert splits.info.num_classes == 3 and splits.info.class_names == ("0", "1", "2")
+    full = load_dataset("digits")
+    for kept, whole in ((splits.train, full.train), (splits.val, full.val), (splits.test, full.test)):
+        assert set(kept.labels.tolist()) == {0, 1, 2}
+        assert _keys(kept) == Counter({key: n for key, n in _keys(whole).items() if key[1] < 3})
+
+
+# --- CIFAR-10 / CIFAR-100 -------------------------------------------------------------------------------------------
+
+
+def test_cifar10_reads_torchvision_layout_like_torchvision(tmp_path, monkeypatch):
+    root = write_cifar10(tmp_path)
+    splits = load_dataset("cifar10", root)
+    assert splits.info.num_classes == 10 and splits.info.img_size == 32 and splits.info.patch_size == 4
+    assert splits.info.class_names == tuple(CIFAR10_NAMES)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (90, 10, 20)
+    assert splits.train.images.shape[1:] == (3, 32, 32) and splits.train.images.dtype == torch.uint8
+    assert _class_counts(splits.val) == Counter({label: 1 for label in range(10)})
+
+    _skip_md5(monkeypatch, torchvision.datasets.cifar)
+    reference_train = torchvision.datasets.CIFAR10(str(root), train=True)
+    reference_test = torchvision.datasets.CIFAR10(str(root), train=False)
+    as_split = lambda ref: TensorSplit(torch.from_numpy(ref.data).permute(0, 3, 1, 2), torch.tensor(ref.targets))
+    assert torch.equal(splits.test.images, as_split(reference_test).images)
+    assert splits.test.labels.tolist() == reference_test.targets
+    assert _keys(splits.train) + _keys(splits.val) == _keys(as_split(reference_train))
+    assert not set(_keys(splits.train)) & set(_keys(splits.val))
+    assert not set(_keys(splits.val)) & set(_keys(splits.test))
+
+
+def test_cifar100_fine_labels_and_classes_proxy(tmp_path, monkeypatch):
+    root = write_cifar100(tmp_path)
+    splits = load_dataset("cifar100", root)
+    assert splits.info.num_classes == 100 and splits.info.class_names[:2] == ("fine_0", "fine_1")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 100, 100)
+    _skip_md5(monkeypatch, torchvision.datasets.cifar)
+    reference = torchvision.datasets.CIFAR100(str(root), train=False)
+    assert splits.test.labels.tolist() == reference.targets
+    assert torch.equal(splits.test.images, torch.from_numpy(reference.data).permute(0, 3, 1, 2))
+
+    subset = load_dataset("cifar100", root, classes=5, img_size=16)
+    assert subset.info.num_classes == 5 and subset.info.class_names == tuple(f"fine_{i}" for i in range(5))
+    assert subset.info.img_size == 16 and subset.train.images.shape[1:] == (3, 16, 16)
+    for split in (subset.train, subset.val, subset.test):
+        assert set(split.labels.tolist()) == set(range(5))
+    assert (len(subset.train), len(subset.val), len(subset.test)) == (5, 5, 5)
+
+
+def test_cifar_missing_or_malformed_files_name_the_path(tmp_path):
+    with pytest.raises(UsageError, match=f"data dir {tmp_path}: no CIFAR-10 batches found; expected {tmp_path}/"
+                                         r"cifar-10-batches-py/data_batch_1\.\.5 and test_batch .*--download"):
+        load_dataset("cifar10", tmp_path)
+    root = write_cifar10(tmp_path / "partial")
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(UsageError, match="missing cifar-10-batches-py/data_batch_3"):
+        load_dataset("cifar10", root)
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(UsageError, match=f"{root}/cifar-10-batches-py/data_batch_3: not a readable CIFAR pickle"):
+        load_dataset("cifar10", root)
+
+
+def test_cifar_download_goes_through_torchvision_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_cifar10(root, download):
+        calls.append((root, download))
+        write_cifar10(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    with pytest.raises(UsageError):
+        load_dataset("cifar10", tmp_path)
+    assert not calls
+    assert len(load_dataset("cifar10", tmp_path, download=True).test) == 20
+    load_dataset("cifar10", tmp_path, download=True)
+    assert calls == [(str(tmp_path), True)]  # files present: no second download
+
+    def offline(root, download):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(UsageError, match=f"data dir {tmp_path}: downloading CIFAR-100 failed"):
+        load_dataset("cifar100", tmp_path, download=True)
+
+
+# --- STL-10 -----------------------------------------------------------------------------------------------------
+
+
+def test_stl10_reads_column_major_binaries_like_torchvision(tmp_path, monkeypatch):
+    root, arrays = write_stl10(tmp_path)
+    splits = load_dataset("stl10", root)
+    assert splits.info.num_classes == 10 and splits.info.img_size == 96 and splits.info.patch_size == 8
+    assert splits.info.class_names[2] == "car"
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 20)
+    assert torch.equal(splits.test.images, torch.from_numpy(arrays["test"]))
+    assert splits.test.labels.tolist() == arrays["test_labels"].tolist()  # 1-based in the file, 0-based here
+    top_row, left_column = splits.train.images[:, :, 0, :], splits.train.images[:, :, :, 0]
+    assert bool((top_row == 255).all()) and not bool((left_column == 255).all())
+    whole = TensorSplit(torch.from_numpy(arrays["train"]), torch.from_numpy(arrays["train_labels"]))
+    assert _keys(splits.train) + _keys(splits.val) == _keys(whole)
+
+    _skip_md5(monkeypatch, torchvision.datasets.stl10)
+    (root / "stl10_binary" / "unlabeled_X.bin").touch()  # torchvision wants it even for "test"; we do not read it
+    reference = torchvision.datasets.STL10(str(root), split="test")
+    assert torch.equal(splits.test.images, torch.from_numpy(reference.data))
+    assert splits.test.labels.tolist() == reference.labels.tolist()
+
+
+def test_stl10_malformed_files_are_usage_errors(tmp_path):
+    root, _ = write_stl10(tmp_path)
+    images_path = root / "stl10_binary" / "train_X.bin"
+    images_path.write_bytes(images_path.read_bytes()[:-7])
+    with pytest.raises(UsageError, match=f"{images_path}: expected 40 images"):
+        load_dataset("stl10", root)
+    (root / "stl10_binary" / "test_y.bin").unlink()
+    with pytest.raises(UsageError, match=f"data dir {root}: missing stl10_binary/test_y.bin"):
+        load_dataset("stl10", root)
+
+
+# --- Stanford Cars -----------------------------------------------------------------------------------------------
+
+
+def test_stanford_cars_devkit_like_torchvision(tmp_path):
+    root = write_stanford_cars(tmp_path)
+    splits = load_dataset("stanford_cars", root)
+    assert isinstance(splits.train, FileSplit) and isinstance(splits.test, FileSplit)
+    assert splits.info.num_classes == 3 and splits.info.img_size == 224 and splits.info.patch_size == 16
+    assert splits.info.class_names[1] == "Acura RL Sedan 2012"
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 6)
+    for split_name in ("train", "test"):
+        reference = torchvision.datasets.StanfordCars(str(root), split=split_name, loader=str)
+        expected = [reference[index] for index in range(len(reference))]
+        if split_name == "test":
+            assert list(zip(splits.test.paths, splits.test.labels)) == expected
+        else:
+            ours = list(zip(splits.train.paths, splits.train.labels)) + list(zip(splits.val.paths, splits.val.labels))
+            assert sorted(ours) == sorted(expected)
+            assert not set(splits.train.paths) & set(splits.val.paths)
+    image, label = FileImageDataset(splits.test)[1]
+    assert image.mode == "RGB" and image.size == (25, 16) and label == 1
+
+
+def test_stanford_cars_missing_parts_name_the_path(tmp_path):
+    root = write_stanford_cars(tmp_path)
+    (root / "stanford_cars" / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(UsageError, match=f"data dir {root}: missing stanford_cars/cars_test_annos_withlabels.mat"):
+        load_dataset("stanford_cars", root)
+    (root / "stanford_cars" / "devkit" / "cars_train_annos.mat").write_bytes(b"garbage")
+    _write_cars_annotations(root / "stanford_cars" / "devkit" / "cars_test_annos_withlabels.mat", [("00001.jpg", 1)])
+    with pytest.raises(UsageError, match="cars_train_annos.mat: expected a MATLAB file"):
+        load_dataset("stanford_cars", root)
+
+
+# --- ImageNet and class folders ------------------------------------------------------------------------------------
+
+
+def test_imagenet_folders_skip_unreadable_images_with_one_warning(tmp_path):
+    root = write_image_folders(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_dataset("imagenet", root)
+    assert [str(w.message) for w in caught] == [f"skipped 1 unreadable images under {root / 'train'}"]
+    assert splits.info.class_names == ("n01", "n02", "n03") and splits.info.num_classes == 3
+    assert splits.info.img_size == 224 and splits.info.in_chans == 3
+    # 6 images per class plus n01's grayscale PNG; val/ is the test split, validation is carved from train/
+    assert len(splits.train) + len(splits.val) == 19 and len(splits.test) == 6
+    assert _class_counts(splits.val) == Counter({0: 1, 1: 1, 2: 1})
+    assert not set(splits.train.paths) & set(splits.val.paths)
+    for split in (splits.train, splits.val, splits.test):
+        for path, label in zip(split.paths, split.labels):
+            assert Path(path).parent.name == splits.info.class_names[label]
+            assert Path(path).suffix.lower() in (".jpeg", ".png") and "broken" not in path
+    assert all("/val/" in path for path in splits.test.paths)
+    gray = next(index for index, path in enumerate(splits.train.paths + splits.val.paths) if path.endswith("gray.png"))
+    image, label = FileImageDataset(FileSplit(splits.train.paths + splits.val.paths,
+                                              splits.train.labels + splits.val.labels))[gray]
+    assert image.mode == "RGB" and image.size == (10, 10) and label == 0
+
+
+def test_image_folder_proxies_record_size_and_keep_classes(tmp_path):
+    root = write_image_folders(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        native = load_dataset("imagenet", root, seed=2)
+        proxy = load_dataset("imagenet", root, seed=2, img_size=64, classes=2, train_fraction=0.5)
+    assert proxy.info.img_size == 64 and proxy.info.patch_size == 8 and proxy.info.num_classes == 2
+    assert set(proxy.val.paths) == {p for p, label in zip(native.val.paths, native.val.labels) if label < 2}
+    assert set(proxy.train.paths) < set(native.train.paths)
+    assert _class_counts(proxy.train) == Counter({0: 3, 1: 3})  # half of 6 (n01 and its PNG) and of 5, rounded up
+    assert set(proxy.test.labels) == {0, 1} and len(proxy.test) == 4
+    transform = lambda image: torch.tensor(image.size)
+    assert FileImageDataset(proxy.test, transform)[0][0].tolist() == [18, 14]
+
+
+def test_folder_test_split_is_optional_and_matched_by_class_name(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        without_test = load_dataset("folder", write_image_folders(tmp_path / "a", test_name=None))
+        assert without_test.test is None and without_test.info.name == "folder"
+        root = write_image_folders(tmp_path / "b", test_name="test")
+        for path in (root / "test" / "n01").iterdir():
+            path.unlink()
+        (root / "test" / "n01").rmdir()
+        with_test = load_dataset("folder", root)
+        assert sorted(set(with_test.test.labels)) == [1, 2] and len(with_test.test) == 4
+        _write_jpeg(root / "test" / "n99" / "x.jpg", (8, 8), seed=0)
+        with pytest.raises(UsageError, match=f"{root / 'test' / 'n99'}: class 'n99' has no folder under train/"):
+            load_dataset("folder", root)
+
+
+def test_a_class_with_one_image_keeps_it_for_training(tmp_path):
+    root = write_image_folders(tmp_path, test_name=None)
+    _write_jpeg(root / "train" / "n04" / "only.jpg", (8, 8), seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = load_dataset("folder", root, val_fraction=0.5)
+    assert _class_counts(splits.train)[3] == 1 and _class_counts(splits.val)[3] == 0
+    assert _class_counts(splits.val)[0] == 4 and _class_counts(splits.train)[0] == 3  # 7 images, half rounded up
+
+
+def test_image_folder_layout_errors_name_the_path(tmp_path):
+    with pytest.raises(UsageError, match=f"data dir {tmp_path}: no train/ folder; expected {tmp_path}/train/<class>"):
+        load_dataset("imagenet", tmp_path)
+    (tmp_path / "train" / "n01").mkdir(parents=True)
+    with pytest.raises(UsageError, match=f"data dir {tmp_path}: no val/ folder"):
+        load_dataset("imagenet", tmp_path)
+    with pytest.raises(UsageError, match=f"{tmp_path / 'train'}: no readable images .* n01"):
+        load_dataset("folder", tmp_path)
+    _write_jpeg(tmp_path / "train" / "n01" / "a.JPEG", (8, 8), seed=0)
+    _write_jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG", (8, 8), seed=0)  # ILSVRC's val/ comes flat
+    with pytest.raises(UsageError, match=f"data dir {tmp_path}: no class folders under val/; expected {tmp_path}/"
+                                         r"train/<class>/\*\.JPEG and val/<class>/\*\.JPEG"):
+        load_dataset("imagenet", tmp_path)
+
+
+# --- synthetic ------------------------------------------------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_balanced_and_learnable():
+    splits = load_dataset("synthetic", synthetic_train=600, synthetic_classes=6, synthetic_img_size=12)
+    assert splits.info.num_classes == 6 and splits.info.img_size == 12 and splits.info.in_chans == 3
+    assert splits.train.images.shape[1:] == (3, 12, 12) and splits.train.images.dtype == torch.uint8
+    assert (len(splits.train) + len(splits.val), len(splits.test)) == (600, 120)
+    assert set(_class_counts(splits.test).values()) == {20}
+    again = load_dataset("synthetic", synthetic_train=600, synthetic_classes=6, synthetic_img_size=12)
+    assert torch.equal(splits.train.images, again.train.images) and torch.equal(splits.test.images, again.test.images)
+    # nearest class mean, fitted on train, must beat chance (1/6) by far on the held-out test split
+    features = lambda split: split.images.flatten(1).float()
+    means = torch.stack([features(splits.train)[splits.train.labels == label].mean(0) for label in range(6)])
+    predicted = torch.cdist(features(splits.test), means).argmin(1)
+    assert float((predicted == splits.test.labels).float().mean()) > 0.9
+
+
+def test_synthetic_rejects_too_few_images():
+    with pytest.raises(UsageError, match="synthetic_train=5"):
+        load_dataset("synthetic", synthetic_train=5, synthetic_classes=10)

@@ -1,0 +1,309 @@
+"""Checkpoints: safetensors weights, a JSON record, and a safetensors resume state. Never pickle.
+
+A checkpoint named TAG (`last` or `best`) in a directory is up to three files:
+
+    TAG.safetensors         model weights (the state_dict), metadata: format, tag, epoch
+    TAG-state.safetensors   resume state (`last` only): optimizer, EMA, RNG tensors; JSON scalars in metadata
+    TAG.json                the record: arch, recipe, dataset info, seed, epoch, step, history, versions
+
+Each file is written to a temporary name and moved into place with os.replace; the JSON goes last, and
+every file carries the epoch, so a write cut short is detected on load instead of resuming from a mix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from search_spaces.arch import ArchConfig
+from search_spaces.errors import UsageError
+from trainers.recipe import Recipe
+
+FORMAT = "qkvnas-checkpoint/1"
+TAGS = ("last", "best")
+
+
+def checkpoint_files(directory: Path, tag: str) -> tuple[Path, Path, Path]:
+    """(weights, resume state, record) paths of checkpoint `tag` in `directory`."""
+    directory = Path(directory)
+    return directory / f"{tag}.safetensors", directory / f"{tag}-state.safetensors", directory / f"{tag}.json"
+
+
+def existing_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files already in `directory` (empty when it holds none or does not exist)."""
+    return [path for tag in TAGS for path in checkpoint_files(directory, tag) if path.exists()]
+
+
+def library_versions() -> dict[str, str]:
+    import safetensors
+    import timm
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+                "safetensors": safetensors.__version__, "numpy": np.__version__}
+    try:
+        versions["qkvnas"] = metadata.version("qkvnas")
+    except metadata.PackageNotFoundError:
+        versions["qkvnas"] = "not installed"
+    return versions
+
+
+def checkpoint_record(*, epoch: int, step: int, seed: int, recipe: Recipe, dataset: Any, arch: ArchConfig | None,
+                      history: list[dict[str, Any]], best_val_acc: float, scored_weights: str) -> dict[str, Any]:
+    """The JSON record of a checkpoint. `dataset` is a DatasetInfo; `scored_weights` is 'model' or 'ema'."""
+    return {
+        "format": FORMAT,
+        "epoch": epoch,
+        "step": step,
+        "seed": seed,
+        "arch": None if arch is None else arch.to_dict(),
+        "arch_id": None if arch is None else arch.arch_id,
+        "recipe": recipe.to_dict(),
+        "dataset": dataclasses.asdict(dataset),
+        "best_val_acc": best_val_acc,
+        "weights": scored_weights,
+        "history": history,
+        "versions": library_versions(),
+    }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Clones so that no two entries share storage, which safetensors refuses.
+    return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
+
+
+def save_checkpoint(directory: Path, tag: str, *, weights: dict[str, torch.Tensor], record: dict[str, Any],
+                    state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Path:
+    """Write checkpoint `tag` (weights, optional resume state, record) atomically; returns the weights path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_path, state_path, record_path = checkpoint_files(directory, tag)
+    stamp = {"format": FORMAT, "tag": tag, "epoch": str(record["epoch"])}
+    _atomic_write(weights_path, save_safetensors_bytes(_cpu_tensors(weights), metadata=stamp))
+    if state is not None:
+        tensors, scalars = state
+        state_meta = {**stamp, "resume": json.dumps(scalars)}
+        _atomic_write(state_path, save_safetensors_bytes(_cpu_tensors(tensors), metadata=state_meta))
+    _atomic_write(record_path, (json.dumps(record, indent=1) + "\n").encode())
+    return weights_path
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        data = path.read_bytes()
+        tensors = load_safetensors_bytes(data)
+        header_size = int.from_bytes(data[:8], "little")
+        header_meta = json.loads(data[8:8 + header_size]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OSError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"checkpoint {path}: not a readable safetensors file ({reason}); "
+                         "expected a file written by `nas train`") from None
+    if header_meta.get("format") != FORMAT:
+        raise UsageError(f"checkpoint {path}: format {header_meta.get('format')!r}, expected {FORMAT!r}")
+    return tensors, header_meta
+
+
+def _resolve(path: Path) -> tuple[Path, Path, Path]:
+    path = Path(path)
+    if path.is_dir():
+        return checkpoint_files(path, "last")
+    name = path.name
+    for suffix in ("-state.safetensors", ".safetensors", ".json"):
+        if name.endswith(suffix):
+            return checkpoint_files(path.parent, name[: -len(suffix)])
+    raise UsageError(f"checkpoint {path}: expected a checkpoint directory, TAG.safetensors or TAG.json")
+
+
+def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """One line saying how `found` tensors differ from `expected` ones (names and shapes), or None."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    reshaped = [f"{name} {tuple(found[name].shape)} vs model {tuple(expected[name].shape)}"
+                for name in sorted(set(expected) & set(found)) if found[name].shape != expected[name].shape]
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensors ({listed(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({listed(unexpected)})")
+    if reshaped:
+        parts.append(f"{len(reshaped)} of another shape ({listed(reshaped)})")
+    return "; ".join(parts) or None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk. `state` (tensors) and `state_scalars` are set for a resumable `last`."""
+
+    weights_path: Path
+    weights: dict[str, torch.Tensor]
+    record: dict[str, Any]
+    state: dict[str, torch.Tensor] | None = None
+    state_scalars: dict[str, Any] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self.record["epoch"])
+
+    @property
+    def arch(self) -> ArchConfig | None:
+        return None if self.record.get("arch") is None else ArchConfig.from_dict(self.record["arch"])
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.from_dict(self.record["recipe"])
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.record.get("history", []))
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """Copy the weights into `model`; UsageError naming the file and the mismatch if they do not fit."""
+        mismatch = describe_mismatch(model.state_dict(), self.weights)
+        if mismatch:
+            raise UsageError(f"checkpoint {self.weights_path} does not match the model: {mismatch}")
+        model.load_state_dict(self.weights)
+        return model
+
+    def build_model(self) -> nn.Module:
+        """The model this checkpoint was trained as (its arch at its dataset's classes and image size)."""
+        from search_spaces.build import build_model
+
+        arch = self.arch
+        if arch is None:
+            raise UsageError(f"checkpoint {self.weights_path}: its record holds no architecture to build")
+        dataset = self.record["dataset"]
+        model = build_model(arch, dataset["num_classes"], dataset["img_size"], dataset["in_chans"])
+        return self.load_into(model)
+
+
+def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint (a directory means its `last`); load the weights into `model` if given.
+
+    Corrupt or missing files, files from an interrupted write, and weights that do not fit `model` raise
+    UsageError with one line naming the file and the problem.
+    """
+    weights_path, state_path, record_path = _resolve(Path(path))
+    for required in (record_path, weights_path) + ((state_path,) if with_state else ()):
+        if not required.is_file():
+            raise UsageError(f"checkpoint {required}: not found; expected a checkpoint written by `nas train`")
+    try:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"checkpoint {record_path}: corrupt JSON ({error}); expected a checkpoint record") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "epoch" not in record:
+        raise UsageError(f"checkpoint {record_path}: not a {FORMAT} record")
+    weights, weights_meta = _read_safetensors(weights_path)
+    files = [(weights_path, weights_meta)]
+    state = scalars = None
+    if with_state:
+        state, state_meta = _read_safetensors(state_path)
+        files.append((state_path, state_meta))
+        scalars = json.loads(state_meta["resume"])
+    for file_path, file_meta in files:
+        if file_meta.get("epoch") != str(record["epoch"]):
+            raise UsageError(f"checkpoint {file_path}: holds epoch {file_meta.get('epoch')} but {record_path.name} "
+                             f"says {record['epoch']} (an interrupted write?); expected matching files")
+    checkpoint = Checkpoint(weights_path, weights, record, state, scalars)
+    if model is not None:
+        checkpoint.load_into(model)
+    return checkpoint
+
+
+def _split_tensors(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def pack_resume_state(*, optimizer: torch.optim.Optimizer, scheduler: Any, ema_weights: dict[str, torch.Tensor] | None,
+                      epoch: int, step: int, best_val_acc: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Everything an exact continuation needs, as (tensors, JSON scalars): optimizer, schedule, EMA, RNGs."""
+    tensors: dict[str, torch.Tensor] = {}
+    optimizer_state = optimizer.state_dict()
+    optimizer_scalars: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in optimizer_state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{key}"] = value
+            else:
+                optimizer_scalars.setdefault(str(param_id), {})[key] = value
+    if ema_weights is not None:
+        tensors.update({f"ema.{name}": tensor for name, tensor in ema_weights.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = cuda_state
+    numpy_kind, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(numpy_keys.astype(np.int64))
+    python_version, python_state, python_gauss = random.getstate()
+    tensors["rng.python"] = torch.tensor(python_state, dtype=torch.int64)
+    scalars = {
+        "epoch": epoch,
+        "step": step,
+        "best_val_acc": best_val_acc,
+        "optimizer_param_groups": optimizer_state["param_groups"],
+        "optimizer_scalars": optimizer_scalars,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng_numpy": [numpy_kind, int(numpy_pos), int(numpy_has_gauss), float(numpy_gauss)],
+        "rng_python": [python_version, python_gauss],
+    }
+    return tensors, scalars
+
+
+def restore_resume_state(checkpoint: Checkpoint, *, optimizer: torch.optim.Optimizer, scheduler: Any,
+                         ema_module: nn.Module | None) -> None:
+    """Put the optimizer, schedule, EMA weights and RNGs back as `pack_resume_state` found them."""
+    if checkpoint.state is None or checkpoint.state_scalars is None:
+        raise UsageError(f"checkpoint {checkpoint.weights_path}: has no resume state; expected a `last` checkpoint")
+    tensors, scalars = checkpoint.state, checkpoint.state_scalars
+    param_states: dict[int, dict[str, Any]] = {}
+    for name, tensor in _split_tensors("optimizer.", tensors).items():
+        param_id, key = name.split(".", 1)
+        param_states.setdefault(int(param_id), {})[key] = tensor
+    for param_id, values in scalars["optimizer_scalars"].items():
+        param_states.setdefault(int(param_id), {}).update(values)
+    groups = scalars["optimizer_param_groups"]
+    if [len(group["params"]) for group in groups] != [len(group["params"]) for group in optimizer.param_groups]:
+        raise UsageError(f"checkpoint {checkpoint.weights_path}: its optimizer state does not match this model's "
+                         "parameter groups; expected a checkpoint of the same architecture and recipe")
+    optimizer.load_state_dict({"state": param_states, "param_groups": groups})
+    if scheduler is not None and scalars["scheduler"] is not None:
+        scheduler.load_state_dict(scalars["scheduler"])
+    if ema_module is not None:
+        ema_weights = _split_tensors("ema.", tensors)
+        mismatch = describe_mismatch(ema_module.state_dict(), ema_weights)
+        if mismatch:
+            raise UsageError(f"checkpoint {checkpoint.weights_path}: EMA weights do not match the model: {mismatch}")
+        ema_module.load_state_dict(ema_weights)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+    numpy_kind, numpy_pos, numpy_has_gauss, numpy_gauss = scalars["rng_numpy"]
+    np.random.set_state((numpy_kind, tensors["rng.numpy"].numpy().astype(np.uint32), numpy_pos, numpy_has_gauss,
+                         numpy_gauss))
+    python_version, python_gauss = scalars["rng_python"]
+    random.setstate((python_version, tuple(tensors["rng.python"].tolist()), python_gauss))
