@@ -7,23 +7,37 @@ Papers on ViTs usually print multiply-adds under the name FLOPs: that is `flops 
 from __future__ import annotations
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 
 
+class SkipMetaWrites(TorchFunctionMode):
+    """In-place writes (weight init) to meta tensors have no values to write: skip their slow decompositions."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def meta_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int) -> torch.nn.Module:
+    """The model with every tensor on the meta device: shapes only, built in a few milliseconds."""
+    with torch.device("meta"), SkipMetaWrites():
+        return build_model(arch, num_classes, img_size, in_chans)
+
+
 def count_params(arch: ArchConfig, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3) -> int:
-    with torch.device("meta"):
-        model = build_model(arch, num_classes, img_size, in_chans)
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in meta_model(arch, num_classes, img_size, in_chans).parameters())
 
 
 def count_flops(arch: ArchConfig, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3) -> int:
     """FLOPs of one forward pass on one image, counted on meta tensors (shapes only, no arithmetic)."""
-    with torch.device("meta"):
-        model = build_model(arch, num_classes, img_size, in_chans).eval()
-        image = torch.empty(1, in_chans, img_size, img_size)
+    model = meta_model(arch, num_classes, img_size, in_chans).eval()
+    image = torch.empty(1, in_chans, img_size, img_size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(image)

@@ -158,9 +158,13 @@ def physical_cores() -> int:
 
 
 def configure_threads(device: torch.device, world: Distributed) -> None:
-    """CPU: one intra-op thread per physical core, shared among this machine's ranks; OMP_NUM_THREADS wins."""
+    """CPU: at most one intra-op thread per physical core, shared among this machine's ranks.
+
+    Only ever lowers the count, so a smaller one set by the caller (a search trial's share) or by
+    OMP_NUM_THREADS stays.
+    """
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, physical_cores() // world.local_world_size))
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), physical_cores() // world.local_world_size)))
 
 
 def seed_everything(seed: int) -> None:

@@ -133,11 +133,12 @@ def _with_fields(recipe: Recipe, changes: dict[str, Any]) -> Recipe:
     return dataclasses.replace(recipe, **changes)
 
 
-# Search trials: short and deterministic (no mixup, RandAugment or drop path). Effective lr 1e-3 at batch 128;
-# a tiny XCiT (d32, depth 2, patch 2) passes 95% val acc on digits within 10 epochs, XCiT-N12-FSNE within 20.
+# Search trials: short and deterministic (no mixup, RandAugment, crop or drop path; flips where the dataset
+# allows). Tuned on digits at batch 64 (effective lr 2e-3): a tiny XCiT (d32, depth 2, patch 2) passes 95%
+# val acc by epoch 6, XCiT-N12-FSNE by epoch 3. Random crops slowed both down on 8 px digits.
 PROXY = Recipe(
-    name="proxy", epochs=20, batch_size=128, lr=4e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=1,
-    warmup_lr=1e-6, schedule="cosine", label_smoothing=0.1, crop_padding=0.125, hflip=0.5,
+    name="proxy", epochs=10, batch_size=64, lr=1.6e-2, min_lr=1e-5, weight_decay=0.05, warmup_epochs=1,
+    warmup_lr=1e-6, schedule="cosine", label_smoothing=0.1, crop_padding=0.0, hflip=0.5,
 )
 
 # PAPERS.md's XCiT ImageNet recipe. Not given there, chosen here (unconfirmed): batch 1024, warmup_lr 1e-6,
