@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -52,7 +51,7 @@ class SearchSettings:
     space: str = "qkv"
     patch_size: int | None = None
     trials: int = 16
-    epochs: int = 12
+    epochs: int = 10
     grace_epochs: int = 3
     reduction_factor: int = 3
     recipe: str = "proxy"
@@ -100,11 +99,10 @@ def load_search_data(settings: SearchSettings):
 class Progress:
     """A live view a person can read: one line per finished trial, and at most one every 15 s otherwise."""
 
-    def __init__(self, table: TrialTable, target: int, already: int, stream=sys.stdout, interval: float = 15.0) -> None:
+    def __init__(self, table: TrialTable, target: int, already: int, interval: float = 15.0) -> None:
         self.table = table
         self.target = target
         self.already = already
-        self.stream = stream
         self.interval = interval
         self.start = time.monotonic()
         self.last = 0.0
@@ -132,7 +130,7 @@ class Progress:
         if force and status == self.last_status:
             return
         self.last_status = status
-        print(f"[{_duration(elapsed):>7}] {status} | {left}", file=self.stream, flush=True)
+        print(f"[{_duration(elapsed):>7}] {status} | {left}", flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -209,20 +207,23 @@ def check_budget_feasible(space_name: str, space_fn, patch_size: int, budget, dr
     raise UsageError(infeasible_message(space_name, space_fn, patch_size, budget))
 
 
-def infeasible_message(space_name: str, space_fn, patch_size: int, budget) -> str:
+def smallest_description(space_name: str, space_fn, patch_size: int, budget) -> str:
     found = smallest_model(space_fn, patch_size, budget)
+    if found is None:
+        return f"space {space_name!r} built no valid architecture"
+    params, arch = found
+    return f"the smallest model space {space_name!r} builds is {arch.summary()} with {params:,} params ({format_count(params)})"
+
+
+def infeasible_message(space_name: str, space_fn, patch_size: int, budget) -> str:
     limit = f"budget {format_count(budget.params)} ({budget.params:,} params)"
     if budget.max_flops is not None:
         limit += f" with max {format_count(budget.max_flops)} FLOPs"
-    if found is None:
-        return f"space {space_name!r} built no valid architecture: expected a space that returns valid ArchConfigs"
-    params, arch = found
-    return (f"{limit} is below what space {space_name!r} can build: its smallest model is {arch.summary()} "
-            f"with {params:,} params ({format_count(params)}); expected a budget of at least that")
+    return (f"{limit} admits no model of space {space_name!r}: "
+            f"{smallest_description(space_name, space_fn, patch_size, budget)}; expected a budget of at least that")
 
 
-def run_search(settings: SearchSettings, resume: bool = False, trainable: Callable | None = None,
-               stream=sys.stdout) -> int:
+def run_search(settings: SearchSettings, resume: bool = False, trainable: Callable | None = None) -> int:
     """Run (or continue) a search; returns the process exit code."""
     run_dir = settings.run_dir
     if run_dir.exists() and not resume:
@@ -255,21 +256,21 @@ def run_search(settings: SearchSettings, resume: bool = False, trainable: Callab
     remaining = settings.trials - already
     if remaining <= 0:
         print(f"{run_dir}: {already} trials already trained (--trials {settings.trials}); "
-              f"raise --trials to extend it", file=stream)
-        return finish(settings, table, record, run_dir, stream, exhausted=None, seconds=0.0)
+              f"raise --trials to extend it")
+        return finish(settings, table, record, run_dir, exhausted=None, seconds=0.0)
 
     start = time.monotonic()
     exhausted = _tune(settings, splits, space_fn, patch_size, budget, table, remaining, already, sessions, resume,
-                      trainable, stream)
-    return finish(settings, table, record, run_dir, stream, exhausted, time.monotonic() - start)
+                      trainable)
+    return finish(settings, table, record, run_dir, exhausted, time.monotonic() - start)
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, already, sessions, resume, trainable,
-          stream) -> str | None:
+def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, already, sessions, resume,
+          trainable) -> str | None:
     """Ray Tune's part; returns the infeasible-streak message when the space ran out of feasible draws."""
     if trainable is None:
         from trainers.trial import run_trial as trainable
@@ -289,7 +290,7 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
             ray.init(num_cpus=os.cpu_count(), **kwargs)
         started_ray = True
     try:
-        progress = Progress(table, settings.trials, already, stream=stream)
+        progress = Progress(table, settings.trials, already)
         searcher = BudgetedOptunaSearch(
             space_fn, patch_size, budget, table, f"sqlite:///{run_dir / 'study.db'}", settings.name,
             settings.seed, settings.epochs, settings.max_infeasible_streak,
@@ -318,8 +319,9 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
         close_interrupted(searcher.study)
         progress.show(force=True)
         if searcher.exhausted:
-            return (f"stopped after {settings.max_infeasible_streak} infeasible draws in a row: "
-                    + infeasible_message(settings.space, space_fn, patch_size, budget))
+            return (f"stopped: {settings.max_infeasible_streak} draws in a row gave no new architecture within the "
+                    f"budget (every feasible one tried, or the budget too tight); "
+                    f"{smallest_description(settings.space, space_fn, patch_size, budget)}")
         return None
     finally:
         close_running_rows(table)
@@ -328,27 +330,27 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
             ray.shutdown()
 
 
-def finish(settings, table, record, run_dir, stream, exhausted: str | None, seconds: float) -> int:
+def finish(settings, table, record, run_dir, exhausted: str | None, seconds: float) -> int:
     record.update(finished=_now(), seconds=round(float(record.get("seconds") or 0.0) + seconds, 1))
     write_json(run_dir / "search.json", record)
     best = table.best()
     if exhausted:
-        print(exhausted, file=stream)
+        print(exhausted)
     if best is None:
-        print(f"{run_dir}: no trial has a score yet", file=stream)
+        print(f"{run_dir}: no trial has a score yet")
         return 2 if exhausted else 0
     print(f"best: {best['trial_id']} val_acc {best['val_acc']:.4f} with {best['params']:,} params "
-          f"({best['structure']}); results in {run_dir}", file=stream)
-    _write_front(run_dir, stream)
+          f"({best['structure']}); results in {run_dir}")
+    _write_front(run_dir)
     return 0
 
 
-def _write_front(run_dir: Path, stream) -> None:
+def _write_front(run_dir: Path) -> None:
     """Pareto files at the end of every search (the `nas pareto` command writes the same)."""
     from nas.pareto_cmd import write_pareto
 
     path = write_pareto(run_dir)
-    print(f"Pareto front: {path}", file=stream)
+    print(f"Pareto front: {path}")
 
 
 class ResultsCallback(Callback):

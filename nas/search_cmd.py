@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of the training set held out to score trials")
     run = parser.add_argument_group("trials and scheduling")
     run.add_argument("--trials", type=int, default=None, help="trials to train (default 16; infeasible draws do not count)")
-    run.add_argument("--epochs", type=int, default=12, help="epochs of a trial that is not stopped early (default 12)")
+    run.add_argument("--epochs", type=int, default=10, help="epochs of a trial that is not stopped early (default 10)")
     run.add_argument("--grace-epochs", type=int, default=3, help="ASHA: epochs before a trial may be stopped")
     run.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1 in N at each rung")
     run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")

@@ -91,6 +91,9 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._trial_constants = dict(trial_constants or {})
         self.infeasible_streak = 0
         self.exhausted = False
+        # Architectures already trained (or training): drawn again, they are skipped, not retrained.
+        self._trained_ids = {row["arch_id"] for row in table.rows.values()
+                             if row["state"] != "infeasible" and row.get("arch_id")}
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Ray's OptunaSearch warns on every re-told trial; our states are told once, on purpose.
         logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
@@ -106,6 +109,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         return {"arch": draw(self._arch_space, trial, self._patch_size).to_dict()}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # The streak counts draws in a row that gave nothing new to train: infeasible, invalid or repeated.
         while self.infeasible_streak < self._max_infeasible_streak:
             ot_trial = self._ot_study.ask()
             number = ot_trial.number
@@ -116,6 +120,9 @@ class BudgetedOptunaSearch(OptunaSearch):
             except UsageError as error:
                 self._reject(ot_trial, row_id, None, None, None, f"invalid architecture: {error}")
                 continue
+            if arch.arch_id in self._trained_ids:
+                self._skip_duplicate(ot_trial, arch)
+                continue
             violation = self._budget.violation(params, flops)
             for key, value in violation.items():
                 ot_trial.set_constraint(key, value)
@@ -125,6 +132,7 @@ class BudgetedOptunaSearch(OptunaSearch):
                 self._reject(ot_trial, row_id, arch, params, flops, self._over_budget_reason(params, flops))
                 continue
             self.infeasible_streak = 0
+            self._trained_ids.add(arch.arch_id)
             self._ot_trials[trial_id] = ot_trial
             seed = self._base_seed + number
             self._table.start(row_id, arch, params, flops, seed)
@@ -133,6 +141,12 @@ class BudgetedOptunaSearch(OptunaSearch):
                     "params": params, "flops": flops}
         self.exhausted = True
         return Searcher.FINISHED
+
+    def _skip_duplicate(self, ot_trial: optuna.Trial, arch: ArchConfig) -> None:
+        """A repeat of a trained architecture: failed in Optuna (TPE ignores it), no row, no training."""
+        self.infeasible_streak += 1
+        ot_trial.set_user_attr("duplicate_of", arch.arch_id)
+        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
 
     def _over_budget_reason(self, params: int, flops: int | None) -> str:
         if params > self._budget.params:

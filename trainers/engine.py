@@ -200,6 +200,22 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
                 setattr(block, name, DropPath(block_rate) if block_rate > 0 else nn.Identity())
 
 
+class _SumAcrossRanks(torch.autograd.Function):
+    """all_reduce(sum) whose gradient is the all_reduce(sum) of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the global batch, for gloo/CPU where SyncBatchNorm is CUDA-only.
 
@@ -210,11 +226,9 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = x.shape[1]
         local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_full((1,), x.numel() / channels)])
-        total = all_reduce(local)
+        total = _SumAcrossRanks.apply(local)
         count = total[-1]
         mean = total[:channels] / count
         var = total[channels:2 * channels] / count - mean * mean
@@ -339,17 +353,36 @@ class TensorImageDataset(torch.utils.data.Dataset):
         return self.transform(image), int(self.split.labels[index])
 
 
+def posterize(image: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize op, except that 0 bits gives a black image as it did before Pillow began refusing 0 bits
+    (timm asks for 0 at RandAugment magnitude 10, which 'mstd0.5' reaches)."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
 def image_transform(info: DatasetInfo, recipe: Recipe | None, train: bool) -> Callable[[Any], torch.Tensor]:
     """timm's transforms: RandomResizedCrop, flip, RandAugment, random erasing for training; resize + centre crop."""
     from timm.data import create_transform
+    from timm.data.auto_augment import RandAugment
 
     if not train or recipe is None:
         return create_transform(info.img_size, is_training=False, interpolation="bicubic", mean=info.mean,
                                 std=info.std)
-    return create_transform(
+    transform = create_transform(
         info.img_size, is_training=True, hflip=recipe.hflip if allows_hflip(info) else 0.0, color_jitter=None,
         auto_augment=recipe.randaugment, interpolation="bicubic", mean=info.mean, std=info.std,
         re_prob=recipe.random_erasing, re_mode="pixel", re_count=1)
+    for step in transform.transforms:
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = posterize
+    return transform
 
 
 class LoaderBatches:
@@ -452,13 +485,15 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> t
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> Any:
-    """timm's CosineLRScheduler stepped per iteration (a function of the update count, so resume is exact)."""
+    """timm's CosineLRScheduler stepped per update: linear warm-up to the effective lr, then cosine to min_lr
+    at the last update (or constant). A pure function of the update count, so resume is exact."""
     from timm.scheduler import CosineLRScheduler
 
-    total = recipe.epochs * steps_per_epoch
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    after_warmup = max(1, recipe.epochs * steps_per_epoch - warmup)
     lr_min = recipe.min_lr if recipe.schedule == "cosine" else recipe.effective_lr
-    return CosineLRScheduler(optimizer, t_initial=total, lr_min=lr_min, warmup_t=recipe.warmup_epochs * steps_per_epoch,
-                             warmup_lr_init=recipe.warmup_lr, t_in_epochs=False, cycle_limit=1)
+    return CosineLRScheduler(optimizer, t_initial=after_warmup, lr_min=lr_min, warmup_t=warmup,
+                             warmup_lr_init=recipe.warmup_lr, warmup_prefix=True, t_in_epochs=False, cycle_limit=1)
 
 
 def training_loss(recipe: Recipe) -> nn.Module:
@@ -521,6 +556,7 @@ class Training:
     scheduler: Any
     ema: Any
     step: TrainStep
+    device: torch.device
 
 
 def build_training(model: nn.Module, recipe: Recipe, num_classes: int, device: torch.device, *, steps_per_epoch: int,
@@ -564,7 +600,7 @@ def build_training(model: nn.Module, recipe: Recipe, num_classes: int, device: t
         random_erasing = RandomErasing(recipe.random_erasing, mode="pixel", device=device)
     step = TrainStep(forward_model, model, optimizer, loss_fn=training_loss(recipe), device=device, mixup=mixup,
                      grad_clip=recipe.grad_clip, scheduler=scheduler, ema=ema, random_erasing=random_erasing)
-    return Training(model, forward_model, eval_model, optimizer, scheduler, ema, step)
+    return Training(model, forward_model, eval_model, optimizer, scheduler, ema, step, device)
 
 
 @torch.no_grad()
@@ -632,6 +668,35 @@ def _first_bad_loss(losses: torch.Tensor, world: Distributed) -> tuple[int, floa
     return index, float(losses[index])
 
 
+def train_epoch(training: Training, batches: Batches, epoch: int, *, world: Distributed = Distributed(),
+                bar: Any = None, checkpoint_dir: Path | None = None, max_steps: int | None = None) -> torch.Tensor:
+    """One epoch of steps (or its first max_steps): the loop `fit` runs and the benchmark times.
+
+    Returns the per-step losses on the device. Losses are checked for NaN/inf every step on CPU and every
+    CUDA_CHECK_EVERY steps on CUDA (each check waits for the device); a bad one raises TrainingDiverged.
+    """
+    steps = len(batches) if max_steps is None else min(max_steps, len(batches))
+    check_every = CUDA_CHECK_EVERY if training.device.type == "cuda" else 1
+    training.model.train()
+    losses = torch.zeros(steps, device=training.device)
+    checked = 0
+    for index, (images, labels) in enumerate(batches.epoch(epoch)):
+        if index == steps:
+            break
+        losses[index] = training.step(images, labels)
+        if index + 1 - checked >= check_every or index + 1 == steps:
+            bad = _first_bad_loss(losses[checked:index + 1], world)
+            if bad is not None:
+                raise TrainingDiverged(epoch, checked + bad[0] + 1, len(batches), bad[1],
+                                       _checkpoint_note(checkpoint_dir))
+            checked = index + 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(losses[index]):.4f}", refresh=False)
+        if bar is not None:
+            bar.update(1)
+    return losses
+
+
 def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | torch.device | None = None,
         seed: int = 0, on_epoch: Callable[[EpochMetrics], None] | None = None, checkpoint_dir: Path | None = None,
         resume: bool = False, arch: ArchConfig | None = None, compile: bool = False, progress: bool = False,
@@ -694,30 +759,15 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
         history = [EpochMetrics(**entry) for entry in resume_from.history]
         first_epoch = resume_from.epoch + 1
 
-    check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
     stopped = False
     for epoch in range(first_epoch, recipe.epochs + 1):
         epoch_started = time.perf_counter()
-        training.model.train()
-        losses = torch.zeros(steps_per_epoch, device=device)
         bar = _progress_bar(steps_per_epoch, epoch, recipe.epochs, enabled=progress and world.is_main)
-        checked = 0
-        for index, (images, labels) in enumerate(train_batches.epoch(epoch)):
-            losses[index] = training.step(images, labels)
-            if index + 1 - checked >= check_every or index + 1 == steps_per_epoch:
-                bad = _first_bad_loss(losses[checked:index + 1], world)
-                if bad is not None:
-                    if bar is not None:
-                        bar.close()
-                    raise TrainingDiverged(epoch, checked + bad[0] + 1, steps_per_epoch, bad[1],
-                                           _checkpoint_note(checkpoint_dir))
-                checked = index + 1
-                if bar is not None:
-                    bar.set_postfix(loss=f"{float(losses[index]):.4f}", refresh=False)
+        try:
+            losses = train_epoch(training, train_batches, epoch, world=world, bar=bar, checkpoint_dir=checkpoint_dir)
+        finally:
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
         train_seconds = time.perf_counter() - epoch_started
         train_loss = losses.sum()
         if world.active:
@@ -739,11 +789,10 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
         history.append(metrics)
         improved = metrics.val_acc > best_val_acc
         best_val_acc = max(best_val_acc, metrics.val_acc)
-        metrics.seconds = time.perf_counter() - epoch_started
         if checkpoint_dir is not None and world.is_main:
             _save_epoch(checkpoint_dir, training, metrics, history, improved, best_val_acc, recipe=recipe,
                         info=data.info, seed=seed, arch=arch)
-            metrics.seconds = time.perf_counter() - epoch_started
+        metrics.seconds = time.perf_counter() - epoch_started
         if on_epoch is not None:
             try:
                 on_epoch(metrics)

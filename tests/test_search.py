@@ -1,0 +1,214 @@
+"""`nas search` end to end on digits with tiny trials: Ray Tune + budgeted Optuna + ASHA, faults, resume."""
+from __future__ import annotations
+
+import sys
+
+import optuna
+import pytest
+import ray
+from ray import cloudpickle
+
+from nas.cli import main
+from nas.results import TrialTable, load_trials
+from nas.search import INTERRUPTED, SearchSettings, run_search
+from nas.searcher import Budget, BudgetedOptunaSearch
+from search_spaces.arch import ArchConfig
+from search_spaces.spaces import load_space
+from trainers.trial import run_trial
+
+TINY_SPACE = '''
+from search_spaces.arch import ArchConfig, QKVConfig
+
+
+def tiny(trial, patch_size):
+    embed_dim = trial.suggest_categorical("embed_dim", [16, 32, 128])
+    structure = trial.suggest_categorical("structure", ["linear", "SNE", "F-SNE"])
+    qkv = {"linear": QKVConfig(), "SNE": QKVConfig(layers=("separate", "separate")),
+           "F-SNE": QKVConfig(layers=("shared", "shared"), code_size=4)}[structure]
+    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=patch_size, qkv=qkv)
+
+
+# Tried first, in this order: trial numbers 0-4 are known (2 is over the budget).
+tiny.initial_points = [{"embed_dim": 16, "structure": "linear"}, {"embed_dim": 32, "structure": "linear"},
+                       {"embed_dim": 128, "structure": "SNE"}, {"embed_dim": 16, "structure": "SNE"},
+                       {"embed_dim": 32, "structure": "F-SNE"}]
+'''
+BUDGET = 60_000  # embed_dim 128 (about 0.2M params) is over it; 16 and 32 are under
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+
+
+@pytest.fixture()
+def space_file(tmp_path):
+    path = tmp_path / "tiny_space.py"
+    path.write_text(TINY_SPACE)
+    return f"{path}:tiny"
+
+
+def settings_for(tmp_path, space_file, name="run", trials=3, **changes) -> SearchSettings:
+    values = dict(name=name, budget=BUDGET, results_dir=str(tmp_path / "results"), space=space_file, trials=trials,
+                  epochs=3, grace_epochs=1, reduction_factor=2, seed=0)
+    values.update(changes)
+    return SearchSettings(**values)
+
+
+def failing_trainable(config, data):
+    """The real trial, except that trial 1 raises and trial 3 diverges (a huge learning rate)."""
+    if config["trial_number"] == 1:
+        raise RuntimeError("injected failure in trial 1")
+    if config["trial_number"] == 3:
+        config = {**config, "recipe_overrides": {"lr": 1e9}}
+    run_trial(config, data)
+
+
+def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
+    code = main(["search", "--budget", str(BUDGET), "--space", space_file, "--trials", "4", "--epochs", "3",
+                 "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(tmp_path / "results"),
+                 "--name", "e2e"])
+    out = capsys.readouterr().out
+    assert code == 0
+    run_dir = tmp_path / "results" / "e2e"
+    table = load_trials(run_dir)
+    trained = table[table["state"].isin(["complete", "stopped", "failed"])]
+    assert len(trained) == 4
+    assert set(table["state"]) <= {"complete", "stopped", "failed", "infeasible"}
+    assert (trained["params"] <= BUDGET).all()
+    assert (table.loc[table["state"] == "infeasible", "params"] > BUDGET).all()
+    scored = table[table["state"].isin(["complete", "stopped"])]
+    assert scored["val_acc"].between(0, 1).all() and (scored["flops"] > 0).all()
+    assert (table.loc[table["state"] == "complete", "epochs"] == 3).all()
+    assert (table.loc[table["state"] == "stopped", "epochs"] < 3).all()
+    assert table["arch_id"][table["state"] != "infeasible"].is_unique
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{run_dir / 'study.db'}")
+    states = {trial.number: trial.state for trial in study.trials}
+    for row in table.itertuples():
+        number = int(row.trial_id[1:])
+        expected = {"complete": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED,
+                    "infeasible": optuna.trial.TrialState.COMPLETE}[row.state]
+        assert states[number] == expected, row.trial_id
+    infeasible = [t for t in study.trials if t.user_attrs.get("state") == "infeasible"]
+    assert all(t.constraints["params"] > 0 for t in infeasible)
+    settings = (run_dir / "search.json").read_text()
+    assert '"budget": 60000' in settings and '"torch"' in settings
+    assert (run_dir / "pareto.csv").is_file() and (run_dir / "pareto.png").is_file()
+    assert "best: t" in out and "trained:" in out
+
+
+def test_over_budget_draws_never_reach_ray(ray_cluster, tmp_path, space_file):
+    settings = settings_for(tmp_path, space_file, name="budget", trials=3)
+    assert run_search(settings) == 0
+    run_dir = settings.run_dir
+    table = load_trials(run_dir)
+    ray_trials = sorted(path.name for path in (run_dir / "ray-1").glob("trial_*"))
+    feasible = sorted(f"trial_{int(t[1:]):04d}" for t in table.loc[table["state"] != "infeasible", "trial_id"])
+    assert ray_trials == feasible
+    assert (table["state"] == "infeasible").sum() >= 1
+
+
+def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
+    table = TrialTable(tmp_path / "trials.csv")
+    budget = Budget(BUDGET, None, num_classes=10, img_size=8, in_chans=1)
+    searcher = BudgetedOptunaSearch(load_space(space_file), 2, budget, table, f"sqlite:///{tmp_path}/study.db",
+                                    "unit", seed=0, epochs=3, max_infeasible_streak=50)
+    suggested = []
+    for index in range(6):
+        config = searcher.suggest(f"trial{index}")
+        if not isinstance(config, dict):
+            break
+        suggested.append(config)
+        searcher.on_trial_complete(f"trial{index}", {"best_val_acc": 0.5, "training_iteration": 3})
+    assert suggested, "no feasible config was suggested"
+    assert all(config["params"] <= BUDGET for config in suggested)
+    assert all(ArchConfig.from_dict(config["arch"]).embed_dim in (16, 32) for config in suggested)
+    assert len({ArchConfig.from_dict(c["arch"]).arch_id for c in suggested}) == len(suggested)
+    # Six architectures fit the budget (2 widths x 3 structures): after them the space is exhausted.
+    assert len(suggested) == 6 or searcher.exhausted
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_path, space_file):
+    settings = settings_for(tmp_path, space_file, name="faults", trials=4)
+    assert run_search(settings, trainable=failing_trainable) == 0
+    table = load_trials(settings.run_dir).set_index("trial_id")
+    assert table.loc["t0001", "state"] == "failed"
+    assert "RuntimeError: injected failure in trial 1" in table.loc["t0001", "reason"]
+    assert table.loc["t0002", "state"] == "infeasible"
+    assert table.loc["t0003", "state"] == "failed"
+    assert "TrainingDiverged" in table.loc["t0003", "reason"] and "epoch 1" in table.loc["t0003", "reason"]
+    assert table.loc[["t0000", "t0004"], "state"].isin(["complete", "stopped"]).all()
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{settings.run_dir / 'study.db'}")
+    assert study.trials[1].state == study.trials[3].state == optuna.trial.TrialState.FAIL
+
+
+def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, tmp_path, space_file):
+    settings = settings_for(tmp_path, space_file, name="resume", trials=2, budget=10**6)
+    assert run_search(settings) == 0
+    run_dir = settings.run_dir
+    first = load_trials(run_dir)
+    # What a kill -9 leaves behind: an Optuna trial still RUNNING and its row still `running`.
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    study = optuna.load_study(study_name="resume", storage=storage)
+    crashed = study.ask()
+    table = TrialTable(run_dir / "trials.csv")
+    arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
+    table.start(TrialTable.trial_id(crashed.number), arch, 1000, None, seed=crashed.number)
+    table.write()
+
+    code = main(["search", "--resume", str(run_dir), "--trials", "3"])
+    assert code == 0
+    after = load_trials(run_dir).set_index("trial_id")
+    for row in first.itertuples():
+        assert after.loc[row.trial_id, "state"] == row.state
+        assert after.loc[row.trial_id, "val_acc"] == pytest.approx(row.val_acc, nan_ok=True)
+    crashed_id = TrialTable.trial_id(crashed.number)
+    assert after.loc[crashed_id, "state"] == "failed" and after.loc[crashed_id, "reason"] == INTERRUPTED
+    finished = after[after["state"].isin(["complete", "stopped"])]
+    assert len(finished) == 3
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert study.trials[crashed.number].state == optuna.trial.TrialState.FAIL
+    assert (run_dir / "ray-2").is_dir()
+
+
+def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
+    settings = settings_for(tmp_path, space_file, name="done", trials=1, budget=10**6)
+    assert run_search(settings) == 0
+    before = (settings.run_dir / "trials.csv").read_text()
+    assert main(["search", "--resume", str(settings.run_dir)]) == 0
+    assert "raise --trials to extend it" in capsys.readouterr().out
+    assert (settings.run_dir / "trials.csv").read_text() == before
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--space", "nope"], "unknown space 'nope'"),
+    (["--dataset", "mnist"], "mnist"),
+    (["--budget", "1K"], "admits no model"),
+    (["--budget", "3.1X"], "'3.1X': expected a positive count"),
+    (["--trials", "0"], "--trials 0"),
+])
+def test_bad_flags_fail_cleanly(tmp_path, capsys, argv, fragment):
+    args = ["search", "--budget", "3.1M", "--results-dir", str(tmp_path), "--name", "bad"]
+    try:
+        code = main(args + argv)
+    except SystemExit as exit_:  # argparse's own errors (a budget it cannot parse) exit from the parser
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "taken"
+    run_dir.mkdir()
+    (run_dir / "trials.csv").write_text("precious\n")
+    code = main(["search", "--budget", "3.1M", "--results-dir", str(tmp_path), "--name", "taken"])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "trials.csv").read_text() == "precious\n"
+
