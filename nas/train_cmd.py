@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=None, metavar="P",
                         help="patch size (default: the architecture's, or the dataset's when that does not fit)")
     parser.add_argument("--data-dir", default=None, metavar="DIR", help="folder holding the dataset's files")
+    parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                        help="share of the training set held out for validation (default 0.2, as nas search)")
+    parser.add_argument("--split-seed", type=int, default=0, metavar="S",
+                        help="seed of the validation split (default 0; a search's --seed)")
     parser.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="global batch (default: recipe's)")
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         _refuse_overwrite(Path(args.out), args.resume)
     world = init_distributed(args.device)
     device = select_device(args.device)
-    data = load_dataset(args.dataset, args.data_dir, download=args.download)
+    data = load_dataset(args.dataset, args.data_dir, download=args.download, val_fraction=args.val_fraction,
+                        seed=args.split_seed)
     info = data.info
     fitted = fit_patch_size(arch, info.img_size, info.patch_size, args.patch_size)
     out = Path(args.out) if args.out is not None else DEFAULT_OUT_ROOT / f"{fitted.arch_id}-{info.name}"

@@ -176,7 +176,8 @@ def test_rank_shards_together_are_the_single_process_batches():
     assert len(single) == len(rank0) == len(rank1) == 5
     for (images, labels), (images0, labels0), (images1, labels1) in zip(single, rank0, rank1):
         assert torch.equal(images, torch.cat([images0, images1])) and torch.equal(labels, torch.cat([labels0, labels1]))
-    seen = sorted(label for rank in range(3) for _, labels in batches(rank, 3, train=False) for label in labels.tolist())
+    shards = [batches(rank, 3, train=False) for rank in range(3)]
+    seen = sorted(label for shard in shards for _, labels in shard for label in labels.tolist())
     assert seen == list(range(22))
 
 
@@ -216,3 +217,10 @@ def test_select_device():
 def test_eval_split_must_exist(digits):
     with pytest.raises(UsageError, match="eval_split"):
         fit(tiny_model(), digits, get_recipe("proxy", epochs=1), device="cpu", eval_split="train")
+
+
+def test_divergence_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(TrainingDiverged(3, 7, 20, float("nan"), "no checkpoints were being written")))
+    assert (error.epoch, error.step) == (3, 7) and str(error).startswith("training diverged at epoch 3, step 7 of 20")

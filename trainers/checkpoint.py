@@ -299,9 +299,10 @@ def restore_resume_state(checkpoint: Checkpoint, *, optimizer: torch.optim.Optim
             raise UsageError(f"checkpoint {checkpoint.weights_path}: EMA weights do not match the model: {mismatch}")
         ema_module.load_state_dict(ema_weights)
     torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    cuda_states = _split_tensors("rng.cuda.", tensors)
     if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
+        for index in range(min(len(cuda_states), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda_states[str(index)], index)
     numpy_kind, numpy_pos, numpy_has_gauss, numpy_gauss = scalars["rng_numpy"]
     np.random.set_state((numpy_kind, tensors["rng.numpy"].numpy().astype(np.uint32), numpy_pos, numpy_has_gauss,
                          numpy_gauss))

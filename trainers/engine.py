@@ -17,6 +17,7 @@ Accuracy and top-5 are fractions in [0, 1].
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -50,9 +51,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and the step (both 1-based)."""
 
     def __init__(self, epoch: int, step: int, steps_per_epoch: int, loss: float, checkpoint_note: str) -> None:
-        self.epoch, self.step, self.loss = epoch, step, loss
+        self.epoch, self.step, self.steps_per_epoch, self.loss = epoch, step, steps_per_epoch, loss
+        self.checkpoint_note = checkpoint_note
         super().__init__(f"training diverged at epoch {epoch}, step {step} of {steps_per_epoch}: loss is {loss}; "
                          f"{checkpoint_note}")
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, int, float, str]]:
+        # Picklable with its own arguments, so it crosses process boundaries (Ray workers) intact.
+        return TrainingDiverged, (self.epoch, self.step, self.steps_per_epoch, self.loss, self.checkpoint_note)
 
 
 class StopTraining(Exception):
@@ -62,7 +68,7 @@ class StopTraining(Exception):
 @dataclass
 class EpochMetrics:
     """One epoch. val_* measure the better of the model and its EMA (`weights` says which); with EMA off,
-    the model. seconds is the whole epoch (training, evaluation, checkpoint); images_per_s training only."""
+    the model. seconds covers training and evaluation (not the checkpoint write); images_per_s training only."""
 
     epoch: int
     train_loss: float
@@ -472,7 +478,8 @@ def no_weight_decay_patterns(model: nn.Module) -> set[str]:
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
-    """timm AdamW at the recipe's effective lr; fused kernels; no decay on 1-D params, biases, no_weight_decay, codes."""
+    """timm AdamW at the recipe's effective lr with fused kernels; no decay on 1-D params, biases, QKV codes and
+    the names modules list in no_weight_decay()."""
     from timm.optim import create_optimizer_v2
     from timm.optim._param_groups import param_groups_weight_decay
 
@@ -640,8 +647,6 @@ def evaluate(model: nn.Module, split: TensorSplit | FileSplit, info: DatasetInfo
 
 
 def _check_resumable(checkpoint: ckpt.Checkpoint, recipe: Recipe, seed: int, info: DatasetInfo) -> None:
-    import json
-
     saved = checkpoint.recipe
     changed = [f"{name} ({getattr(saved, name)!r} saved, {getattr(recipe, name)!r} now)"
                for name in recipe.to_dict() if getattr(saved, name) != getattr(recipe, name)]
@@ -783,7 +788,8 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
                 scores, scored_weights = ema_scores, "ema"
         metrics = EpochMetrics(
             epoch=epoch, train_loss=train_loss, val_loss=scores["loss"], val_acc=scores["acc"],
-            val_top5=scores["top5"], lr=float(training.optimizer.param_groups[0]["lr"]), seconds=0.0,
+            val_top5=scores["top5"], lr=float(training.optimizer.param_groups[0]["lr"]),
+            seconds=time.perf_counter() - epoch_started,
             images_per_s=steps_per_epoch * recipe.batch_size / max(train_seconds, 1e-9), ema_val_acc=ema_val_acc,
             weights=scored_weights)
         history.append(metrics)
@@ -792,7 +798,6 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
         if checkpoint_dir is not None and world.is_main:
             _save_epoch(checkpoint_dir, training, metrics, history, improved, best_val_acc, recipe=recipe,
                         info=data.info, seed=seed, arch=arch)
-        metrics.seconds = time.perf_counter() - epoch_started
         if on_epoch is not None:
             try:
                 on_epoch(metrics)
@@ -819,8 +824,6 @@ def _checkpoint_note(checkpoint_dir: Path | None) -> str:
     last = ckpt.checkpoint_files(checkpoint_dir, "last")[2]
     if not last.exists():
         return f"no checkpoint was written to {checkpoint_dir} yet"
-    import json
-
     return f"the last good checkpoint (epoch {json.loads(last.read_text())['epoch']}) is untouched in {checkpoint_dir}"
 
 

@@ -93,7 +93,8 @@ class Recipe:
             raise UsageError(f"recipe grad_clip={self.grad_clip!r}: expected a positive norm or None")
         if not isinstance(self.ema, bool) or not isinstance(self.repeated_aug, bool):
             raise UsageError(f"recipe ema={self.ema!r}, repeated_aug={self.repeated_aug!r}: expected true or false")
-        if self.randaugment is not None and not (isinstance(self.randaugment, str) and self.randaugment.startswith("rand")):
+        randaugment = self.randaugment
+        if randaugment is not None and not (isinstance(randaugment, str) and randaugment.startswith("rand")):
             raise UsageError(f"recipe randaugment={self.randaugment!r}: expected a timm RandAugment string "
                              "such as 'rand-m9-mstd0.5-inc1', or None")
         if self.mixes and self.batch_size % 2:

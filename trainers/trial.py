@@ -11,7 +11,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
 from trainers.data import DatasetSplits
-from trainers.engine import EpochMetrics, fit, select_device
+from trainers.engine import EpochMetrics, fit, seed_everything, select_device
 from trainers.recipe import get_recipe
 
 
@@ -22,6 +22,7 @@ def run_trial(config: dict[str, Any], data: DatasetSplits) -> None:
     info = data.info
     recipe = get_recipe(config.get("recipe", "proxy"), epochs=config["epochs"], **config.get("recipe_overrides", {}))
     flops = config.get("flops") or count_flops(arch, info.num_classes, info.img_size, info.in_chans)
+    seed_everything(int(config["seed"]))
     model = build_model(arch, info.num_classes, info.img_size, info.in_chans)
     start = time.perf_counter()
     best = 0.0
