@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,21 +40,18 @@ from trainers.recipe import Recipe
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 ARCH_FILE = "arch.json"
-ROLES = ("winner", "baseline")
 METRICS_COLUMNS = [field.name for field in dataclasses.fields(EpochMetrics)]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file (permissions per umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        temporary.write_text(text)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -222,8 +218,8 @@ def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder
     if data.test is not None:
         test = evaluate(model, data.test, data.info, device=device, batch_size=recipe.batch_size)
     return FinishedRun(history=fitted.history, best_epoch=best.epoch, best_val_acc=float(best.record["best_val_acc"]),
-                     weights=str(best.record["weights"]), test=test,
-                     seconds=earlier_seconds + time.perf_counter() - started)
+                       weights=str(best.record["weights"]), test=test,
+                       seconds=earlier_seconds + time.perf_counter() - started)
 
 
 def scores_of(run: FinishedRun) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+"""`nas retrain` on a tiny run folder (digits): winners, baselines, one test at the end, DDP, resume, Ray, errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import trainers.retrain as retrain
+from nas.cli import main
+from nas.results import TrialTable, write_json
+from nas.retrain_cmd import Candidate, fitted_arch
+from search_spaces.arch import ArchConfig
+from search_spaces.cost import count_flops, count_params
+from trainers.checkpoint import load_checkpoint
+from trainers.data import load_dataset
+from trainers.engine import evaluate
+
+TINY_LINEAR = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
+TINY_FSNE = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2,
+                       qkv={"layers": ("shared", "shared"), "code_size": 4})
+WIDER_LINEAR = ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=2)
+# Patch 16 leaves no token on 8 px digits: the retrain must switch it to the dataset's patch 2.
+BASELINE_P16 = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=16)
+# The xcit recipe made quick: every flag below is generated from a Recipe field.
+FAST_XCIT = ["--epochs", "2", "--batch-size", "64", "--lr", "8e-3", "--randaugment", "none", "--mixup", "0",
+             "--cutmix", "0", "--no-ema", "--warmup-epochs", "0", "--drop-path", "0.05", "--device", "cpu"]
+FAST_PROXY = ["--recipe", "proxy", "--device", "cpu"]
+DIGITS_TEST_IMAGES = 359
+
+
+def write_run(folder: Path, trials=((TINY_LINEAR, 0.80, "complete"), (TINY_FSNE, 0.95, "complete"),
+                                    (WIDER_LINEAR, None, "failed"))) -> Path:
+    """A run folder as `nas search` leaves it: search.json and trials.csv (trial t0001 leads the front)."""
+    folder.mkdir(parents=True)
+    write_json(folder / "search.json", {"name": folder.name, "dataset": "digits", "data_dir": None, "budget": 60_000,
+                                        "img_size": 8, "num_classes": 10, "in_chans": 1, "patch_size": 2,
+                                        "val_fraction": 0.2, "seed": 0})
+    table = TrialTable(folder / "trials.csv")
+    for number, (arch, val_acc, state) in enumerate(trials):
+        trial_id = TrialTable.trial_id(number)
+        table.start(trial_id, arch, count_params(arch, 10, 8, 1), count_flops(arch, 10, 8, 1), seed=number)
+        if val_acc is not None:
+            table.record_epoch(trial_id, 3, val_acc, 1.0)
+        table.update(trial_id, state=state, reason="injected" if state == "failed" else "")
+    table.write()
+    return folder
+
+
+def run_cli(capsys, *argv):
+    code = main(["retrain", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_metrics(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "metrics.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, capsys, monkeypatch):
+    run = write_run(tmp_path / "run")
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(BASELINE_P16.to_json())
+    tested, fitted = [], []
+    real_evaluate, real_fit = retrain.evaluate, retrain.fit
+
+    def spy_evaluate(model, split, info, **kwargs):
+        tested.append(len(split))
+        return real_evaluate(model, split, info, **kwargs)
+
+    def spy_fit(model, data, recipe, **kwargs):
+        fitted.append(data.test)
+        return real_fit(model, data, recipe, **kwargs)
+
+    monkeypatch.setattr(retrain, "evaluate", spy_evaluate)
+    monkeypatch.setattr(retrain, "fit", spy_fit)
+    code, out, err = run_cli(capsys, run, "--top", "1", "--baseline", baseline, *FAST_XCIT)
+    assert code == 0, err
+    assert tested == [DIGITS_TEST_IMAGES, DIGITS_TEST_IMAGES] and fitted == [None, None]
+    assert f"patch size 16 -> 2 for {baseline} on digits at 8 px (override with --patch-size)" in out
+    baseline_fitted = BASELINE_P16.replace(patch_size=2)
+    digits = load_dataset("digits", val_fraction=0.2)
+
+    table = pd.read_csv(run / "retrain.csv")
+    assert list(table["role"]) == ["baseline", "winner"]
+    assert list(table["source"]) == [str(baseline), "t0001"]
+    assert list(table["arch_id"]) == [baseline_fitted.arch_id, TINY_FSNE.arch_id]
+    for row, arch in zip(table.itertuples(), (baseline_fitted, TINY_FSNE)):
+        folder = run / "retrain" / row.arch_id
+        assert {"arch.json", "metrics.csv", "result.json", "best.json", "best.safetensors", "last.json",
+                "last.safetensors", "last-state.safetensors"} <= {path.name for path in folder.iterdir()}
+        assert ArchConfig.from_json((folder / "arch.json").read_text()) == arch
+        assert row.params == count_params(arch, 10, 8, 1) and row.flops == count_flops(arch, 10, 8, 1)
+        metrics = read_metrics(folder)
+        assert [int(m["epoch"]) for m in metrics] == [1, 2]
+        assert list(metrics[0]) == retrain.METRICS_COLUMNS and not any("test" in name for name in metrics[0])
+        result = json.loads((folder / "result.json").read_text())
+        assert result["top1"] == pytest.approx(row.top1) and result["top1"] <= result["top5"] <= 1
+        assert result["test_images"] == DIGITS_TEST_IMAGES and result["epochs"] == 2 == row.epochs
+        assert result["recipe"] == "xcit" and result["overrides"]["drop_path"] == 0.05
+        assert result["recipe_fields"]["ema"] is False and result["recipe_fields"]["randaugment"] is None
+        assert result["recipe_fields"]["weight_decay"] == 0.05  # not given: the xcit recipe's own value
+        assert (result["dataset"], result["val_fraction"], result["split_seed"]) == ("digits", 0.2, 0)
+        # The score is the best-by-validation checkpoint's on the test split.
+        best = load_checkpoint(folder / "best.json")
+        assert best.epoch == result["best_epoch"]
+        assert max(float(m["val_acc"]) for m in metrics) == pytest.approx(result["best_val_acc"])
+        assert evaluate(best.build_model(), digits.test, digits.info, device="cpu")["acc"] == pytest.approx(row.top1)
+    assert out.count("\ntest    ") == 2 and TINY_FSNE.arch_id in out.split("retrained on digits")[1]
+
+
+def interrupt_at(monkeypatch, target: ArchConfig, epoch: int) -> None:
+    """Ctrl-C after `epoch` of `target` (its checkpoint and metrics already written), as a user would."""
+    real_fit = retrain.fit
+
+    def fit_then_interrupt(model, data, recipe, *, on_epoch, arch: ArchConfig, **kwargs):
+        def maybe_interrupt(metrics):
+            on_epoch(metrics)
+            if arch == target and metrics.epoch == epoch:
+                raise KeyboardInterrupt
+
+        return real_fit(model, data, recipe, on_epoch=maybe_interrupt, arch=arch, **kwargs)
+
+    monkeypatch.setattr(retrain, "fit", fit_then_interrupt)
+
+
+def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path, capsys, monkeypatch):
+    run = write_run(tmp_path / "run")
+    args = ["--trials", "t0000,1", "--epochs", "3", *FAST_PROXY]
+    code, _, _ = run_cli(capsys, run, *args, "--out", tmp_path / "straight")
+    assert code == 0
+
+    interrupt_at(monkeypatch, TINY_FSNE, epoch=1)
+    code, _, err = run_cli(capsys, run, *args)
+    assert code == 130 and "interrupted" in err
+    monkeypatch.undo()
+    first, second = run / "retrain" / TINY_LINEAR.arch_id, run / "retrain" / TINY_FSNE.arch_id
+    assert (first / "result.json").is_file() and not (second / "result.json").exists()
+    assert load_checkpoint(second).epoch == 1 and len(read_metrics(second)) == 1
+    assert list(pd.read_csv(run / "retrain.csv")["arch_id"]) == [TINY_LINEAR.arch_id]
+    kept = {path: path.read_bytes() for path in (first / "result.json", second / "last.safetensors")}
+
+    code, _, err = run_cli(capsys, run, *args)
+    assert code == 2 and err.count("\n") == 1 and "already holds a finished run of t0000" in err and "--resume" in err
+    assert all(path.read_bytes() == data for path, data in kept.items())
+
+    code, out, err = run_cli(capsys, run, *args, "--resume")
+    assert code == 0, err
+    assert "1 to train" in out and "1 already finished (skipped)" in out and "epoch 1/3" not in out
+    assert (first / "result.json").read_bytes() == kept[first / "result.json"]
+    straight = tmp_path / "straight" / "retrain" / TINY_FSNE.arch_id
+    timing = ("seconds", "images_per_s")
+    assert ([{k: v for k, v in m.items() if k not in timing} for m in read_metrics(second)] ==
+            [{k: v for k, v in m.items() if k not in timing} for m in read_metrics(straight)])
+    resumed, uninterrupted = load_file(second / "last.safetensors"), load_file(straight / "last.safetensors")
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+    resumed_result = json.loads((second / "result.json").read_text())
+    assert resumed_result["top1"] == json.loads((straight / "result.json").read_text())["top1"]
+    assert sorted(pd.read_csv(run / "retrain.csv")["arch_id"]) == sorted([TINY_LINEAR.arch_id, TINY_FSNE.arch_id])
+
+
+def test_two_processes_give_the_metrics_of_one(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    args = ["retrain", str(run), "--top", "1", "--epochs", "3", *FAST_PROXY]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "nas.cli", *args, "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("epoch 3/3") == 1 and done.stdout.count("\ntest    ") == 1  # rank 0 alone prints
+    one, two = (tmp_path / name / "retrain" / TINY_FSNE.arch_id for name in ("one", "two"))
+    val_images, test_images = len(load_dataset("digits", val_fraction=0.2).val), DIGITS_TEST_IMAGES
+    for single, double in zip(read_metrics(one), read_metrics(two), strict=True):
+        assert abs(float(single["val_acc"]) - float(double["val_acc"])) <= 1 / val_images + 1e-9
+        assert float(single["train_loss"]) == pytest.approx(float(double["train_loss"]), abs=1e-3)
+    one_result, two_result = (json.loads((folder / "result.json").read_text()) for folder in (one, two))
+    assert (one_result["world_size"], two_result["world_size"]) == (1, 2)
+    assert abs(one_result["top1"] - two_result["top1"]) <= 1 / test_images + 1e-9
+    assert len(pd.read_csv(tmp_path / "two" / "retrain.csv")) == 1
+
+
+def test_ray_trains_the_models_as_separate_tasks(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    code, out, err = run_cli(capsys, run, "--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY,
+                             "--address", "local", "--cpus-per-model", "1")
+    assert code == 0, err
+    table = pd.read_csv(run / "retrain.csv")
+    assert sorted(table["source"]) == ["t0000", "t0001"] and table["top1"].between(0, 1).all()
+    assert "2 to train on Ray at local" in out
+    for arch in (TINY_LINEAR, TINY_FSNE):
+        result = json.loads((run / "retrain" / arch.arch_id / "result.json").read_text())
+        assert result["epochs"] == 1 and result["test_images"] == DIGITS_TEST_IMAGES
+
+
+def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    args = ["--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY]
+    assert run_cli(capsys, run, *args)[0] == 0
+    first, second = run / "retrain" / TINY_LINEAR.arch_id, run / "retrain" / TINY_FSNE.arch_id
+    (first / "result.json").unlink()  # as if killed after its last epoch: resumable
+    for name in ("last.safetensors", "last-state.safetensors", "last.json"):
+        shutil.copyfile(second / name, first / name)  # another architecture's checkpoint
+    code, _, err = run_cli(capsys, run, *args, "--resume")
+    assert code == 2 and err.count("\n") == 1 and f"checkpoint {first / 'last.safetensors'} does not match" in err
+
+    (first / "last.safetensors").write_bytes(b"\x00garbage")
+    code, _, err = run_cli(capsys, run, *args, "--resume")
+    assert code == 2 and err.count("\n") == 1 and "not a readable safetensors file" in err
+    assert (first / "last.safetensors").read_bytes() == b"\x00garbage"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--top", "0"], "--top 0: expected a positive number of winners"),
+    (["--trials", "t0099"], "--trials t0099: no such trial in"),
+    ([], "nothing to retrain: expected --top K"),
+    (["--arch", "missing.json"], "architecture file missing.json: not found"),
+    (["--baseline", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    (["--top", "1", "--epochs", "0"], "recipe epochs=0"),
+    (["--top", "1", "--schedule", "step"], "recipe schedule='step'"),
+    (["--top", "1", "--dataset", "mnist"], "dataset 'mnist'"),
+    (["--top", "1", "--address", "local", "--gpus-per-model", "2"], "--gpus-per-model 2.0: expected 0 to 1"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, expected):
+    run = write_run(tmp_path / "run")
+    before = sorted(path.name for path in run.iterdir())
+    code, _, err = run_cli(capsys, run, *argv)
+    assert code == 2 and expected in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(path.name for path in run.iterdir()) == before
+
+
+def test_a_run_without_a_front_or_folder_is_named(tmp_path, capsys):
+    run = write_run(tmp_path / "failed", trials=((TINY_LINEAR, None, "failed"), (WIDER_LINEAR, None, "failed")))
+    code, _, err = run_cli(capsys, run, "--top", "2")
+    assert code == 2 and f"{run / 'trials.csv'} has no Pareto front (2 failed)" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, tmp_path / "nowhere", "--top", "1")
+    assert code == 2 and "nowhere: not found" in err and err.count("\n") == 1
+
+
+def test_malformed_recipe_flag_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["retrain", str(tmp_path), "--top", "1", "--lr", "fast"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--lr: invalid float value: 'fast'" in err and err.count("\n") == 1
+
+
+def test_searched_patch_size_meets_the_retrain_images(tmp_path, capsys):
+    winner = Candidate(TINY_FSNE, "winner", "t0001", searched_at=8)
+    assert fitted_arch(winner, 224, 16, None).patch_size == 16  # digits' patch 2 would leave 112x112 tokens
+    assert fitted_arch(winner, 8, 2, None).patch_size == 2
+    assert fitted_arch(winner, 224, 16, 8).patch_size == 8
+    assert fitted_arch(Candidate(TINY_FSNE, "winner", "arch.json"), 224, 16, None).patch_size == 2
+
+    run = write_run(tmp_path / "run")
+    code, out, err = run_cli(capsys, run, "--top", "1", "--img-size", "16", "--epochs", "1", *FAST_PROXY)
+    assert code == 0, err
+    assert "patch size 2 -> 4 for t0001 on digits at 16 px (searched at 8 px; override with --patch-size)" in out
+    result = json.loads((run / "retrain" / TINY_FSNE.replace(patch_size=4).arch_id / "result.json").read_text())
+    assert (result["img_size"], result["patch_size"]) == (16, 4)
+    assert result["flops"] == count_flops(TINY_FSNE.replace(patch_size=4), 10, 16, 1)
