@@ -67,15 +67,15 @@ def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser, default_recipe: str) -> None:
+def add_recipe_arguments(parser: argparse.ArgumentParser, default_recipe: str | None, default_text: str = "") -> None:
     """--recipe NAME plus one flag per Recipe field (--epochs, --batch-size, --ema/--no-ema, ...), generated from
     the dataclass so a new field gets its flag; flags not given keep the named recipe's values."""
     from trainers.recipe import RECIPES, Recipe
 
     group = parser.add_argument_group("recipe", "start from --recipe NAME; each flag below overrides one field "
-                                                 "(values shown as proxy / xcit / transfer)")
+                                                 f"(values shown as {' / '.join(RECIPES)})")
     group.add_argument("--recipe", default=default_recipe, metavar="NAME",
-                       help=f"{', '.join(RECIPES)} (default {default_recipe})")
+                       help=f"{', '.join(RECIPES)} (default {default_text or default_recipe})")
     helps = recipe_field_help()
     converters: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
     for field in dataclasses.fields(Recipe):
@@ -253,7 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="share of the training set held out for validation (default: the run's)")
     data.add_argument("--split-seed", type=int, default=None, metavar="S",
                       help="seed of the validation split (default: the run's seed)")
-    add_recipe_arguments(parser, "xcit")
+    add_recipe_arguments(parser, None, "xcit, or small on digits")
     where = parser.add_argument_group("running")
     where.add_argument("--seed", type=int, default=0, metavar="S",
                        help="seed of initialisation, data order and augmentation (default 0)")
@@ -416,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
     from nas.results import load_settings
     from search_spaces.errors import UsageError
     from trainers.engine import TrainingDiverged, init_distributed
+    from trainers.recipe import full_recipe_name
     from trainers.retrain import DataRequest, retrain_model, write_text_atomic
 
     _check_arguments(args)
@@ -431,10 +432,11 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(run_dir) if (run_dir / "search.json").is_file() else {}
     searched_at = settings.get("img_size")
     candidates = _candidates(args, run_dir, None if searched_at is None else int(searched_at), say)
-    recipe, overrides = recipe_from_args(args)
     dataset = args.dataset or settings.get("dataset")
     if dataset is None:
         raise UsageError(f"{run_dir} has no search.json naming its dataset: expected --dataset NAME")
+    args.recipe = args.recipe or full_recipe_name(dataset)  # the full recipe that fits the dataset
+    recipe, overrides = recipe_from_args(args)
     same_data = dataset == settings.get("dataset")
     request = DataRequest(
         name=dataset, data_dir=args.data_dir or (settings.get("data_dir") if same_data else None),

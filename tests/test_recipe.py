@@ -8,7 +8,7 @@ from trainers.recipe import RECIPES, Recipe, get_recipe
 
 
 def test_named_recipes_exist():
-    assert set(RECIPES) == {"proxy", "xcit", "transfer"}
+    assert set(RECIPES) == {"proxy", "xcit", "transfer", "small"}
     for name, recipe in RECIPES.items():
         assert get_recipe(name) == recipe and recipe.name == name
 
@@ -80,3 +80,10 @@ def test_dict_and_json_round_trip():
         assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     with pytest.raises(UsageError, match="no field colour"):
         Recipe.from_dict({**RECIPES["proxy"].to_dict(), "colour": 1})
+
+
+def test_full_recipe_fits_the_dataset():
+    from trainers.recipe import full_recipe_name
+
+    assert full_recipe_name("digits") == "small" and get_recipe("small").epochs == 30
+    assert full_recipe_name("imagenet") == full_recipe_name("cifar10") == "xcit"

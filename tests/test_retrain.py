@@ -31,7 +31,7 @@ WIDER_LINEAR = ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=2)
 # Patch 16 leaves no token on 8 px digits: the retrain must switch it to the dataset's patch 2.
 BASELINE_P16 = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=16)
 # The xcit recipe made quick: every flag below is generated from a Recipe field.
-FAST_XCIT = ["--epochs", "2", "--batch-size", "64", "--lr", "8e-3", "--randaugment", "none", "--mixup", "0",
+FAST_XCIT = ["--recipe", "xcit", "--epochs", "2", "--batch-size", "64", "--lr", "8e-3", "--randaugment", "none", "--mixup", "0",
              "--cutmix", "0", "--no-ema", "--warmup-epochs", "0", "--drop-path", "0.05", "--device", "cpu"]
 FAST_PROXY = ["--recipe", "proxy", "--device", "cpu"]
 DIGITS_TEST_IMAGES = 359
