@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,13 @@ import pandas as pd
 
 from search_spaces.arch import ArchConfig
 from search_spaces.errors import UsageError
+from search_spaces.files import write_text_atomic
 
 STATES = ("complete", "stopped", "failed", "infeasible", "running")
 LEAD_COLUMNS = ["trial_id", "state", "reason", "arch_id", "structure", "params", "flops", "val_acc",
                 "last_val_acc", "epochs", "seconds", "seed"]
 ARCH_COLUMNS = list(ArchConfig().flat())
 COLUMNS = LEAD_COLUMNS + ARCH_COLUMNS + ["arch"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 class TrialTable:
@@ -82,7 +65,7 @@ class TrialTable:
         return pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=COLUMNS)
 
     def write(self) -> None:
-        write_atomic(self.path, self.frame().to_csv(index=False))
+        write_text_atomic(self.path, self.frame().to_csv(index=False))
 
 
 def _is_missing(value: Any) -> bool:

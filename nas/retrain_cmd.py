@@ -417,7 +417,8 @@ def run(args: argparse.Namespace) -> int:
     from search_spaces.errors import UsageError
     from trainers.engine import TrainingDiverged, init_distributed
     from trainers.recipe import full_recipe_name
-    from trainers.retrain import DataRequest, retrain_model, write_text_atomic
+    from search_spaces.files import write_text_atomic
+    from trainers.retrain import DataRequest, retrain_model
 
     _check_arguments(args)
     if args.address is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:

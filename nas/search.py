@@ -24,11 +24,12 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
 from nas.budget import format_count
-from nas.results import TrialTable, load_settings, write_json
+from nas.results import TrialTable, load_settings
 from nas.searcher import Budget, BudgetedOptunaSearch, close_interrupted, trial_state
 from search_spaces.cost import count_params
 from search_spaces.errors import UsageError
-from search_spaces.spaces import Space, draw, load_space
+from search_spaces.files import write_json_atomic
+from search_spaces.spaces import draw, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
@@ -247,7 +248,7 @@ def run_search(settings: SearchSettings, resume: bool = False, trainable: Callab
     record.update(sessions=sessions, versions=versions(), patch_size=patch_size, num_classes=info.num_classes,
                   img_size=info.img_size, in_chans=info.in_chans, started=record.get("started", _now()),
                   finished=None)
-    write_json(run_dir / "search.json", record)
+    write_json_atomic(run_dir / "search.json", record)
 
     table = TrialTable(run_dir / "trials.csv")
     close_running_rows(table)
@@ -332,7 +333,7 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
 
 def finish(settings, table, record, run_dir, exhausted: str | None, seconds: float) -> int:
     record.update(finished=_now(), seconds=round(float(record.get("seconds") or 0.0) + seconds, 1))
-    write_json(run_dir / "search.json", record)
+    write_json_atomic(run_dir / "search.json", record)
     best = table.best()
     if exhausted:
         print(exhausted)

@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     from nas.retrain_cmd import describe_recipe, plan_folder, recipe_from_args
     from search_spaces.errors import UsageError
     from trainers.engine import TrainingDiverged, init_distributed
-    from trainers.retrain import DataRequest, write_text_atomic
+    from search_spaces.files import write_text_atomic
+    from trainers.retrain import DataRequest
     from trainers.transfer import TransferTask, finetune, pretrained_img_size
 
     if not args.checkpoints and not args.baseline:

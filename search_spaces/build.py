@@ -6,7 +6,7 @@ from functools import partial
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from timm.models.xcit import ConvPatchEmbed, Xcit, conv3x3
+from timm.models.xcit import Xcit, conv3x3
 from torch import nn
 
 from search_spaces.arch import ArchConfig

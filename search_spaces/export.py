@@ -28,21 +28,12 @@ from torch import nn
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.errors import UsageError
+from search_spaces.files import atomic_path, write_bytes_atomic
 
 EXPORT_FORMAT = "qkvnas-export/1"
 WEIGHTS_FILE, ARCH_FILE, MODEL_FILE, ONNX_FILE = "model.safetensors", "arch.json", "model.json", "model.onnx"
 MODEL_FIELDS = ("num_classes", "img_size", "in_chans", "mean", "std")
 ONNX_OPSET = 17
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file beside `path`, then rename: never half a file (permissions per umask, unlike mkstemp's 0600)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def model_description(arch: ArchConfig, *, num_classes: int, img_size: int, in_chans: int, mean: tuple[float, ...],
@@ -57,8 +48,8 @@ def model_description(arch: ArchConfig, *, num_classes: int, img_size: int, in_c
 def write_description(folder: Path, arch: ArchConfig, description: dict[str, Any]) -> list[Path]:
     """arch.json and model.json into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / ARCH_FILE, (arch.to_json(indent=2) + "\n").encode())
-    _write_atomic(folder / MODEL_FILE, (json.dumps(description, indent=2) + "\n").encode())
+    write_bytes_atomic(folder / ARCH_FILE, (arch.to_json(indent=2) + "\n").encode())
+    write_bytes_atomic(folder / MODEL_FILE, (json.dumps(description, indent=2) + "\n").encode())
     return [folder / ARCH_FILE, folder / MODEL_FILE]
 
 
@@ -69,7 +60,7 @@ def export_safetensors(model: nn.Module, arch: ArchConfig, description: dict[str
     folder.mkdir(parents=True, exist_ok=True)
     # Cloned to the CPU so that no two entries share storage, which safetensors refuses.
     weights = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
-    _write_atomic(folder / WEIGHTS_FILE, save(weights, metadata={"format": EXPORT_FORMAT, "arch_id": arch.arch_id}))
+    write_bytes_atomic(folder / WEIGHTS_FILE, save(weights, metadata={"format": EXPORT_FORMAT, "arch_id": arch.arch_id}))
     return [folder / WEIGHTS_FILE, *write_description(folder, arch, description)]
 
 
@@ -78,17 +69,11 @@ def export_onnx(model: nn.Module, path: Path, *, img_size: int, in_chans: int, o
     one needs onnxscript, which this project does not depend on."""
     model = model.eval()
     example = torch.randn(1, in_chans, img_size, img_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings are not the user's
-            torch.onnx.export(model, (example,), str(temporary), dynamo=False, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=opset)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings are not the user's
+        torch.onnx.export(model, (example,), str(temporary), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=opset)
     return path
 
 

@@ -1,10 +1,8 @@
 """Exact parameter counts on the meta device and FLOPs from torch.utils.flop_counter."""
 import pytest
-import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from search_spaces.arch import ArchConfig, QKVConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops, count_params
 from search_spaces.presets import PRESETS

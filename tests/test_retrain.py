@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import trainers.retrain as retrain
 from nas.cli import main
-from nas.results import TrialTable, write_json
+from nas.results import TrialTable
+from search_spaces.files import write_json_atomic
 from nas.retrain_cmd import Candidate, fitted_arch
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
@@ -41,7 +42,7 @@ def write_run(folder: Path, trials=((TINY_LINEAR, 0.80, "complete"), (TINY_FSNE,
                                     (WIDER_LINEAR, None, "failed"))) -> Path:
     """A run folder as `nas search` leaves it: search.json and trials.csv (trial t0001 leads the front)."""
     folder.mkdir(parents=True)
-    write_json(folder / "search.json", {"name": folder.name, "dataset": "digits", "data_dir": None, "budget": 60_000,
+    write_json_atomic(folder / "search.json", {"name": folder.name, "dataset": "digits", "data_dir": None, "budget": 60_000,
                                         "img_size": 8, "num_classes": 10, "in_chans": 1, "patch_size": 2,
                                         "val_fraction": 0.2, "seed": 0})
     table = TrialTable(folder / "trials.csv")

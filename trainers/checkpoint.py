@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import random
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.errors import UsageError
+from search_spaces.files import write_bytes_atomic
 from trainers.recipe import Recipe
 
 FORMAT = "qkvnas-checkpoint/1"
@@ -79,15 +79,6 @@ def checkpoint_record(*, epoch: int, step: int, seed: int, recipe: Recipe, datas
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # Clones so that no two entries share storage, which safetensors refuses.
     return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
@@ -100,12 +91,12 @@ def save_checkpoint(directory: Path, tag: str, *, weights: dict[str, torch.Tenso
     directory.mkdir(parents=True, exist_ok=True)
     weights_path, state_path, record_path = checkpoint_files(directory, tag)
     stamp = {"format": FORMAT, "tag": tag, "epoch": str(record["epoch"])}
-    _atomic_write(weights_path, save_safetensors_bytes(_cpu_tensors(weights), metadata=stamp))
+    write_bytes_atomic(weights_path, save_safetensors_bytes(_cpu_tensors(weights), metadata=stamp))
     if state is not None:
         tensors, scalars = state
         state_meta = {**stamp, "resume": json.dumps(scalars)}
-        _atomic_write(state_path, save_safetensors_bytes(_cpu_tensors(tensors), metadata=state_meta))
-    _atomic_write(record_path, (json.dumps(record, indent=1) + "\n").encode())
+        write_bytes_atomic(state_path, save_safetensors_bytes(_cpu_tensors(tensors), metadata=state_meta))
+    write_bytes_atomic(record_path, (json.dumps(record, indent=1) + "\n").encode())
     return weights_path
 
 

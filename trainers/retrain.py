@@ -32,6 +32,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
 from search_spaces.errors import UsageError
+from search_spaces.files import write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetSplits, load_dataset
 from trainers.engine import EpochMetrics, distributed, evaluate, fit, seed_everything
@@ -41,21 +42,6 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 ARCH_FILE = "arch.json"
 METRICS_COLUMNS = [field.name for field in dataclasses.fields(EpochMetrics)]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file (permissions per umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def say_on_main(line: str) -> None:

@@ -16,12 +16,13 @@ from typing import Any
 from torch import nn
 
 from search_spaces.errors import UsageError
+from search_spaces.files import write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetSplits
 from trainers.engine import EpochMetrics, distributed, seed_everything
 from trainers.recipe import Recipe
 from trainers.retrain import (ARCH_FILE, RESULT_FILE, DataRequest, scores_of, say_on_main, train_and_test,
-                              trained_checkpoint, write_json_atomic, write_text_atomic)
+                              trained_checkpoint)
 
 # The fresh head starts as timm initialises one (truncated normal, std 0.02; nn.Linear's default is ~5x wider).
 HEAD_INIT_STD = 0.02
