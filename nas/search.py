@@ -126,7 +126,7 @@ class Progress:
         best_text = "no score yet" if best is None else (
             f"best val_acc {best['val_acc']:.4f} ({format_count(best['params'])} params, {best['trial_id']})")
         status = (f"{trained}/{self.target} trained: {t.count('complete')} complete, {t.count('stopped')} stopped, "
-                  f"{t.count('failed')} failed, {t.count('running')} running, {t.count('infeasible')} infeasible "
+                  f"{t.count('failed')} failed, {t.count('running')} in progress, {t.count('infeasible')} infeasible "
                   f"| {best_text}")
         if force and status == self.last_status:
             return

@@ -94,7 +94,8 @@ def runs_overview(results_dir: Path) -> str:
         budget = run.settings.get("budget")
         row = {"run": run.name, "dataset": run.settings.get("dataset", ""),
                "budget": format_count(budget) if budget is not None else "",
-               "trials done": int((table["state"] != "running").sum()), "best val_acc": "", "its params": ""}
+               "trained": int(table["state"].isin(["complete", "stopped", "failed"]).sum()),
+               "infeasible": int((table["state"] == "infeasible").sum()), "best val_acc": "", "its params": ""}
         if not scored.empty:
             best = scored.sort_values([SCORE, "params"], ascending=[False, True], kind="stable").iloc[0]
             row.update({"best val_acc": f"{best[SCORE] * 100:.2f}%", "its params": format_count(best["params"])})
