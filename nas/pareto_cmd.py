@@ -1,107 +1,27 @@
-"""`nas pareto results/<run>`: the run's Pareto front as pareto.csv and pareto.png / pareto.svg.
-
-Also home of `read_run`, which `nas show` uses too: a run folder read back with clear errors.
-"""
+"""`nas pareto results/<run>`: the run's Pareto front as pareto.csv and pareto.png / pareto.svg."""
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from nas.pareto import SCORE, atomic_target, pareto_front, plot_front, scored_trials
+from nas.pareto import SCORE, pareto_front, plot_front, scored_trials
+from nas.results import Run, find_run, read_run
 from search_spaces.errors import UsageError
+from search_spaces.files import atomic_path
 
 COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 # Settings that name the run's limit on a cost; drawn as a vertical line on that cost's plot.
 COST_LIMITS = {"params": "budget", "flops": "max_flops"}
 LATENCY_COLUMNS = ("latency_ms", "throughput", "latency_device")
-REQUIRED_COLUMNS = ("trial_id", "state", "structure", "params", SCORE)
-NUMERIC_COLUMNS = ("params", "flops", SCORE, "last_val_acc", "epochs", "seconds")
-TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
-# Published ImageNet-1k top-1 figures (PAPERS.md): display name, preset, accuracy.
 # (label, preset, ImageNet top-1, published params or None when the preset's count is the published one).
 # The paper's F-SNE has 3.1M params; its hidden width is not given, so our preset (hidden ratio 1, 2.87M)
 # only stands in for its FLOPs.
 REFERENCE_MODELS = (("XCiT-N12", "xcit-n12", 0.699, None), ("F-SNE (paper)", "xcit-n12-fsne", 0.714, 3_100_000),
                     ("DeiT-Tiny", "deit-tiny", 0.722, None))
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run folder read back: its settings (search.json, {} when absent) and its trials table."""
-
-    path: Path
-    settings: dict[str, Any]
-    table: pd.DataFrame
-
-    @property
-    def name(self) -> str:
-        return str(self.settings.get("name") or self.path.name)
-
-    def setting(self, key: str, why: str) -> Any:
-        if self.settings.get(key) is None:
-            raise UsageError(f"{self.path / 'search.json'} has no {key!r}: expected it {why}")
-        return self.settings[key]
-
-
-def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
-    """A run folder given as a path, or as a name under `results_dir`."""
-    for candidate in (Path(spec), results_dir / spec):
-        if candidate.is_dir():
-            return candidate
-    raise UsageError(f"run folder {spec}: not found; expected a folder written by `nas search`, e.g. results/<run>")
-
-
-def _read_settings(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} is not valid JSON ({str(error).splitlines()[0]}): "
-                         "expected the settings object `nas search` writes") from None
-    if not isinstance(settings, dict):
-        raise UsageError(f"{path} holds a JSON {type(settings).__name__}: expected an object of settings")
-    return settings
-
-
-def _read_trials(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UsageError(f"{path}: not found; expected the run folder to hold the trials.csv `nas search` writes")
-    expected = "expected a header row and one row per trial, as `nas search` writes"
-    try:
-        table = pd.read_csv(path, dtype={name: str for name in TEXT_COLUMNS})
-    except pd.errors.EmptyDataError:
-        raise UsageError(f"{path} is empty: {expected}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise UsageError(f"{path} is not readable CSV ({str(error).strip().splitlines()[0]}): {expected}") from None
-    missing = [name for name in REQUIRED_COLUMNS if name not in table.columns]
-    if missing:
-        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
-    for name in NUMERIC_COLUMNS:
-        if name not in table.columns:
-            continue
-        numbers = pd.to_numeric(table[name], errors="coerce")
-        bad = numbers.isna() & table[name].notna()
-        if bad.any():
-            row = table[bad].iloc[0]
-            raise UsageError(f"{path}: column {name} holds {row[name]!r} (trial {row['trial_id']}): expected a number")
-        table[name] = numbers
-    return table
-
-
-def read_run(run_dir: str | Path) -> Run:
-    """Read search.json and trials.csv of a run folder; anything missing or corrupt is one UsageError."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UsageError(f"run folder {path}: not found; expected a folder written by `nas search`, e.g. results/<run>")
-    return Run(path, _read_settings(path / "search.json"), _read_trials(path / "trials.csv"))
 
 
 def parse_costs(values: Iterable[str] | None) -> list[str]:
@@ -167,12 +87,12 @@ def reference_points(run: Run) -> pd.DataFrame | None:
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    with atomic_target(path) as temporary:
+    with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
 
 
 def _copy(source: Path, target: Path) -> None:
-    with atomic_target(target) as temporary:
+    with atomic_path(target) as temporary:
         shutil.copyfile(source, temporary)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,30 +73,87 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
+REQUIRED_COLUMNS = ("trial_id", "state", "structure", "params", "val_acc")
+NUMERIC_COLUMNS = ("params", "flops", "val_acc", "last_val_acc", "epochs", "seconds")
+TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder read back: its settings (search.json, {} when absent) and its trials table."""
+
+    path: Path
+    settings: dict[str, Any]
+    table: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return str(self.settings.get("name") or self.path.name)
+
+    def setting(self, key: str, why: str) -> Any:
+        if self.settings.get(key) is None:
+            raise UsageError(f"{self.path / 'search.json'} has no {key!r}: expected it {why}")
+        return self.settings[key]
+
+
+def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
+    """A run folder given as a path, or as a name under `results_dir`."""
+    for candidate in (Path(spec), results_dir / spec):
+        if candidate.is_dir():
+            return candidate
+    raise UsageError(f"run folder {spec}: not found; expected a folder written by `nas search`, e.g. results/<run>")
+
+
+def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str, Any]:
+    """A run's search.json; missing is an error when `required`, else {}; corrupt is always an error."""
+    path = Path(run_dir) / "search.json"
+    if not path.is_file():
+        if required:
+            raise UsageError(f"{path}: not found; expected a run folder written by nas search")
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} is not valid JSON ({str(error).splitlines()[0]}): "
+                         "expected the settings object `nas search` writes") from None
+    if not isinstance(settings, dict):
+        raise UsageError(f"{path} holds a JSON {type(settings).__name__}: expected an object of settings")
+    return settings
+
+
 def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's trials.csv; a missing folder or file, or an unreadable table, is one clear UsageError."""
+    """A run's trials.csv with its numbers checked; missing, empty or corrupt is one clear UsageError."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UsageError(f"run folder {run_dir}: not found; expected results/<run> as written by nas search")
+        raise UsageError(f"run folder {run_dir}: not found; expected a folder written by `nas search`, e.g. results/<run>")
     path = run_dir / "trials.csv"
     if not path.is_file():
-        raise UsageError(f"{path}: not found; expected a run folder written by nas search")
+        raise UsageError(f"{path}: not found; expected the run folder to hold the trials.csv `nas search` writes")
+    expected = "expected a header row and one row per trial, as `nas search` writes"
     try:
-        table = pd.read_csv(path, dtype={"trial_id": str, "reason": str, "arch": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: unreadable ({str(error).splitlines()[0]}); expected the CSV nas search writes") from None
-    missing = [c for c in ("trial_id", "state", "params", "val_acc", "arch") if c not in table.columns]
+        table = pd.read_csv(path, dtype={name: str for name in TEXT_COLUMNS})
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"{path} is empty: {expected}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"{path} is not readable CSV ({str(error).strip().splitlines()[0]}): {expected}") from None
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.columns]
     if missing:
-        raise UsageError(f"{path}: missing columns {missing}; expected the CSV nas search writes")
-    table["reason"] = table["reason"].fillna("")
+        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
+    for name in NUMERIC_COLUMNS:
+        if name not in table.columns:
+            continue
+        numbers = pd.to_numeric(table[name], errors="coerce")
+        bad = numbers.isna() & table[name].notna()
+        if bad.any():
+            row = table[bad].iloc[0]
+            raise UsageError(f"{path}: column {name} holds {row[name]!r} (trial {row['trial_id']}): expected a number")
+        table[name] = numbers
     return table
 
 
-def load_settings(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "search.json"
-    if not path.is_file():
-        raise UsageError(f"{path}: not found; expected a run folder written by nas search")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+def read_run(run_dir: str | Path) -> Run:
+    """Read search.json and trials.csv of a run folder; anything missing or corrupt is one UsageError."""
+    path = Path(run_dir)
+    return Run(path, load_settings(path, required=False), load_trials(path))
+
+

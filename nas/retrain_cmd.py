@@ -412,8 +412,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from nas.pareto_cmd import find_run
-    from nas.results import load_settings
+    from nas.results import find_run, load_settings
     from search_spaces.errors import UsageError
     from trainers.engine import TrainingDiverged, init_distributed
     from trainers.recipe import full_recipe_name
@@ -430,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     run_dir = find_run(args.run)
-    settings = load_settings(run_dir) if (run_dir / "search.json").is_file() else {}
+    settings = load_settings(run_dir, required=False)
     searched_at = settings.get("img_size")
     candidates = _candidates(args, run_dir, None if searched_at is None else int(searched_at), say)
     dataset = args.dataset or settings.get("dataset")
