@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from search_spaces.errors import UsageError
@@ -38,8 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for name, (module_name, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module_name) is None:
-            continue
         sub = commands.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
         add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
