@@ -8,9 +8,7 @@ with a val_acc take part, and only those with a value for every cost.
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pandas as pd
 
 from search_spaces.arch import QKVConfig, structure_name
 from search_spaces.errors import UsageError
+from search_spaces.files import atomic_path
 
 SCORE = "val_acc"
 SCORED_STATES = ("complete", "stopped")
@@ -89,17 +88,6 @@ def pareto_front(table: pd.DataFrame, costs: Sequence[str]) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path next to `path`, moved over it only once writing succeeded: no half-written files."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: float | None, out_stem: Path,
                references: pd.DataFrame | None = None, title: str = "") -> list[Path]:
     """Draw every scored trial (val_acc against `cost`) with the front; write <out_stem>.png and .svg.
@@ -164,7 +152,7 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
     with rc_context({"svg.fonttype": "none"}):
         for suffix in ("png", "svg"):
             path = out_stem.with_name(f"{out_stem.name}.{suffix}")
-            with atomic_target(path) as temporary:
+            with atomic_path(path) as temporary:
                 figure.savefig(temporary, format=suffix)
             written.append(path)
     return written
