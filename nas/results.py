@@ -17,6 +17,8 @@ from search_spaces.errors import UsageError
 from search_spaces.files import write_text_atomic
 
 STATES = ("complete", "stopped", "failed", "infeasible", "running")
+# The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.
+INTERRUPTED = "interrupted: the search stopped before this trial finished"
 LEAD_COLUMNS = ["trial_id", "state", "reason", "arch_id", "structure", "params", "flops", "val_acc",
                 "last_val_acc", "epochs", "seconds", "seed"]
 ARCH_COLUMNS = list(ArchConfig().flat())

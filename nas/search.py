@@ -24,7 +24,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
 from nas.budget import format_count
-from nas.results import TrialTable, load_settings
+from nas.results import INTERRUPTED, TrialTable, load_settings
 from nas.searcher import Budget, BudgetedOptunaSearch, close_interrupted, trial_state
 from search_spaces.cost import count_params
 from search_spaces.errors import UsageError
@@ -32,7 +32,6 @@ from search_spaces.files import write_json_atomic
 from search_spaces.spaces import draw, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-INTERRUPTED = "interrupted: the search stopped before this trial finished"
 
 
 @dataclass
@@ -64,6 +63,11 @@ class SearchSettings:
     seed: int = 0
     max_infeasible_streak: int = 300
     verbose: bool = False
+    study_name: str | None = None
+
+    def __post_init__(self) -> None:
+        # The Optuna study keeps its first name even if the run folder is renamed or moved later.
+        self.study_name = self.study_name or self.name
 
     @property
     def run_dir(self) -> Path:
@@ -293,7 +297,7 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
     try:
         progress = Progress(table, settings.trials, already)
         searcher = BudgetedOptunaSearch(
-            space_fn, patch_size, budget, table, f"sqlite:///{run_dir / 'study.db'}", settings.name,
+            space_fn, patch_size, budget, table, f"sqlite:///{run_dir / 'study.db'}", settings.study_name,
             settings.seed, settings.epochs, settings.max_infeasible_streak,
             initial_points=None if resume else list(getattr(space_fn, "initial_points", [])),
             trial_constants={
@@ -332,18 +336,25 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
 
 
 def finish(settings, table, record, run_dir, exhausted: str | None, seconds: float) -> int:
+    """Record the session's end, print the outcome, write the front; the exit code says how it ended."""
     record.update(finished=_now(), seconds=round(float(record.get("seconds") or 0.0) + seconds, 1))
     write_json_atomic(run_dir / "search.json", record)
     best = table.best()
+    code = 0
     if exhausted:
         print(exhausted)
+    elif trained_count(table) < settings.trials:
+        # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
+        print(f"search interrupted after {trained_count(table)} of {settings.trials} trials; "
+              f"continue it with: nas search --resume {run_dir}")
+        code = 130
     if best is None:
         print(f"{run_dir}: no trial has a score yet")
-        return 2 if exhausted else 0
+        return 2 if exhausted else code
     print(f"best: {best['trial_id']} val_acc {best['val_acc']:.4f} with {best['params']:,} params "
           f"({best['structure']}); results in {run_dir}")
     _write_front(run_dir)
-    return 0
+    return code
 
 
 def _write_front(run_dir: Path) -> None:

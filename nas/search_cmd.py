@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if not run_dir.is_dir():
             raise UsageError(f"--resume {args.resume}: no such run folder; expected results/<run> from nas search")
         settings = SearchSettings.from_dict(load_settings(run_dir))
+        # The folder may have been moved or renamed since: it is where the run is now.
         settings.name, settings.results_dir = run_dir.name, str(run_dir.parent)
         for name in RESUMABLE:
             if getattr(args, name) is not None:

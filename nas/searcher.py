@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,13 +22,15 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from nas.results import TrialTable
+from nas.results import INTERRUPTED, TrialTable
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
 from search_spaces.errors import UsageError
 from search_spaces.spaces import Space, draw
 
 METRIC = "val_acc"
+# Draws in a row without a new feasible architecture after which the searcher draws at random instead of TPE.
+RANDOM_AFTER_STREAK = 20
 
 
 @dataclass(frozen=True)
@@ -89,11 +93,12 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._max_infeasible_streak = max_infeasible_streak
         self._on_draw = on_draw
         self._trial_constants = dict(trial_constants or {})
+        self._random_sampler = optuna.samplers.RandomSampler(seed=seed)
         self.infeasible_streak = 0
         self.exhausted = False
         # Architectures already trained (or training): drawn again, they are skipped, not retrained.
         self._trained_ids = {row["arch_id"] for row in table.rows.values()
-                             if row["state"] != "infeasible" and row.get("arch_id")}
+                             if row["state"] != "infeasible" and row.get("arch_id") and row.get("reason") != INTERRUPTED}
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Ray's OptunaSearch warns on every re-told trial; our states are told once, on purpose.
         logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
@@ -111,14 +116,17 @@ class BudgetedOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         # The streak counts draws in a row that gave nothing new to train: infeasible, invalid or repeated.
         while self.infeasible_streak < self._max_infeasible_streak:
-            ot_trial = self._ot_study.ask()
+            with self._sampler_for_draw():
+                ot_trial = self._ot_study.ask()
+                try:
+                    arch = draw(self._arch_space, ot_trial, self._patch_size)
+                    params, flops = self._budget.measure(arch)
+                except UsageError as error:
+                    arch, invalid = None, f"invalid architecture: {error}"
             number = ot_trial.number
             row_id = TrialTable.trial_id(number)
-            try:
-                arch = draw(self._arch_space, ot_trial, self._patch_size)
-                params, flops = self._budget.measure(arch)
-            except UsageError as error:
-                self._reject(ot_trial, row_id, None, None, None, f"invalid architecture: {error}")
+            if arch is None:
+                self._reject(ot_trial, row_id, None, None, None, invalid)
                 continue
             if arch.arch_id in self._trained_ids:
                 self._skip_duplicate(ot_trial, arch)
@@ -141,6 +149,18 @@ class BudgetedOptunaSearch(OptunaSearch):
                     "params": params, "flops": flops}
         self.exhausted = True
         return Searcher.FINISHED
+
+    @contextmanager
+    def _sampler_for_draw(self) -> Iterator[None]:
+        """TPE, or after a run of draws that gave nothing new a random sampler (TPE keeps to its favourites)."""
+        if self.infeasible_streak < RANDOM_AFTER_STREAK:
+            yield
+            return
+        tpe, self._ot_study.sampler = self._ot_study.sampler, self._random_sampler
+        try:
+            yield
+        finally:
+            self._ot_study.sampler = tpe
 
     def _skip_duplicate(self, ot_trial: optuna.Trial, arch: ArchConfig) -> None:
         """A repeat of a trained architecture: failed in Optuna (TPE ignores it), no row, no training."""

@@ -9,8 +9,8 @@ import ray
 from ray import cloudpickle
 
 from nas.cli import main
-from nas.results import TrialTable, load_trials
-from nas.search import INTERRUPTED, SearchSettings, run_search
+from nas.results import INTERRUPTED, TrialTable, load_trials
+from nas.search import SearchSettings, run_search
 from nas.searcher import Budget, BudgetedOptunaSearch
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import load_space
@@ -128,8 +128,10 @@ def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
     assert all(config["params"] <= BUDGET for config in suggested)
     assert all(ArchConfig.from_dict(config["arch"]).embed_dim in (16, 32) for config in suggested)
     assert len({ArchConfig.from_dict(c["arch"]).arch_id for c in suggested}) == len(suggested)
-    # Six architectures fit the budget (2 widths x 3 structures): after them the space is exhausted.
-    assert len(suggested) == 6 or searcher.exhausted
+    # Six architectures fit the budget (2 widths x 3 structures): all are found (random draws once TPE only
+    # repeats itself), then the space is exhausted.
+    assert len(suggested) == 6
+    assert searcher.suggest("one-more") == "FINISHED" and searcher.exhausted
 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_path, space_file):
@@ -160,8 +162,13 @@ def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, t
     table.start(TrialTable.trial_id(crashed.number), arch, 1000, None, seed=crashed.number)
     table.write()
 
+    moved = run_dir.with_name("resume-moved")  # a renamed run folder keeps its study
+    run_dir.rename(moved)
+    run_dir = moved
+    storage = f"sqlite:///{run_dir / 'study.db'}"
     code = main(["search", "--resume", str(run_dir), "--trials", "3"])
     assert code == 0
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["resume"]
     after = load_trials(run_dir).set_index("trial_id")
     for row in first.itertuples():
         assert after.loc[row.trial_id, "state"] == row.state
