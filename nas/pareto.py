@@ -134,10 +134,14 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
     if references is not None and len(references) and cost in references:
         ax.scatter(references[cost] * axis.scale, references[SCORE] * 100, marker="*", s=160, color="black",
                    zorder=5)
+        right_edge = max(trials[cost].max(), references[cost].max()) * axis.scale
         for reference in references.itertuples(index=False):
-            ax.annotate(f"{reference.name} {getattr(reference, SCORE) * 100:.1f}%",
-                        (getattr(reference, cost) * axis.scale, getattr(reference, SCORE) * 100),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+            x, accuracy = getattr(reference, cost) * axis.scale, getattr(reference, SCORE) * 100
+            # Labels near the right edge go to the left of their marker, or they run out of the axes.
+            on_right = x > 0.7 * right_edge
+            ax.annotate(f"{reference.name} {accuracy:.1f}%", (x, accuracy),
+                        textcoords="offset points", xytext=(-7 if on_right else 7, 4),
+                        ha="right" if on_right else "left", fontsize=8)
         handles.append(Line2D([], [], ls="", marker="*", color="black", markersize=10,
                               label="published (ImageNet top-1)"))
 

@@ -29,7 +29,7 @@ def trials_text(trials: pd.DataFrame) -> str:
     shown = trials[[name for name in TRIAL_COLUMNS if name in trials.columns]].copy()
     formats = {
         "params": format_count,
-        "flops": lambda flops: f"{flops / 1e9:.3f}G",
+        "flops": format_count,
         SCORE: lambda accuracy: f"{accuracy * 100:.2f}%",
         "epochs": lambda epochs: f"{epochs:g}",
         "seconds": format_seconds,

@@ -115,6 +115,9 @@ def test_references_only_for_imagenet(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "XCiT-N12 69.9% top-1, 3.05M params" in out and "DeiT-Tiny 72.2% top-1, 5.72M params" in out
     assert "F-SNE (paper) 71.4% top-1, 3.10M params" in out
+    # The SVG keeps text as text, so the labels drawn next to the stars can be read back.
+    assert "XCiT-N12 69.9%" in (imagenet / "pareto.svg").read_text()
+    assert "XCiT-N12" not in (run / "pareto.svg").read_text()
 
 
 def test_latency_columns(tmp_path):
@@ -132,10 +135,19 @@ def test_measure_latency_on_a_tiny_model():
     assert figures["latency_ms"] > 0 and figures["throughput"] > 0
 
 
+def run_with_table(folder, content: bytes):
+    """A run folder whose trials.csv holds exactly `content`."""
+    folder.mkdir()
+    (folder / "trials.csv").write_bytes(content)
+    return folder
+
+
 @pytest.mark.parametrize("setup,fragment", [
     (lambda tmp: tmp / "missing", "not found"),
     (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "trials.csv: not found"),
     (lambda tmp: write_run(tmp / "infeasible", rows=[("t0000", TINY, "infeasible", [])]), "no scored trial"),
+    (lambda tmp: run_with_table(tmp / "blank", b""), "trials.csv is empty"),
+    (lambda tmp: run_with_table(tmp / "binary", b"\xc3\x28\xff" * 50), "is not readable CSV"),
 ])
 def test_bad_runs_give_one_line_and_exit_2(tmp_path, capsys, setup, fragment):
     run = setup(tmp_path)
