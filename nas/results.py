@@ -4,7 +4,6 @@ Every later command (pareto, show, retrain) reads the run back through `load_tri
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 
 from search_spaces.arch import ArchConfig
 from search_spaces.errors import UsageError
-from search_spaces.files import write_text_atomic
+from search_spaces.files import read_json_object, write_text_atomic
 
 STATES = ("complete", "stopped", "failed", "infeasible", "running")
 # The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.
@@ -113,14 +112,7 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
         if required:
             raise UsageError(f"{path}: not found; expected a run folder written by nas search")
         return {}
-    try:
-        settings = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} is not valid JSON ({str(error).splitlines()[0]}): "
-                         "expected the settings object `nas search` writes") from None
-    if not isinstance(settings, dict):
-        raise UsageError(f"{path} holds a JSON {type(settings).__name__}: expected an object of settings")
-    return settings
+    return read_json_object(path, "the settings object `nas search` writes")
 
 
 def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:

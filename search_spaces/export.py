@@ -28,7 +28,7 @@ from torch import nn
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.errors import UsageError
-from search_spaces.files import atomic_path, write_bytes_atomic
+from search_spaces.files import atomic_path, read_json_object, write_bytes_atomic
 
 EXPORT_FORMAT = "qkvnas-export/1"
 WEIGHTS_FILE, ARCH_FILE, MODEL_FILE, ONNX_FILE = "model.safetensors", "arch.json", "model.json", "model.onnx"
@@ -95,13 +95,7 @@ def onnx_difference(model: nn.Module, path: Path, *, img_size: int, in_chans: in
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path}: not found; expected {what} in a folder written by `nas export --format safetensors`")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: corrupt JSON ({error}); expected {what}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object ({what})")
-    return data
+    return read_json_object(path, what)
 
 
 def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:

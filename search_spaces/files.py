@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from search_spaces.errors import UsageError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -39,3 +41,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json_object(path: str | os.PathLike, expected: str) -> dict[str, Any]:
+    """A JSON object from an existing file; unreadable, corrupt or not an object is one UsageError naming `expected`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: corrupt JSON ({str(error).splitlines()[0]}); expected {expected}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: holds a JSON {type(data).__name__}; expected {expected}")
+    return data

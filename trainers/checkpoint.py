@@ -29,7 +29,7 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.errors import UsageError
-from search_spaces.files import write_bytes_atomic
+from search_spaces.files import read_json_object, write_bytes_atomic
 from trainers.recipe import Recipe
 
 FORMAT = "qkvnas-checkpoint/1"
@@ -202,11 +202,8 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
     for required in (record_path, weights_path) + ((state_path,) if with_state else ()):
         if not required.is_file():
             raise UsageError(f"checkpoint {required}: not found; expected a checkpoint written by `nas train`")
-    try:
-        record = json.loads(record_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"checkpoint {record_path}: corrupt JSON ({error}); expected a checkpoint record") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "epoch" not in record:
+    record = read_json_object(record_path, "a checkpoint record")
+    if record.get("format") != FORMAT or "epoch" not in record:
         raise UsageError(f"checkpoint {record_path}: not a {FORMAT} record")
     weights, weights_meta = _read_safetensors(weights_path)
     files = [(weights_path, weights_meta)]

@@ -32,7 +32,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
 from search_spaces.errors import UsageError
-from search_spaces.files import write_json_atomic, write_text_atomic
+from search_spaces.files import read_json_object, write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetSplits, load_dataset
 from trainers.engine import EpochMetrics, distributed, evaluate, fit, seed_everything
@@ -113,15 +113,8 @@ def folder_state(folder: Path) -> str:
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    path = folder / RESULT_FILE
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: unreadable ({str(error).splitlines()[0]}); expected the result.json a finished "
-                         "retrain writes (delete it to retrain that model)") from None
-    if not isinstance(result, dict):
-        raise UsageError(f"{path}: expected a JSON object, got {type(result).__name__}")
-    return result
+    return read_json_object(folder / RESULT_FILE,
+                            "the result.json a finished retrain writes (delete it to retrain that model)")
 
 
 def check_continuable(folder: Path, recipe: Recipe, seed: int) -> None:
