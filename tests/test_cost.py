@@ -1,10 +1,12 @@
 """Exact parameter counts on the meta device and FLOPs from torch.utils.flop_counter."""
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.build import build_model
-from search_spaces.cost import count_flops, count_params
+from search_spaces.arch import ArchConfig
+from search_spaces.cost import count_flops, count_params, meta_model
 from search_spaces.presets import PRESETS
 
 
@@ -26,7 +28,9 @@ def test_meta_flops_equal_flops_of_a_real_forward():
     arch = PRESETS["xcit-n12-fsne"].replace(depth=2, patch_size=4)
     model = build_model(arch, num_classes=10, img_size=32).eval()
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    # A fused CPU attention kernel is invisible to the flop counter; the math backend is the counted decomposition
+    # that the meta device also takes.
+    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(torch.randn(1, 3, 32, 32))
     assert count_flops(arch, num_classes=10, img_size=32) == counter.get_total_flops()
 
@@ -41,3 +45,26 @@ def test_qkv_structure_changes_the_count_by_its_own_weights():
     fsne_qkv = (dim * dim + 8 * dim + dim) + (dim * dim + dim) + 3 * 8
     assert count_params(PRESETS["xcit-n12-fsne"]) - base == depth * (fsne_qkv - (3 * dim * dim + 3 * dim))
 
+
+
+def attention_flops(arch, img_size: int) -> int:
+    """FLOPs the flop counter gives block 0's attention module of `arch` on the meta device, as count_flops does."""
+    model = meta_model(arch, num_classes=10, img_size=img_size, in_chans=3).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.empty(1, 3, img_size, img_size, device="meta"))
+    return sum(counter.get_flop_counts()[f"{type(model).__name__}.blocks.0.attn"].values())
+
+
+def test_attention_flops_of_one_block_follow_the_hand_formula():
+    dim, heads, patch, img_size = 64, 4, 4, 32
+    tokens = (img_size // patch) ** 2 + 1  # patches + class token
+    projections = 2 * tokens * dim * 3 * dim + 2 * tokens * dim * dim  # qkv and proj (2 FLOPs per multiply-add)
+    # Softmax attention: q k^T and attn v, each tokens x tokens x head_dim per head, summed over heads.
+    vit = ArchConfig(backbone="vit", embed_dim=dim, depth=1, num_heads=heads, patch_size=patch)
+    assert attention_flops(vit, img_size) == projections + 2 * (2 * tokens * tokens * dim)
+    # XCiT's cross-covariance attention: q^T k and v attn over channels, head_dim x head_dim x patches per head.
+    patches, head_dim = tokens - 1, dim // heads
+    xcit = ArchConfig(backbone="xcit", embed_dim=dim, depth=1, num_heads=heads, patch_size=patch)
+    xca_projections = 2 * patches * dim * 3 * dim + 2 * patches * dim * dim
+    assert attention_flops(xcit, img_size) == xca_projections + 2 * (2 * patches * head_dim * dim)
