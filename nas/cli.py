@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("nas.search_cmd", "search the QKV-embedding space under a parameter budget"),

@@ -32,7 +32,7 @@ def _read_json(path: Path) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from search_spaces.export import (MODEL_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx,
                                       export_safetensors, model_description, onnx_difference, write_description)
     from trainers.checkpoint import load_checkpoint

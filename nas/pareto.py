@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from search_spaces.arch import QKVConfig, structure_name
-from search_spaces.errors import UsageError
-from search_spaces.files import atomic_path
+from core.errors import UsageError
+from core.files import atomic_path
 
 SCORE = "val_acc"
 SCORED_STATES = ("complete", "stopped")

@@ -10,8 +10,8 @@ import pandas as pd
 
 from nas.pareto import SCORE, pareto_front, plot_front, scored_trials
 from nas.results import Run, find_run, read_run
-from search_spaces.errors import UsageError
-from search_spaces.files import atomic_path
+from core.errors import UsageError
+from core.files import atomic_path
 
 COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 # Settings that name the run's limit on a cost; drawn as a vertical line on that cost's plot.

@@ -178,7 +178,7 @@ def fitted_arch(candidate: Candidate, img_size: int, dataset_patch_size: int, pa
 
 def _trial_arch(row: Any, path: Path) -> ArchConfig:
     from search_spaces.arch import ArchConfig
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
 
     try:
         return ArchConfig.from_json(str(row["arch"]))
@@ -190,7 +190,7 @@ def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | 
                   say: Callable[[str], None] = print) -> list[Candidate]:
     """The best `top` members of the params Pareto front by val_acc (fewer params first among equals)."""
     from nas.pareto import pareto_front, scored_trials
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
 
     if scored_trials(table).empty:
         counts = table["state"].fillna("unknown").value_counts()
@@ -208,7 +208,7 @@ def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | 
 def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searched_at: int | None,
                   say: Callable[[str], None] = print) -> list[Candidate]:
     from nas.results import TrialTable
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
 
     rows = {str(row["trial_id"]): row for _, row in table.iterrows()}
     picked = []
@@ -270,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
 
     if args.top is not None and args.top < 1:
         raise UsageError(f"--top {args.top}: expected a positive number of winners")
@@ -333,7 +333,7 @@ def plan_folder(folder: Path, *, resume: bool, recipe: Recipe, seed: int, source
                 asked: dict[str, Any]) -> dict[str, Any] | None:
     """What to do with one model's folder before anything is written: None to train it (new, or interrupted and
     resumable), its result when it finished with the settings `asked` (skipped), or one UsageError."""
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.retrain import check_continuable, folder_state, read_result
 
     state = folder_state(folder)
@@ -377,7 +377,7 @@ def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # each model's epoch lines look alike; deduplication hides them
     import ray
 
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.engine import TrainingDiverged
     from trainers.retrain import retrain_model
 
@@ -413,10 +413,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nas.results import find_run, load_settings
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.engine import TrainingDiverged, init_distributed
     from trainers.recipe import full_recipe_name
-    from search_spaces.files import write_text_atomic
+    from core.files import write_text_atomic
     from trainers.retrain import DataRequest, retrain_model
 
     _check_arguments(args)

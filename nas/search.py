@@ -27,8 +27,8 @@ from nas.budget import format_count
 from nas.results import INTERRUPTED, TrialTable, load_settings
 from nas.searcher import Budget, BudgetedOptunaSearch, close_interrupted, trial_state
 from search_spaces.cost import count_params
-from search_spaces.errors import UsageError
-from search_spaces.files import write_json_atomic
+from core.errors import UsageError
+from core.files import write_json_atomic
 from search_spaces.spaces import draw, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

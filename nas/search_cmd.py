@@ -5,7 +5,7 @@ import argparse
 import time
 
 from nas.budget import budget_argument
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 RESUMABLE = ("trials", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
 

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from nas.results import INTERRUPTED, TrialTable
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from search_spaces.spaces import Space, draw
 
 METRIC = "val_acc"

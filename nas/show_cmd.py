@@ -9,7 +9,7 @@ import pandas as pd
 from nas.budget import format_count
 from nas.pareto import SCORE, pareto_front, scored_trials
 from nas.results import Run, find_run, read_run
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size", "num_classes", "in_chans",
                   "trials", "epochs", "seed", "started", "finished")

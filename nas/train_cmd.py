@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from search_spaces.build import build_model
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from search_spaces.presets import fit_patch_size, load_arch
     from trainers.checkpoint import load_checkpoint
     from trainers.data import load_dataset
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _refuse_overwrite(out: Path, resume: bool) -> None:
     """Never overwrite a run: an --out holding checkpoints needs --resume."""
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.checkpoint import existing_checkpoints
 
     existing = existing_checkpoints(out)

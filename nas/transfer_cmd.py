@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def data_dirs(values: list[str] | None, datasets: list[str]) -> dict[str, str | None]:
     """Each dataset's folder from --data-dir: NAME=DIR for one dataset, a bare DIR as the root for the others."""
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
 
     root, named = None, {}
     for value in values or []:
@@ -77,7 +77,7 @@ def data_dirs(values: list[str] | None, datasets: list[str]) -> dict[str, str | 
 
 
 def parse_datasets(text: str) -> list[str]:
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.data import dataset_names
 
     datasets = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
@@ -116,7 +116,7 @@ def _source(checkpoint: Checkpoint) -> str:
 
 def load_models(checkpoints: list[str], baselines: list[str]) -> list[Pretrained]:
     """Every checkpoint read, and its model built and loaded strictly, before anything trains."""
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.transfer import load_pretrained
 
     models: dict[str, Pretrained] = {}
@@ -183,9 +183,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nas.retrain_cmd import describe_recipe, plan_folder, recipe_from_args
-    from search_spaces.errors import UsageError
+    from core.errors import UsageError
     from trainers.engine import TrainingDiverged, init_distributed
-    from search_spaces.files import write_text_atomic
+    from core.files import write_text_atomic
     from trainers.retrain import DataRequest
     from trainers.transfer import TransferTask, finetune, pretrained_img_size
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 BACKBONES = ("xcit", "vit")
 LAYER_KINDS = ("separate", "shared")

@@ -10,7 +10,7 @@ from timm.models.xcit import Xcit, conv3x3
 from torch import nn
 
 from search_spaces.arch import ArchConfig
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from search_spaces.qkv import QKVEmbedding
 
 

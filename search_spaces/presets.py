@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search_spaces.arch import ArchConfig, QKVConfig
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 XCIT_N12 = ArchConfig(backbone="xcit", embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, patch_size=16)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from search_spaces.arch import ArchConfig, QKVConfig
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 
 class Trial(Protocol):

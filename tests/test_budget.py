@@ -1,7 +1,7 @@
 import pytest
 
 from nas.budget import format_count, parse_budget
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 
 @pytest.mark.parametrize("text,count", [("3.1M", 3_100_000), ("3100000", 3_100_000), ("3.1e6", 3_100_000),

@@ -6,7 +6,7 @@ import torch
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from trainers.checkpoint import load_checkpoint, save_checkpoint
 from trainers.data import load_dataset
 from trainers.engine import StopTraining, fit, seed_everything

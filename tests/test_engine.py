@@ -7,7 +7,7 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from trainers.data import DatasetInfo, TensorSplit, load_dataset
 from trainers.engine import (CrossRankBatchNorm2d, Distributed, EpochMetrics, StopTraining, TensorBatches,
                              TrainingDiverged, build_optimizer, build_scheduler, evaluate, fit, seed_everything,

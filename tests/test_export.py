@@ -13,7 +13,7 @@ import torch
 from nas.cli import main
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from search_spaces.export import load_exported
 from trainers.checkpoint import load_checkpoint
 from trainers.data import load_dataset

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from trainers.recipe import RECIPES, Recipe, get_recipe
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import trainers.retrain as retrain
 from nas.cli import main
 from nas.results import TrialTable
-from search_spaces.files import write_json_atomic
+from core.files import write_json_atomic
 from nas.retrain_cmd import Candidate, fitted_arch
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params

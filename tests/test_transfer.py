@@ -13,7 +13,7 @@ import trainers.retrain as retrain
 from dataset_files import write_cifar10, write_stl10
 from nas.cli import main
 from search_spaces.arch import ArchConfig
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from trainers.checkpoint import load_checkpoint
 from trainers.data import load_dataset
 from trainers.recipe import get_recipe

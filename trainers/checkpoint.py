@@ -28,8 +28,8 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from search_spaces.arch import ArchConfig
-from search_spaces.errors import UsageError
-from search_spaces.files import read_json_object, write_bytes_atomic
+from core.errors import UsageError
+from core.files import read_json_object, write_bytes_atomic
 from trainers.recipe import Recipe
 
 FORMAT = "qkvnas-checkpoint/1"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.arch import ArchConfig
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetInfo, DatasetSplits, FileImageDataset, FileSplit, TensorSplit
 from trainers.recipe import Recipe

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 SCHEDULES = ("cosine", "constant")
 REFERENCE_BATCH = 512

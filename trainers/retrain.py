@@ -31,8 +31,8 @@ from torch import nn
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
-from search_spaces.errors import UsageError
-from search_spaces.files import read_json_object, write_json_atomic, write_text_atomic
+from core.errors import UsageError
+from core.files import read_json_object, write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetSplits, load_dataset
 from trainers.engine import EpochMetrics, distributed, evaluate, fit, seed_everything

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from search_spaces.errors import UsageError
-from search_spaces.files import write_json_atomic, write_text_atomic
+from core.errors import UsageError
+from core.files import write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetSplits
 from trainers.engine import EpochMetrics, distributed, seed_everything

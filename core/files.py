@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from search_spaces.errors import UsageError
+from core.errors import UsageError
 
 
 @contextmanager
