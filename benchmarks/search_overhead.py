@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from nas.budget import parse_budget
+from core.units import parse_count
+from nas.budget import Budget
 from nas.results import TrialTable, load_settings, load_trials
-from nas.searcher import Budget, BudgetedOptunaSearch
+from nas.searcher import BudgetedSearcher, open_study
 from search_spaces.spaces import load_space
 
 SHAPES = {"digits": (10, 8, 1, 2), "imagenet": (1000, 224, 3, 16)}
@@ -28,9 +29,9 @@ def time_sampling(space_name: str, budget: int, shape: str, configs: int, seed: 
     num_classes, img_size, in_chans, patch_size = SHAPES[shape]
     with tempfile.TemporaryDirectory() as folder:
         table = TrialTable(Path(folder) / "trials.csv")
-        searcher = BudgetedOptunaSearch(
+        searcher = BudgetedSearcher(
             load_space(space_name), patch_size, Budget(budget, None, num_classes, img_size, in_chans), table,
-            f"sqlite:///{folder}/study.db", "benchmark", seed, epochs=1)
+            open_study(f"sqlite:///{folder}/study.db", "benchmark", seed), seed, epochs=1)
         scores = random.Random(seed)
         start = time.perf_counter()
         for index in range(configs):
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run", type=Path, default=None, help="a finished run folder to read ASHA's savings from")
     args = parser.parse_args()
-    budget = parse_budget(args.budget)
+    budget = parse_count(args.budget)
     for shape in SHAPES:
         per_config = []
         for repeat in range(args.repeats):

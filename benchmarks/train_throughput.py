@@ -55,8 +55,10 @@ def main() -> int:
     from search_spaces.build import build_model
     from search_spaces.presets import PRESETS
     from trainers.data import load_dataset
-    from trainers.engine import (TensorBatches, build_training, configure_threads, distributed, select_device,
-                                 train_epoch)
+    from trainers.batches import TensorBatches
+    from trainers.engine import train_epoch
+    from trainers.optim import build_training
+    from trainers.runtime import configure_threads, distributed, select_device
     from trainers.recipe import get_recipe
 
     args = parse_args()

@@ -1,7 +1,8 @@
-"""The `nas` command: one sub-command per job, each living in its own module.
+"""The `nas` command: one sub-command per job, each a module of `nas.commands`.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`. Bad input raises
-`UsageError`, which becomes one line on stderr and exit code 2.
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`. Only the chosen command's module
+is imported, so `nas --help` starts without torch or Ray. Bad input raises `UsageError`, which becomes one
+line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import sys
 
 from core.errors import UsageError
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "search": ("nas.search_cmd", "search the QKV-embedding space under a parameter budget"),
-    "pareto": ("nas.pareto_cmd", "draw accuracy against cost for a run and mark the Pareto front"),
-    "show": ("nas.show_cmd", "summarise a run, or list the runs under results/"),
-    "train": ("nas.train_cmd", "train one architecture (preset or arch.json) on a dataset"),
-    "retrain": ("nas.retrain_cmd", "retrain a run's winners with a full recipe and test them once"),
-    "transfer": ("nas.transfer_cmd", "fine-tune a retrained checkpoint on the transfer datasets"),
-    "export": ("nas.export_cmd", "export a checkpoint as safetensors + arch JSON, or ONNX"),
-    "describe": ("nas.describe_cmd", "print an architecture with its parameters and FLOPs"),
-    "presets": ("nas.describe_cmd", "list the presets with their parameters and FLOPs"),
+COMMANDS: dict[str, str] = {
+    "search": "search the QKV-embedding space under a parameter budget",
+    "pareto": "draw accuracy against cost for a run and mark the Pareto front",
+    "show": "summarise a run, or list the runs under results/",
+    "train": "train one architecture (preset or arch.json) on a dataset",
+    "retrain": "retrain a run's winners with a full recipe and test them once",
+    "transfer": "fine-tune a retrained checkpoint on the transfer datasets",
+    "export": "export a checkpoint as safetensors + arch JSON, or ONNX",
+    "describe": "print an architecture with its parameters and FLOPs",
+    "presets": "list the presets with their parameters and FLOPs",
 }
 
 
@@ -31,31 +32,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command listed; only `command` (if any) gets its module imported and its arguments added."""
     parser = _Parser(prog="nas", description="qkvnas: search how tiny vision transformers compute their queries, "
                                              "keys and values, under a hard parameter budget.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
-        add(sub)
-        sub.set_defaults(module=module, command_name=name)
+        if name == command:
+            module = importlib.import_module(f"nas.commands.{name}")
+            module.add_arguments(sub)
+            sub.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run = getattr(args.module, f"run_{args.command_name}", None) or args.module.run
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
-        return int(run(args) or 0)
+        return int(args.handler(args) or 0)
     except UsageError as error:
-        print(f"nas {args.command_name}: error: {error}", file=sys.stderr)
+        print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nas {args.command_name}: interrupted", file=sys.stderr)
+        print(f"nas {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

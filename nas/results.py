@@ -63,6 +63,18 @@ class TrialTable:
                   and r["val_acc"] is not None]
         return max(scored, key=lambda r: (r["val_acc"], -r["params"]), default=None)
 
+    def trained(self) -> int:
+        """Trials that went through Ray and ended (interrupted ones are not counted: a resume replaces them)."""
+        return sum(1 for row in self.rows.values()
+                   if row["state"] in ("complete", "stopped", "failed") and row.get("seed") is not None
+                   and row.get("reason") != INTERRUPTED)
+
+    def close_running(self) -> None:
+        """Rows a stopped session left running become failed (interrupted): a resume trains them again."""
+        for row in self.rows.values():
+            if row["state"] == "running":
+                row.update(state="failed", reason=INTERRUPTED)
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=COLUMNS)
 
@@ -72,6 +84,12 @@ class TrialTable:
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
+
+
+def state_counts(table: pd.DataFrame) -> str:
+    """'3 complete, 2 stopped, 1 infeasible', or 'no trials'."""
+    counts = table["state"].fillna("unknown").value_counts()
+    return ", ".join(f"{count} {state}" for state, count in counts.items()) or "no trials"
 
 
 REQUIRED_COLUMNS = ("trial_id", "state", "structure", "params", "val_acc")

@@ -1,9 +1,9 @@
-"""One search: Ray Tune runs the trials, the budgeted Optuna searcher samples them, ASHA stops the weak early.
+"""One search: Ray Tune runs the trials, the budgeted searcher samples them, ASHA stops the weak early.
 
 `run_search(settings)` owns the run folder `results/<run>/`: search.json (settings, versions, seed),
 trials.csv (kept current, written atomically), study.db (Optuna's SQLite storage) and one Ray experiment
-folder per session (`ray-1`, `ray-2` after a resume). A resumed run reopens the study and the table:
-finished trials are kept and never rerun; trials a crash left running are closed as failed (interrupted).
+folder per session (`ray-1`, `ray-2` after a resume). `resume_search(run_dir)` reopens the study and the
+table: finished trials are kept and never rerun; trials a crash left running are closed as failed.
 """
 from __future__ import annotations
 
@@ -23,20 +23,30 @@ from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
-from nas.budget import format_count
-from nas.results import INTERRUPTED, TrialTable, load_settings
-from nas.searcher import Budget, BudgetedOptunaSearch, close_interrupted, trial_state
-from search_spaces.cost import count_params
 from core.errors import UsageError
 from core.files import write_json_atomic
-from search_spaces.spaces import draw, load_space
+from nas.budget import Budget, check_feasible, smallest_description
+from nas.pareto import write_pareto
+from nas.progress import Progress
+from nas.results import TrialTable, load_settings
+from nas.searcher import BudgetedSearcher, close_interrupted, open_study, trial_state
+from search_spaces.spaces import Space, load_space
+from trainers.data import DatasetSplits, load_dataset
+from trainers.recipe import get_recipe
+from trainers.trial import TrialSettings, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Settings a resume may change; the others define the run and stay as they were.
+RESUMABLE = ("trials", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
 
 
 @dataclass
 class SearchSettings:
-    """Everything that defines a search; written to search.json and read back by --resume."""
+    """Everything that defines a search; written to search.json and read back by a resume.
+
+    Validates itself; a bad value is one UsageError naming it as the `nas search` flag that sets it.
+    """
 
     name: str
     budget: int
@@ -68,6 +78,12 @@ class SearchSettings:
     def __post_init__(self) -> None:
         # The Optuna study keeps its first name even if the run folder is renamed or moved later.
         self.study_name = self.study_name or self.name
+        for name in ("trials", "epochs", "grace_epochs", "reduction_factor", "max_concurrent"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"{_flag(name)} {value}: expected a positive integer")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"--val-fraction {self.val_fraction}: expected a number between 0 and 1")
 
     @property
     def run_dir(self) -> Path:
@@ -82,6 +98,10 @@ class SearchSettings:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def versions() -> dict[str, str]:
     import timm
     import torch
@@ -90,74 +110,13 @@ def versions() -> dict[str, str]:
             "timm": timm.__version__, "ray": ray.__version__, "optuna": optuna.__version__}
 
 
-def load_search_data(settings: SearchSettings):
+def load_search_data(settings: SearchSettings) -> DatasetSplits:
     """The dataset the trials train on; the search scores on its validation split only, never on test."""
-    from trainers.data import load_dataset
-
     splits = load_dataset(settings.dataset, settings.data_dir, val_fraction=settings.val_fraction,
                           seed=settings.seed, classes=settings.classes, train_fraction=settings.train_fraction,
                           img_size=settings.img_size)
     # The test split stays on disk: trials never receive it.
     return dataclasses.replace(splits, test=None)
-
-
-class Progress:
-    """A live view a person can read: one line per finished trial, and at most one every 15 s otherwise."""
-
-    def __init__(self, table: TrialTable, target: int, already: int, interval: float = 15.0) -> None:
-        self.table = table
-        self.target = target
-        self.already = already
-        self.interval = interval
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.last_status = ""
-
-    def show(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.interval:
-            return
-        self.last = now
-        t = self.table
-        trained = trained_count(t)
-        elapsed = now - self.start
-        done_here = trained - self.already
-        if done_here > 0 and trained < self.target:
-            left = f"~{_duration(elapsed / done_here * (self.target - trained))} left"
-        else:
-            left = "estimating time left" if trained < self.target else "finishing"
-        best = t.best()
-        best_text = "no score yet" if best is None else (
-            f"best val_acc {best['val_acc']:.4f} ({format_count(best['params'])} params, {best['trial_id']})")
-        status = (f"{trained}/{self.target} trained: {t.count('complete')} complete, {t.count('stopped')} stopped, "
-                  f"{t.count('failed')} failed, {t.count('running')} in progress, {t.count('infeasible')} infeasible "
-                  f"| {best_text}")
-        if force and status == self.last_status:
-            return
-        self.last_status = status
-        print(f"[{_duration(elapsed):>7}] {status} | {left}", flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-def trained_count(table: TrialTable) -> int:
-    """Trials that went through Ray and ended (interrupted ones are not counted: a resume replaces them)."""
-    return sum(1 for r in table.rows.values()
-               if r["state"] in ("complete", "stopped", "failed") and r.get("seed") is not None
-               and r.get("reason") != INTERRUPTED)
-
-
-def close_running_rows(table: TrialTable) -> None:
-    for row in table.rows.values():
-        if row["state"] == "running":
-            row.update(state="failed", reason=INTERRUPTED)
 
 
 def error_reason(trial) -> str:
@@ -180,52 +139,15 @@ def error_reason(trial) -> str:
     return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
 
 
-def smallest_model(space_fn, patch_size: int, budget, draws: int = 200, seed: int = 0):
-    """The smallest model the space builds, found by an Optuna study minimising parameters."""
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
-    best: tuple[int, Any] | None = None
-    for _ in range(draws):
-        trial = study.ask()
-        try:
-            arch = draw(space_fn, trial, patch_size)
-        except UsageError:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            continue
-        params = count_params(arch, budget.num_classes, budget.img_size, budget.in_chans)
-        study.tell(trial, params)
-        if best is None or params < best[0]:
-            best = (params, arch)
-    return best
-
-
-def check_budget_feasible(space_name: str, space_fn, patch_size: int, budget, draws: int) -> None:
-    """Before any trial: a budget the space cannot meet is one clear error naming the smallest model."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(draws):
-        trial = study.ask()
-        try:
-            params, flops = budget.measure(draw(space_fn, trial, patch_size))
-        except UsageError:
-            continue
-        if max(budget.violation(params, flops).values()) <= 0:
-            return
-    raise UsageError(infeasible_message(space_name, space_fn, patch_size, budget))
-
-
-def smallest_description(space_name: str, space_fn, patch_size: int, budget) -> str:
-    found = smallest_model(space_fn, patch_size, budget)
-    if found is None:
-        return f"space {space_name!r} built no valid architecture"
-    params, arch = found
-    return f"the smallest model space {space_name!r} builds is {arch.summary()} with {params:,} params ({format_count(params)})"
-
-
-def infeasible_message(space_name: str, space_fn, patch_size: int, budget) -> str:
-    limit = f"budget {format_count(budget.params)} ({budget.params:,} params)"
-    if budget.max_flops is not None:
-        limit += f" with max {format_count(budget.max_flops)} FLOPs"
-    return (f"{limit} admits no model of space {space_name!r}: "
-            f"{smallest_description(space_name, space_fn, patch_size, budget)}; expected a budget of at least that")
+def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainable: Callable | None = None) -> int:
+    """Continue the run in `run_dir` with its own settings, the RESUMABLE ones changed as given."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run folder; expected results/<run> from nas search")
+    record = load_settings(run_dir)
+    # The folder may have been moved or renamed since: it is where the run is now.
+    record.update(name=run_dir.name, results_dir=str(run_dir.parent))
+    record.update({name: value for name, value in (changes or {}).items() if name in RESUMABLE})
+    return run_search(SearchSettings.from_dict(record), resume=True, trainable=trainable)
 
 
 def run_search(settings: SearchSettings, resume: bool = False, trainable: Callable | None = None) -> int:
@@ -237,13 +159,13 @@ def run_search(settings: SearchSettings, resume: bool = False, trainable: Callab
     if resume and not (run_dir / "search.json").is_file():
         raise UsageError(f"{run_dir}: no search.json; expected a run folder written by nas search")
 
-    space_fn = load_space(settings.space)
+    space = load_space(settings.space)
     splits = load_search_data(settings)
     info = splits.info
     patch_size = settings.patch_size or info.patch_size
     budget = Budget(settings.budget, settings.max_flops, info.num_classes, info.img_size, info.in_chans)
     if not resume:
-        check_budget_feasible(settings.space, space_fn, patch_size, budget, settings.max_infeasible_streak)
+        check_feasible(settings.space, space, patch_size, budget, settings.max_infeasible_streak)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     record = load_settings(run_dir) if resume else {}
@@ -255,9 +177,9 @@ def run_search(settings: SearchSettings, resume: bool = False, trainable: Callab
     write_json_atomic(run_dir / "search.json", record)
 
     table = TrialTable(run_dir / "trials.csv")
-    close_running_rows(table)
+    table.close_running()
     table.write()
-    already = trained_count(table)
+    already = table.trained()
     remaining = settings.trials - already
     if remaining <= 0:
         print(f"{run_dir}: {already} trials already trained (--trials {settings.trials}); "
@@ -265,7 +187,7 @@ def run_search(settings: SearchSettings, resume: bool = False, trainable: Callab
         return finish(settings, table, record, run_dir, exhausted=None, seconds=0.0)
 
     start = time.monotonic()
-    exhausted = _tune(settings, splits, space_fn, patch_size, budget, table, remaining, already, sessions, resume,
+    exhausted = _tune(settings, splits, space, patch_size, budget, table, remaining, already, sessions, resume,
                       trainable)
     return finish(settings, table, record, run_dir, exhausted, time.monotonic() - start)
 
@@ -274,12 +196,10 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, already, sessions, resume,
-          trainable) -> str | None:
+def _tune(settings: SearchSettings, splits: DatasetSplits, space: Space, patch_size: int, budget: Budget,
+          table: TrialTable, remaining: int, already: int, sessions: int, resume: bool,
+          trainable: Callable | None) -> str | None:
     """Ray Tune's part; returns the infeasible-streak message when the space ran out of feasible draws."""
-    if trainable is None:
-        from trainers.trial import run_trial as trainable
-
     run_dir = settings.run_dir.resolve()
     started_ray = False
     if not ray.is_initialized():
@@ -296,46 +216,47 @@ def _tune(settings, splits, space_fn, patch_size, budget, table, remaining, alre
         started_ray = True
     try:
         progress = Progress(table, settings.trials, already)
-        searcher = BudgetedOptunaSearch(
-            space_fn, patch_size, budget, table, f"sqlite:///{run_dir / 'study.db'}", settings.study_name,
-            settings.seed, settings.epochs, settings.max_infeasible_streak,
-            initial_points=None if resume else list(getattr(space_fn, "initial_points", [])),
-            trial_constants={
-                "epochs": settings.epochs, "recipe": settings.recipe, "recipe_overrides": settings.recipe_overrides,
-                "threads": max(1, int(settings.cpus_per_trial)),
-                "device": "cuda" if settings.gpus_per_trial > 0 else "cpu"},
-            on_draw=progress.show)
+        study = open_study(f"sqlite:///{run_dir / 'study.db'}", settings.study_name, settings.seed)
         if resume:
-            close_interrupted(searcher.study)
+            close_interrupted(study)
+        searcher = BudgetedSearcher(
+            space, patch_size, budget, table, study, settings.seed, settings.epochs, settings.max_infeasible_streak,
+            initial_points=None if resume else list(getattr(space, "initial_points", [])), on_draw=progress.show)
         scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_acc", mode="max",
                                   max_t=settings.epochs, grace_period=min(settings.grace_epochs, settings.epochs),
                                   reduction_factor=settings.reduction_factor)
+        trial_settings = TrialSettings(
+            recipe=get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
+            threads=max(1, int(settings.cpus_per_trial)), device="cuda" if settings.gpus_per_trial > 0 else "cpu")
         resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, data=splits), resources),
+            tune.with_resources(tune.with_parameters(trainable or run_trial, data=splits, settings=trial_settings),
+                                resources),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                         max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
-            run_config=tune.RunConfig(name=f"ray-{sessions}", storage_path=str(run_dir), verbose=1 if settings.verbose else 0,
+            run_config=tune.RunConfig(name=f"ray-{sessions}", storage_path=str(run_dir),
+                                      verbose=1 if settings.verbose else 0,
                                       callbacks=[ResultsCallback(table, settings.epochs, progress)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         tuner.fit()
-        close_interrupted(searcher.study)
+        close_interrupted(study)
         progress.show(force=True)
         if searcher.exhausted:
             return (f"stopped: {settings.max_infeasible_streak} draws in a row gave no new architecture within the "
                     f"budget (every feasible one tried, or the budget too tight); "
-                    f"{smallest_description(settings.space, space_fn, patch_size, budget)}")
+                    f"{smallest_description(settings.space, space, patch_size, budget)}")
         return None
     finally:
-        close_running_rows(table)
+        table.close_running()
         table.write()
         if started_ray:
             ray.shutdown()
 
 
-def finish(settings, table, record, run_dir, exhausted: str | None, seconds: float) -> int:
+def finish(settings: SearchSettings, table: TrialTable, record: dict[str, Any], run_dir: Path, exhausted: str | None,
+           seconds: float) -> int:
     """Record the session's end, print the outcome, write the front; the exit code says how it ended."""
     record.update(finished=_now(), seconds=round(float(record.get("seconds") or 0.0) + seconds, 1))
     write_json_atomic(run_dir / "search.json", record)
@@ -343,9 +264,9 @@ def finish(settings, table, record, run_dir, exhausted: str | None, seconds: flo
     code = 0
     if exhausted:
         print(exhausted)
-    elif trained_count(table) < settings.trials:
+    elif table.trained() < settings.trials:
         # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
-        print(f"search interrupted after {trained_count(table)} of {settings.trials} trials; "
+        print(f"search interrupted after {table.trained()} of {settings.trials} trials; "
               f"continue it with: nas search --resume {run_dir}")
         code = 130
     if best is None:
@@ -353,16 +274,8 @@ def finish(settings, table, record, run_dir, exhausted: str | None, seconds: flo
         return 2 if exhausted else code
     print(f"best: {best['trial_id']} val_acc {best['val_acc']:.4f} with {best['params']:,} params "
           f"({best['structure']}); results in {run_dir}")
-    _write_front(run_dir)
+    print(f"Pareto front: {write_pareto(run_dir)}")
     return code
-
-
-def _write_front(run_dir: Path) -> None:
-    """Pareto files at the end of every search (the `nas pareto` command writes the same)."""
-    from nas.pareto_cmd import write_pareto
-
-    path = write_pareto(run_dir)
-    print(f"Pareto front: {path}")
 
 
 class ResultsCallback(Callback):

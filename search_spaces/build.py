@@ -45,7 +45,7 @@ def _check_image(arch: ArchConfig, img_size: int) -> None:
             f"of the patch size (pick a patch size that fits the images, e.g. 2 for 8 px digits, 4 for 32 px)")
 
 
-def _build_xcit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int) -> Xcit:
+def _build_xcit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int, drop_path_rate: float) -> Xcit:
     timm_patch = arch.patch_size if arch.patch_size in (16, 8) else 8
     model = Xcit(
         img_size=img_size if arch.patch_size in (16, 8) else timm_patch,
@@ -59,13 +59,15 @@ def _build_xcit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int
         qkv_bias=arch.qkv.bias,
         eta=arch.layer_scale,
         tokens_norm=arch.tokens_norm,
+        drop_path_rate=drop_path_rate,
     )
     if arch.patch_size not in (16, 8):
         model.patch_embed = SmallConvPatchEmbed(arch.patch_size, in_chans, arch.embed_dim)
     return model
 
 
-def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int) -> VisionTransformer:
+def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int,
+               drop_path_rate: float) -> VisionTransformer:
     return VisionTransformer(
         img_size=img_size,
         patch_size=arch.patch_size,
@@ -77,20 +79,46 @@ def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int)
         mlp_ratio=arch.mlp_ratio,
         qkv_bias=arch.qkv.bias,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        drop_path_rate=drop_path_rate,
     )
 
 
-def build_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int = 3) -> nn.Module:
-    """Build the timm backbone `arch` names and give the chosen blocks its QKV embedding."""
+def build_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int = 3,
+                drop_path_rate: float = 0.0) -> nn.Module:
+    """Build the timm backbone `arch` names and give the chosen blocks its QKV embedding.
+
+    drop_path_rate: stochastic depth, timm's rule per backbone (XCiT: the same rate in every block; ViT: rising
+    linearly to the rate in the last block).
+    """
     if num_classes < 1:
         raise UsageError(f"num_classes={num_classes}: expected a positive integer")
     _check_image(arch, img_size)
     builders = {"xcit": _build_xcit, "vit": _build_vit}
-    model = builders[arch.backbone](arch, num_classes, img_size, in_chans)
+    model = builders[arch.backbone](arch, num_classes, img_size, in_chans, drop_path_rate)
     if not arch.qkv.is_linear:
         for index, block in enumerate(model.blocks):
             if arch.qkv.applies_to(index):
                 block.attn.qkv = QKVEmbedding.from_config(arch.embed_dim, arch.qkv)
+    return model
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Load a state_dict strictly; weights that do not fit are one UsageError naming `source` and the mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    reshaped = [f"{name} {tuple(weights[name].shape)} vs model {tuple(expected[name].shape)}"
+                for name in sorted(set(expected) & set(weights)) if weights[name].shape != expected[name].shape]
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = [f"{label} ({listed(names)})" for label, names in (
+        (f"missing {len(missing)} tensors", missing), (f"{len(unexpected)} unexpected", unexpected),
+        (f"{len(reshaped)} of another shape", reshaped)) if names]
+    if parts:
+        raise UsageError(f"{source} does not match the model: {'; '.join(parts)}")
+    model.load_state_dict(weights)
     return model
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from search_spaces.arch import ArchConfig
-from search_spaces.build import build_model
+from search_spaces.build import build_model, load_weights
 from core.errors import UsageError
 from core.files import atomic_path, read_json_object, write_bytes_atomic
 
@@ -98,15 +98,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return read_json_object(path, what)
 
 
-def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    reshaped = sorted(name for name in set(expected) & set(found) if expected[name].shape != found[name].shape)
-    parts = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-             for label, names in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped)) if names]
-    return "; ".join(parts) or None
-
-
 def load_exported(path: str | os.PathLike) -> nn.Module:
     """The model an export folder holds (the folder, or its model.safetensors), weights loaded, in eval mode.
 
@@ -135,10 +126,7 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
                          "the weights `nas export` writes") from None
     model = build_model(arch, int(description["num_classes"]), int(description["img_size"]),
                         int(description["in_chans"]))
-    mismatch = _mismatch(model.state_dict(), weights)
-    if mismatch:
-        raise UsageError(f"{weights_path} does not fit {folder / ARCH_FILE} ({arch.arch_id}): {mismatch}")
-    model.load_state_dict(weights)
+    load_weights(model, weights, f"{weights_path} (for {folder / ARCH_FILE}, {arch.arch_id})")
     model.pretrained_cfg = {
         "input_size": (int(description["in_chans"]), int(description["img_size"]), int(description["img_size"])),
         "mean": tuple(description["mean"]), "std": tuple(description["std"]),

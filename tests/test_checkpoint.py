@@ -4,21 +4,16 @@ import json
 import pytest
 import torch
 
+from core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from core.errors import UsageError
 from trainers.checkpoint import load_checkpoint, save_checkpoint
-from trainers.data import load_dataset
-from trainers.engine import StopTraining, fit, seed_everything
+from trainers.engine import StopTraining, fit
 from trainers.recipe import get_recipe
+from trainers.runtime import seed_everything
 
 TINY_FSNE = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2,
                        qkv={"layers": ("shared", "shared"), "code_size": 4})
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +25,9 @@ def trained(digits, tmp_path_factory):
     return model, folder
 
 
-def new_model(arch=TINY_FSNE, seed=0):
+def new_model(arch=TINY_FSNE, seed=0, drop_path_rate=0.0):
     seed_everything(seed)
-    return build_model(arch, 10, 8, 1)
+    return build_model(arch, 10, 8, 1, drop_path_rate=drop_path_rate)
 
 
 def same_weights(first, second):
@@ -72,17 +67,17 @@ def test_resume_after_interruption_gives_the_same_final_weights(digits, tmp_path
     # Every random stream matters here: drop path and mixup (torch, numpy RNGs), crops (data stream), EMA.
     recipe = get_recipe("proxy", epochs=4, drop_path=0.1, mixup=0.8, cutmix=1.0, crop_padding=0.125, ema=True,
                         ema_decay=0.9, grad_clip=1.0)
-    uninterrupted = new_model()
+    uninterrupted = new_model(drop_path_rate=recipe.drop_path)
     straight = fit(uninterrupted, digits, recipe, device="cpu", seed=0, checkpoint_dir=tmp_path / "a")
 
     def interrupt_after_epoch_two(metrics):
         if metrics.epoch == 2:
             raise StopTraining
 
-    interrupted = fit(new_model(), digits, recipe, device="cpu", seed=0, checkpoint_dir=tmp_path / "b",
+    interrupted = fit(new_model(drop_path_rate=recipe.drop_path), digits, recipe, device="cpu", seed=0, checkpoint_dir=tmp_path / "b",
                       on_epoch=interrupt_after_epoch_two)
     assert interrupted.epochs_run == 2
-    resumed_model = new_model(seed=123)  # resume must not depend on how the new model was initialised
+    resumed_model = new_model(seed=123, drop_path_rate=recipe.drop_path)  # resume must not depend on how the new model was initialised
     torch.rand(5)
     resumed = fit(resumed_model, digits, recipe, device="cpu", seed=0, checkpoint_dir=tmp_path / "b", resume=True)
     assert resumed.epochs_run == 4

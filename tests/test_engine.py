@@ -5,27 +5,23 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from core.errors import UsageError
-from trainers.data import DatasetInfo, TensorSplit, load_dataset
-from trainers.engine import (CrossRankBatchNorm2d, Distributed, EpochMetrics, StopTraining, TensorBatches,
-                             TrainingDiverged, build_optimizer, build_scheduler, evaluate, fit, seed_everything,
-                             select_device)
+from trainers.batches import TensorBatches, make_batches
+from trainers.data import DatasetInfo, TensorSplit
+from trainers.engine import EpochMetrics, StopTraining, TrainingDiverged, evaluate, fit
+from trainers.optim import build_optimizer, build_scheduler, build_training
 from trainers.recipe import get_recipe
+from trainers.runtime import CrossRankBatchNorm2d, Distributed, seed_everything, select_device
 
 TINY = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2)
 TINY_FSNE = TINY.replace(qkv={"layers": ("shared", "shared"), "code_size": 4})
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-def tiny_model(arch=TINY, seed=0):
+def tiny_model(arch=TINY, seed=0, drop_path_rate=0.0):
     seed_everything(seed)
-    return build_model(arch, 10, 8, 1)
+    return build_model(arch, 10, 8, 1, drop_path_rate=drop_path_rate)
 
 
 def test_short_training_learns_digits(digits):
@@ -45,7 +41,7 @@ def test_same_seed_same_weights_other_seed_other_weights(digits):
     recipe = get_recipe("proxy", epochs=2, drop_path=0.1, crop_padding=0.125)
     weights = []
     for seed in (0, 0, 1):
-        model = tiny_model(TINY_FSNE, seed=seed)
+        model = tiny_model(TINY_FSNE, seed=seed, drop_path_rate=recipe.drop_path)
         fit(model, digits, recipe, device="cpu", seed=seed)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -99,6 +95,29 @@ def test_ema_is_evaluated_and_reported(digits):
     for metrics in result.history:
         assert metrics.ema_val_acc is not None and metrics.weights in ("model", "ema")
         assert metrics.val_acc >= metrics.ema_val_acc
+    # An EMA of the trained weights scores like them; one never updated would stay at chance (0.1).
+    assert result.history[-1].ema_val_acc > 0.5
+
+
+def test_ema_follows_the_weights_step_by_step(digits):
+    decay = 0.9
+    recipe = get_recipe("proxy", epochs=1, ema=True, ema_decay=decay)
+    model = tiny_model()
+    batches = make_batches(digits.train, digits.info, recipe, torch.device("cpu"), batch_size=recipe.batch_size,
+                           train=True)
+    training = build_training(model, recipe, 10, torch.device("cpu"), steps_per_epoch=len(batches))
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    expected = dict(initial)
+    for step, (images, labels) in zip(range(1, 4), batches.epoch(1)):
+        training.step(images, labels)
+        # timm's ModelEmaV3 copies the weights at the first update, then averages with the fixed decay.
+        kept = 0.0 if step == 1 else decay
+        expected = {name: kept * expected[name] + (1 - kept) * value if value.is_floating_point() else value.clone()
+                    for name, value in model.state_dict().items()}
+    ema = training.ema.module.state_dict()
+    for name, value in ema.items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+    assert not all(torch.equal(ema[name], initial[name]) for name in ema)
 
 
 def test_existing_checkpoints_are_never_overwritten(digits, tmp_path):

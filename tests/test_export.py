@@ -10,40 +10,32 @@ import numpy as np
 import pytest
 import torch
 
-from nas.cli import main
+from core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from core.errors import UsageError
 from search_spaces.export import load_exported
 from trainers.checkpoint import load_checkpoint
-from trainers.data import load_dataset
-from trainers.engine import fit, seed_everything
+from trainers.engine import fit
 from trainers.recipe import get_recipe
+from trainers.runtime import seed_everything
 
 TINY_FSNE = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2,
                        qkv={"layers": ("shared", "shared"), "code_size": 4})
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, digits):
     """A checkpoint folder of a tiny F-SNE model trained one epoch on digits."""
     folder = tmp_path_factory.mktemp("trained")
     seed_everything(0)
     model = build_model(TINY_FSNE, 10, 8, 1)
-    fit(model, load_dataset("digits"), get_recipe("proxy", epochs=1), device="cpu", checkpoint_dir=folder,
-        arch=TINY_FSNE)
+    fit(model, digits, get_recipe("proxy", epochs=1), device="cpu", checkpoint_dir=folder, arch=TINY_FSNE)
     return folder
 
 
-def export(capsys, *argv):
-    code = main(["export", *map(str, argv)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_safetensors_round_trip_gives_identical_outputs(trained, tmp_path, capsys):
+def test_safetensors_round_trip_gives_identical_outputs(cli, trained, tmp_path):
     out = tmp_path / "export"
-    code, stdout, err = export(capsys, trained, "--out", out)
+    code, stdout, err = cli("export", trained, "--out", out)
     assert code == 0, err
     assert sorted(path.name for path in out.iterdir()) == ["arch.json", "model.json", "model.safetensors"]
     assert ArchConfig.from_json((out / "arch.json").read_text()) == TINY_FSNE
@@ -63,9 +55,9 @@ def test_safetensors_round_trip_gives_identical_outputs(trained, tmp_path, capsy
     assert "load_exported(" in stdout
 
 
-def test_loading_needs_model_code_only(trained, tmp_path, capsys):
+def test_loading_needs_model_code_only(cli, trained, tmp_path):
     out = tmp_path / "export"
-    assert export(capsys, trained, "--out", out)[0] == 0
+    assert cli("export", trained, "--out", out)[0] == 0
     script = ("import sys\nfrom search_spaces.export import load_exported\n"
               f"model = load_exported({str(out)!r})\n"
               "print(sorted({name.split('.')[0] for name in sys.modules} & {'trainers', 'nas', 'ray', 'optuna', "
@@ -75,13 +67,14 @@ def test_loading_needs_model_code_only(trained, tmp_path, capsys):
     assert done.stdout.strip() == "[]"
 
 
-def test_onnx_matches_pytorch_with_a_dynamic_batch(trained, tmp_path, capsys):
+@pytest.mark.slow
+def test_onnx_matches_pytorch_with_a_dynamic_batch(cli, trained, tmp_path):
     pytest.importorskip("onnxruntime")
     import onnxruntime
 
     out = tmp_path / "export"
-    assert export(capsys, trained, "--out", out)[0] == 0
-    code, stdout, err = export(capsys, trained, "--format", "onnx", "--out", out)  # beside the safetensors export
+    assert cli("export", trained, "--out", out)[0] == 0
+    code, stdout, err = cli("export", trained, "--format", "onnx", "--out", out)  # beside the safetensors export
     assert code == 0, err
     assert "check   onnxruntime vs PyTorch" in stdout and stdout.rstrip().endswith(": ok")
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -95,7 +88,8 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(trained, tmp_path, capsys):
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_onnx_check_is_skipped_without_onnxruntime(trained, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_onnx_check_is_skipped_without_onnxruntime(cli, trained, tmp_path, monkeypatch):
     real_import = builtins.__import__
 
     def no_onnxruntime(name, *args, **kwargs):
@@ -104,20 +98,20 @@ def test_onnx_check_is_skipped_without_onnxruntime(trained, tmp_path, capsys, mo
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    code, stdout, _ = export(capsys, trained, "--format", "onnx", "--out", tmp_path / "onnx")
+    code, stdout, _ = cli("export", trained, "--format", "onnx", "--out", tmp_path / "onnx")
     assert code == 0 and "check   skipped: onnxruntime is not installed" in stdout
     assert (tmp_path / "onnx" / "model.onnx").stat().st_size > 0
 
 
-def test_export_errors_are_one_line_and_overwrite_nothing(trained, tmp_path, capsys):
+def test_export_errors_are_one_line_and_overwrite_nothing(cli, trained, tmp_path):
     out = tmp_path / "export"
-    assert export(capsys, trained, "--out", out)[0] == 0
+    assert cli("export", trained, "--out", out)[0] == 0
     before = (out / "model.safetensors").read_bytes()
-    code, _, err = export(capsys, trained, "--out", out)
+    code, _, err = cli("export", trained, "--out", out)
     assert code == 2 and err.count("\n") == 1 and "already holds model.safetensors" in err
     assert (out / "model.safetensors").read_bytes() == before
 
-    code, _, err = export(capsys, tmp_path / "nowhere")
+    code, _, err = cli("export", tmp_path / "nowhere")
     assert code == 2 and err.count("\n") == 1 and "nowhere: not found" in err
 
     broken = tmp_path / "broken"
@@ -125,15 +119,15 @@ def test_export_errors_are_one_line_and_overwrite_nothing(trained, tmp_path, cap
     for name in ("best.json", "best.safetensors"):
         (broken / name).write_bytes((trained / name).read_bytes())
     (broken / "best.safetensors").write_bytes((trained / "best.safetensors").read_bytes()[:100])
-    code, _, err = export(capsys, broken)
+    code, _, err = cli("export", broken)
     assert code == 2 and err.count("\n") == 1 and "not a readable safetensors file" in err
 
 
-def test_load_exported_refuses_weights_of_another_architecture(trained, tmp_path, capsys):
+def test_load_exported_refuses_weights_of_another_architecture(cli, trained, tmp_path):
     out = tmp_path / "export"
-    assert export(capsys, trained, "--out", out)[0] == 0
+    assert cli("export", trained, "--out", out)[0] == 0
     (out / "arch.json").write_text(TINY_FSNE.replace(embed_dim=16).to_json())
-    with pytest.raises(UsageError, match=r"model.safetensors does not fit .*arch.json .*reshaped"):
+    with pytest.raises(UsageError, match=r"model.safetensors \(for .*arch.json, .*\) does not match the model: .*of another shape"):
         load_exported(out)
     with pytest.raises(UsageError, match="not found"):
         load_exported(tmp_path / "nothing")

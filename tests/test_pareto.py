@@ -1,16 +1,15 @@
 """Pareto fronts on hand-made tables, the files `nas pareto` writes, references, latency, and bad input."""
 from __future__ import annotations
 
-import json
-
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
 
 from nas.cli import main
-from nas.pareto import pareto_front
-from nas.pareto_cmd import write_pareto
-from nas.results import TrialTable
-from search_spaces.arch import ArchConfig, QKVConfig
+from conftest import TINY, write_run
+from nas.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
 from search_spaces.build import build_model
 from search_spaces.latency import measure_latency
 
@@ -59,32 +58,6 @@ def test_all_infeasible_gives_an_empty_front():
     assert pareto_front(trials, ["params"]).empty
 
 
-TINY = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
-FSNE = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2,
-                  qkv=QKVConfig(layers=("shared", "shared"), code_size=4))
-
-
-def write_run(folder, dataset="digits", rows=None, num_classes=10, img_size=8, in_chans=1):
-    """A run folder as `nas search` writes it, with hand-chosen scores."""
-    folder.mkdir(parents=True)
-    (folder / "search.json").write_text(json.dumps({
-        "name": folder.name, "dataset": dataset, "budget": 100_000, "max_flops": None, "num_classes": num_classes,
-        "img_size": img_size, "in_chans": in_chans, "epochs": 3, "trials": 4, "seconds": 12.0}))
-    trials = TrialTable(folder / "trials.csv")
-    rows = rows if rows is not None else [
-        ("t0000", TINY, "complete", [0.50, 0.70, 0.80]), ("t0001", FSNE, "complete", [0.6, 0.85, 0.90]),
-        ("t0002", TINY.replace(embed_dim=32), "stopped", [0.40]),
-        ("t0003", TINY.replace(embed_dim=256), "infeasible", [])]
-    for trial_id, arch, state, curve in rows:
-        trials.start(trial_id, arch, 1000 + 100 * len(trials.rows) if state != "infeasible" else 10**6,
-                     2000 + len(trials.rows), seed=0, state="running" if curve else state)
-        for epoch, acc in enumerate(curve, 1):
-            trials.record_epoch(trial_id, epoch, acc, float(epoch))
-        trials.update(trial_id, state=state)
-    trials.write()
-    return folder
-
-
 def test_write_pareto_files(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     csv_path = write_pareto(run)
@@ -96,6 +69,11 @@ def test_write_pareto_files(tmp_path, capsys):
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "pareto.png").stat().st_size < 150_000
     assert "2 of 3 scored trials" in capsys.readouterr().out
+    # The trials are drawn: F-SNE's colour fills its marker inside the axes (the legend is to the right).
+    image = np.asarray(Image.open(run / "pareto.png").convert("RGB")).astype(int)
+    axes_area = image[:, : image.shape[1] * 6 // 10]
+    colour = np.array(to_rgb(STRUCTURE_COLOURS["F-SNE"])) * 255
+    assert (np.abs(axes_area - colour).max(axis=2) < 2).sum() >= 20
 
 
 def test_several_costs_write_one_plot_each(tmp_path):

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 import trainers.retrain as retrain
+from core.files import write_json_atomic
 from nas.cli import main
 from nas.results import TrialTable
-from core.files import write_json_atomic
-from nas.retrain_cmd import Candidate, fitted_arch
+from nas.retrain import Candidate, fitted_arch
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
 from trainers.checkpoint import load_checkpoint
@@ -56,18 +56,12 @@ def write_run(folder: Path, trials=((TINY_LINEAR, 0.80, "complete"), (TINY_FSNE,
     return folder
 
 
-def run_cli(capsys, *argv):
-    code = main(["retrain", *map(str, argv)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def read_metrics(folder: Path) -> list[dict[str, str]]:
     with open(folder / "metrics.csv") as stream:
         return list(csv.DictReader(stream))
 
 
-def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, capsys, monkeypatch):
+def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, cli, monkeypatch):
     run = write_run(tmp_path / "run")
     baseline = tmp_path / "baseline.json"
     baseline.write_text(BASELINE_P16.to_json())
@@ -84,7 +78,7 @@ def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, capsys, monk
 
     monkeypatch.setattr(retrain, "evaluate", spy_evaluate)
     monkeypatch.setattr(retrain, "fit", spy_fit)
-    code, out, err = run_cli(capsys, run, "--top", "1", "--baseline", baseline, *FAST_XCIT)
+    code, out, err = cli("retrain", run, "--top", "1", "--baseline", baseline, *FAST_XCIT)
     assert code == 0, err
     assert tested == [DIGITS_TEST_IMAGES, DIGITS_TEST_IMAGES] and fitted == [None, None]
     assert f"patch size 16 -> 2 for {baseline} on digits at 8 px (override with --patch-size)" in out
@@ -134,14 +128,14 @@ def interrupt_at(monkeypatch, target: ArchConfig, epoch: int) -> None:
     monkeypatch.setattr(retrain, "fit", fit_then_interrupt)
 
 
-def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path, capsys, monkeypatch):
+def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path, cli, monkeypatch):
     run = write_run(tmp_path / "run")
     args = ["--trials", "t0000,1", "--epochs", "3", *FAST_PROXY]
-    code, _, _ = run_cli(capsys, run, *args, "--out", tmp_path / "straight")
+    code, _, _ = cli("retrain", run, *args, "--out", tmp_path / "straight")
     assert code == 0
 
     interrupt_at(monkeypatch, TINY_FSNE, epoch=1)
-    code, _, err = run_cli(capsys, run, *args)
+    code, _, err = cli("retrain", run, *args)
     assert code == 130 and "interrupted" in err
     monkeypatch.undo()
     first, second = run / "retrain" / TINY_LINEAR.arch_id, run / "retrain" / TINY_FSNE.arch_id
@@ -150,11 +144,11 @@ def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path,
     assert list(pd.read_csv(run / "retrain.csv")["arch_id"]) == [TINY_LINEAR.arch_id]
     kept = {path: path.read_bytes() for path in (first / "result.json", second / "last.safetensors")}
 
-    code, _, err = run_cli(capsys, run, *args)
-    assert code == 2 and err.count("\n") == 1 and "already holds a finished run of t0000" in err and "--resume" in err
+    code, _, err = cli("retrain", run, *args)
+    assert code == 2 and err.count("\n") == 1 and "already holds checkpoints of a finished run of t0000" in err and "--resume" in err
     assert all(path.read_bytes() == data for path, data in kept.items())
 
-    code, out, err = run_cli(capsys, run, *args, "--resume")
+    code, out, err = cli("retrain", run, *args, "--resume")
     assert code == 0, err
     assert "1 to train" in out and "1 already finished (skipped)" in out and "epoch 1/3" not in out
     assert (first / "result.json").read_bytes() == kept[first / "result.json"]
@@ -169,6 +163,7 @@ def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path,
     assert sorted(pd.read_csv(run / "retrain.csv")["arch_id"]) == sorted([TINY_LINEAR.arch_id, TINY_FSNE.arch_id])
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_metrics_of_one(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     args = ["retrain", str(run), "--top", "1", "--epochs", "3", *FAST_PROXY]
@@ -191,9 +186,10 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "two" / "retrain.csv")) == 1
 
 
-def test_ray_trains_the_models_as_separate_tasks(tmp_path, capsys):
+@pytest.mark.slow
+def test_ray_trains_the_models_as_separate_tasks(tmp_path, cli):
     run = write_run(tmp_path / "run")
-    code, out, err = run_cli(capsys, run, "--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY,
+    code, out, err = cli("retrain", run, "--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY,
                              "--address", "local", "--cpus-per-model", "1")
     assert code == 0, err
     table = pd.read_csv(run / "retrain.csv")
@@ -204,19 +200,19 @@ def test_ray_trains_the_models_as_separate_tasks(tmp_path, capsys):
         assert result["epochs"] == 1 and result["test_images"] == DIGITS_TEST_IMAGES
 
 
-def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(tmp_path, capsys):
+def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(tmp_path, cli):
     run = write_run(tmp_path / "run")
     args = ["--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY]
-    assert run_cli(capsys, run, *args)[0] == 0
+    assert cli("retrain", run, *args)[0] == 0
     first, second = run / "retrain" / TINY_LINEAR.arch_id, run / "retrain" / TINY_FSNE.arch_id
     (first / "result.json").unlink()  # as if killed after its last epoch: resumable
     for name in ("last.safetensors", "last-state.safetensors", "last.json"):
         shutil.copyfile(second / name, first / name)  # another architecture's checkpoint
-    code, _, err = run_cli(capsys, run, *args, "--resume")
+    code, _, err = cli("retrain", run, *args, "--resume")
     assert code == 2 and err.count("\n") == 1 and f"checkpoint {first / 'last.safetensors'} does not match" in err
 
     (first / "last.safetensors").write_bytes(b"\x00garbage")
-    code, _, err = run_cli(capsys, run, *args, "--resume")
+    code, _, err = cli("retrain", run, *args, "--resume")
     assert code == 2 and err.count("\n") == 1 and "not a readable safetensors file" in err
     assert (first / "last.safetensors").read_bytes() == b"\x00garbage"
 
@@ -232,19 +228,19 @@ def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(t
     (["--top", "1", "--dataset", "mnist"], "dataset 'mnist'"),
     (["--top", "1", "--address", "local", "--gpus-per-model", "2"], "--gpus-per-model 2.0: expected 0 to 1"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, expected):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, argv, expected):
     run = write_run(tmp_path / "run")
     before = sorted(path.name for path in run.iterdir())
-    code, _, err = run_cli(capsys, run, *argv)
+    code, _, err = cli("retrain", run, *argv)
     assert code == 2 and expected in err and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(path.name for path in run.iterdir()) == before
 
 
-def test_a_run_without_a_front_or_folder_is_named(tmp_path, capsys):
+def test_a_run_without_a_front_or_folder_is_named(tmp_path, cli):
     run = write_run(tmp_path / "failed", trials=((TINY_LINEAR, None, "failed"), (WIDER_LINEAR, None, "failed")))
-    code, _, err = run_cli(capsys, run, "--top", "2")
+    code, _, err = cli("retrain", run, "--top", "2")
     assert code == 2 and f"{run / 'trials.csv'} has no Pareto front (2 failed)" in err and err.count("\n") == 1
-    code, _, err = run_cli(capsys, tmp_path / "nowhere", "--top", "1")
+    code, _, err = cli("retrain", tmp_path / "nowhere", "--top", "1")
     assert code == 2 and "nowhere: not found" in err and err.count("\n") == 1
 
 
@@ -255,7 +251,7 @@ def test_malformed_recipe_flag_is_an_argparse_error(tmp_path, capsys):
     assert exit_.value.code == 2 and "--lr: invalid float value: 'fast'" in err and err.count("\n") == 1
 
 
-def test_searched_patch_size_meets_the_retrain_images(tmp_path, capsys):
+def test_searched_patch_size_meets_the_retrain_images(tmp_path, cli):
     winner = Candidate(TINY_FSNE, "winner", "t0001", searched_at=8)
     assert fitted_arch(winner, 224, 16, None).patch_size == 16  # digits' patch 2 would leave 112x112 tokens
     assert fitted_arch(winner, 8, 2, None).patch_size == 2
@@ -263,7 +259,7 @@ def test_searched_patch_size_meets_the_retrain_images(tmp_path, capsys):
     assert fitted_arch(Candidate(TINY_FSNE, "winner", "arch.json"), 224, 16, None).patch_size == 2
 
     run = write_run(tmp_path / "run")
-    code, out, err = run_cli(capsys, run, "--top", "1", "--img-size", "16", "--epochs", "1", *FAST_PROXY)
+    code, out, err = cli("retrain", run, "--top", "1", "--img-size", "16", "--epochs", "1", *FAST_PROXY)
     assert code == 0, err
     assert "patch size 2 -> 4 for t0001 on digits at 16 px (searched at 8 px; override with --patch-size)" in out
     result = json.loads((run / "retrain" / TINY_FSNE.replace(patch_size=4).arch_id / "result.json").read_text())

@@ -1,17 +1,16 @@
 """`nas search` end to end on digits with tiny trials: Ray Tune + budgeted Optuna + ASHA, faults, resume."""
 from __future__ import annotations
 
-import sys
+import dataclasses
 
 import optuna
 import pytest
-import ray
-from ray import cloudpickle
 
+from nas.budget import Budget
 from nas.cli import main
 from nas.results import INTERRUPTED, TrialTable, load_trials
 from nas.search import SearchSettings, run_search
-from nas.searcher import Budget, BudgetedOptunaSearch
+from nas.searcher import BudgetedSearcher, open_study
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import load_space
 from trainers.trial import run_trial
@@ -36,15 +35,6 @@ tiny.initial_points = [{"embed_dim": 16, "structure": "linear"}, {"embed_dim": 3
 BUDGET = 60_000  # embed_dim 128 (about 0.2M params) is over it; 16 and 32 are under
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()
-
-
 @pytest.fixture()
 def space_file(tmp_path):
     path = tmp_path / "tiny_space.py"
@@ -59,15 +49,16 @@ def settings_for(tmp_path, space_file, name="run", trials=3, **changes) -> Searc
     return SearchSettings(**values)
 
 
-def failing_trainable(config, data):
+def failing_trainable(config, data, settings):
     """The real trial, except that trial 1 raises and trial 3 diverges (a huge learning rate)."""
     if config["trial_number"] == 1:
         raise RuntimeError("injected failure in trial 1")
     if config["trial_number"] == 3:
-        config = {**config, "recipe_overrides": {"lr": 1e9}}
-    run_trial(config, data)
+        settings = dataclasses.replace(settings, recipe=settings.recipe.replace(lr=1e9))
+    run_trial(config, data, settings)
 
 
+@pytest.mark.slow
 def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
     code = main(["search", "--budget", str(BUDGET), "--space", space_file, "--trials", "4", "--epochs", "3",
                  "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(tmp_path / "results"),
@@ -101,6 +92,7 @@ def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
     assert "best: t" in out and "trained:" in out
 
 
+@pytest.mark.slow
 def test_over_budget_draws_never_reach_ray(ray_cluster, tmp_path, space_file):
     settings = settings_for(tmp_path, space_file, name="budget", trials=3)
     assert run_search(settings) == 0
@@ -115,8 +107,9 @@ def test_over_budget_draws_never_reach_ray(ray_cluster, tmp_path, space_file):
 def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
     table = TrialTable(tmp_path / "trials.csv")
     budget = Budget(BUDGET, None, num_classes=10, img_size=8, in_chans=1)
-    searcher = BudgetedOptunaSearch(load_space(space_file), 2, budget, table, f"sqlite:///{tmp_path}/study.db",
-                                    "unit", seed=0, epochs=3, max_infeasible_streak=50)
+    study = open_study(f"sqlite:///{tmp_path}/study.db", "unit", seed=0)
+    searcher = BudgetedSearcher(load_space(space_file), 2, budget, table, study, seed=0, epochs=3,
+                                max_infeasible_streak=50)
     suggested = []
     for index in range(6):
         config = searcher.suggest(f"trial{index}")
@@ -134,6 +127,7 @@ def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
     assert searcher.suggest("one-more") == "FINISHED" and searcher.exhausted
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_path, space_file):
     settings = settings_for(tmp_path, space_file, name="faults", trials=4)
     assert run_search(settings, trainable=failing_trainable) == 0
@@ -148,6 +142,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_pat
     assert study.trials[1].state == study.trials[3].state == optuna.trial.TrialState.FAIL
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, tmp_path, space_file):
     settings = settings_for(tmp_path, space_file, name="resume", trials=2, budget=10**6)
     assert run_search(settings) == 0
@@ -182,6 +177,7 @@ def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, t
     assert (run_dir / "ray-2").is_dir()
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
     settings = settings_for(tmp_path, space_file, name="done", trials=1, budget=10**6)
     assert run_search(settings) == 0

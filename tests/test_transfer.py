@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import trainers.retrain as retrain
-from dataset_files import write_cifar10, write_stl10
-from nas.cli import main
-from search_spaces.arch import ArchConfig
 from core.errors import UsageError
+from dataset_files import write_cifar10, write_stl10
+from search_spaces.arch import ArchConfig
 from trainers.checkpoint import load_checkpoint
 from trainers.data import load_dataset
 from trainers.recipe import get_recipe
@@ -54,13 +53,7 @@ def copy_run(pretrained, tmp_path) -> tuple[Path, Path, Path]:
     return tmp_path / "run", tmp_path / "run" / "retrain" / winner.name, tmp_path / "run" / "retrain" / baseline.name
 
 
-def transfer(capsys, *argv):
-    code = main(["transfer", *map(str, argv)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_fine_tunes_fill_the_paper_table(pretrained, tmp_path, capsys, monkeypatch):
+def test_fine_tunes_fill_the_paper_table(pretrained, tmp_path, cli, monkeypatch):
     root = pretrained[0]
     run, winner, baseline = copy_run(pretrained, tmp_path)
     tested = []
@@ -71,7 +64,7 @@ def test_fine_tunes_fill_the_paper_table(pretrained, tmp_path, capsys, monkeypat
         return real_evaluate(model, split, info, **kwargs)
 
     monkeypatch.setattr(retrain, "evaluate", spy_evaluate)
-    code, out, err = transfer(capsys, winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
+    code, out, err = cli("transfer", winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
                               "--data-dir", root / "data", "--data-dir", f"stl10={root / 'stl'}", *FAST)
     assert code == 0, err
     assert sorted(tested) == [("cifar10", 30), ("cifar10", 30), ("stl10", 20), ("stl10", 20)]
@@ -98,11 +91,11 @@ def test_fine_tunes_fill_the_paper_table(pretrained, tmp_path, capsys, monkeypat
     assert any("xcit-n12" in line and "[baseline]" in line for line in lines)
     assert any("t0003" in line and WINNER.arch_id in line and "[baseline]" not in line for line in lines)
 
-    code, _, err = transfer(capsys, winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
+    code, _, err = cli("transfer", winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
                             "--data-dir", root / "data", "--data-dir", f"stl10={root / 'stl'}", *FAST)
-    assert code == 2 and "already holds a finished run" in err and err.count("\n") == 1
+    assert code == 2 and "already holds checkpoints of a finished run" in err and err.count("\n") == 1
     tested.clear()
-    code, out, err = transfer(capsys, winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
+    code, out, err = cli("transfer", winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
                               "--data-dir", root / "data", "--data-dir", f"stl10={root / 'stl'}", *FAST, "--resume")
     assert code == 0 and tested == [] and "0 fine-tunes to run, 4 already finished (skipped)" in out
     assert pd.read_csv(run / "transfer.csv").equals(table)
@@ -121,28 +114,27 @@ def test_new_head_and_every_other_weight_loaded(pretrained):
         transfer_model(checkpoint, num_classes=7, in_chans=1, seed=0)
 
 
-def test_foreign_or_corrupt_checkpoints_fail_with_one_line(pretrained, tmp_path, capsys):
+def test_foreign_or_corrupt_checkpoints_fail_with_one_line(pretrained, tmp_path, cli):
     root = pretrained[0]
     run, winner, baseline = copy_run(pretrained, tmp_path)
     args = ["--datasets", "cifar10", "--data-dir", root / "data", *FAST]
     shutil.copyfile(baseline / "best.safetensors", winner / "best.safetensors")  # weights of another architecture
-    code, _, err = transfer(capsys, winner, *args)
+    code, _, err = cli("transfer", winner, *args)
     assert code == 2 and err.count("\n") == 1
     assert f"checkpoint {winner / 'best.safetensors'} does not match the model" in err
 
     (baseline / "best.safetensors").write_bytes(b"not safetensors")
-    code, _, err = transfer(capsys, baseline, *args)
+    code, _, err = cli("transfer", baseline, *args)
     assert code == 2 and err.count("\n") == 1 and "not a readable safetensors file" in err
 
-    code, _, err = transfer(capsys, tmp_path / "missing", *args)
+    code, _, err = cli("transfer", tmp_path / "missing", *args)
     assert code == 2 and err.count("\n") == 1 and "missing: not found" in err
     assert not (run / "transfer").exists() and not (run / "transfer.csv").exists()
 
 
-def test_grayscale_checkpoint_on_rgb_data_is_refused(pretrained, tmp_path, capsys):
-    digits = load_dataset("digits")
+def test_grayscale_checkpoint_on_rgb_data_is_refused(pretrained, tmp_path, cli, digits):
     folder = pretrain(tmp_path / "digits-run", WINNER.replace(patch_size=2), "digits", digits, dataset="digits")
-    code, _, err = transfer(capsys, folder, "--datasets", "cifar10", "--data-dir", pretrained[0] / "data", *FAST)
+    code, _, err = cli("transfer", folder, "--datasets", "cifar10", "--data-dir", pretrained[0] / "data", *FAST)
     assert code == 2 and err.count("\n") == 1 and "trained on 1-channel images (digits)" in err
 
 
@@ -152,11 +144,11 @@ def test_grayscale_checkpoint_on_rgb_data_is_refused(pretrained, tmp_path, capsy
     (["--datasets", "cifar10", "--data-dir", "/a", "--data-dir", "/b"], "a second root"),
     (["--datasets", "cifar10", "--epochs", "-1"], "recipe epochs=-1"),
 ])
-def test_bad_flags_fail_with_one_line(pretrained, capsys, argv, expected):
-    code, _, err = transfer(capsys, pretrained[1], *argv)
+def test_bad_flags_fail_with_one_line(pretrained, cli, argv, expected):
+    code, _, err = cli("transfer", pretrained[1], *argv)
     assert code == 2 and expected in err and err.count("\n") == 1
 
 
-def test_nothing_to_fine_tune(capsys):
-    code, _, err = transfer(capsys)
+def test_nothing_to_fine_tune(cli):
+    code, _, err = cli("transfer")
     assert code == 2 and "nothing to fine-tune" in err

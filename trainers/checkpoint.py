@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from search_spaces.arch import ArchConfig
+from search_spaces.build import build_model, load_weights
 from core.errors import UsageError
 from core.files import read_json_object, write_bytes_atomic
 from trainers.recipe import Recipe
@@ -102,10 +102,9 @@ def save_checkpoint(directory: Path, tag: str, *, weights: dict[str, torch.Tenso
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        data = path.read_bytes()
-        tensors = load_safetensors_bytes(data)
-        header_size = int.from_bytes(data[:8], "little")
-        header_meta = json.loads(data[8:8 + header_size]).get("__metadata__") or {}
+        with safe_open(path, framework="pt") as handle:
+            header_meta = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, ValueError, OSError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(f"checkpoint {path}: not a readable safetensors file ({reason}); "
@@ -124,26 +123,6 @@ def _resolve(path: Path) -> tuple[Path, Path, Path]:
         if name.endswith(suffix):
             return checkpoint_files(path.parent, name[: -len(suffix)])
     raise UsageError(f"checkpoint {path}: expected a checkpoint directory, TAG.safetensors or TAG.json")
-
-
-def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
-    """One line saying how `found` tensors differ from `expected` ones (names and shapes), or None."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    reshaped = [f"{name} {tuple(found[name].shape)} vs model {tuple(expected[name].shape)}"
-                for name in sorted(set(expected) & set(found)) if found[name].shape != expected[name].shape]
-
-    def listed(names: list[str]) -> str:
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} tensors ({listed(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected ({listed(unexpected)})")
-    if reshaped:
-        parts.append(f"{len(reshaped)} of another shape ({listed(reshaped)})")
-    return "; ".join(parts) or None
 
 
 @dataclass
@@ -174,21 +153,16 @@ class Checkpoint:
 
     def load_into(self, model: nn.Module) -> nn.Module:
         """Copy the weights into `model`; UsageError naming the file and the mismatch if they do not fit."""
-        mismatch = describe_mismatch(model.state_dict(), self.weights)
-        if mismatch:
-            raise UsageError(f"checkpoint {self.weights_path} does not match the model: {mismatch}")
-        model.load_state_dict(self.weights)
-        return model
+        return load_weights(model, self.weights, f"checkpoint {self.weights_path}")
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, drop_path_rate: float = 0.0) -> nn.Module:
         """The model this checkpoint was trained as (its arch at its dataset's classes and image size)."""
-        from search_spaces.build import build_model
-
         arch = self.arch
         if arch is None:
             raise UsageError(f"checkpoint {self.weights_path}: its record holds no architecture to build")
         dataset = self.record["dataset"]
-        model = build_model(arch, dataset["num_classes"], dataset["img_size"], dataset["in_chans"])
+        model = build_model(arch, dataset["num_classes"], dataset["img_size"], dataset["in_chans"],
+                            drop_path_rate=drop_path_rate)
         return self.load_into(model)
 
 
@@ -220,6 +194,29 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
     if model is not None:
         checkpoint.load_into(model)
     return checkpoint
+
+
+def check_resumable(record: dict[str, Any], where: Path, recipe: Recipe, seed: int,
+                    dataset: Any = None) -> None:
+    """The one "may this run continue" check: the recipe, seed (and dataset, when given: a DatasetInfo) that a
+    checkpoint record was started with must be the ones asked for now."""
+    try:
+        saved = Recipe.from_dict(record["recipe"])
+        saved_seed = record["seed"]
+    except (KeyError, UsageError) as error:
+        raise UsageError(f"checkpoint record in {where} is corrupt ({error}); expected one written by nas train, "
+                         "retrain or transfer") from None
+    changed = [f"{name} ({getattr(saved, name)!r} saved, {getattr(recipe, name)!r} now)"
+               for name in recipe.to_dict() if getattr(saved, name) != getattr(recipe, name)]
+    if changed:
+        raise UsageError(f"cannot resume {where}: it was started with another recipe: {', '.join(changed)}; "
+                         "expected the same recipe to continue it, or another output folder")
+    if saved_seed != seed:
+        raise UsageError(f"cannot resume {where} with seed {seed}: it was started with seed {saved_seed}; expected "
+                         "the same seed to continue it, or another output folder")
+    if dataset is not None and record.get("dataset") != json.loads(json.dumps(dataclasses.asdict(dataset))):
+        raise UsageError(f"cannot resume {where} on dataset {dataset.name!r} as loaded now: it was trained on "
+                         f"{(record.get('dataset') or {}).get('name')!r} with other settings")
 
 
 def _split_tensors(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -281,11 +278,7 @@ def restore_resume_state(checkpoint: Checkpoint, *, optimizer: torch.optim.Optim
     if scheduler is not None and scalars["scheduler"] is not None:
         scheduler.load_state_dict(scalars["scheduler"])
     if ema_module is not None:
-        ema_weights = _split_tensors("ema.", tensors)
-        mismatch = describe_mismatch(ema_module.state_dict(), ema_weights)
-        if mismatch:
-            raise UsageError(f"checkpoint {checkpoint.weights_path}: EMA weights do not match the model: {mismatch}")
-        ema_module.load_state_dict(ema_weights)
+        load_weights(ema_module, _split_tensors("ema.", tensors), f"checkpoint {checkpoint.weights_path} (EMA weights)")
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = _split_tensors("rng.cuda.", tensors)
     if cuda_states and torch.cuda.is_available():

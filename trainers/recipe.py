@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UsageError
@@ -17,54 +17,50 @@ REFERENCE_BATCH = 512
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train a model. Augmentations with probability 0 (or None) are off.
+    """How to train a model: every knob of a run, each field documented in its metadata["help"].
 
-    epochs: full passes over the training split.
-    batch_size: global batch (split evenly across distributed ranks).
-    lr: base learning rate at batch 512; see `effective_lr`.
-    min_lr: where the cosine schedule ends.
-    weight_decay: AdamW decoupled decay; never applied to 1-D params, no_weight_decay() names, or QKV codes.
-    warmup_epochs: linear warm-up from warmup_lr to the effective lr, stepped per iteration (a run
-        shorter than its warm-up never leaves it).
-    schedule: `cosine` (per-iteration cosine to min_lr) or `constant`.
-    label_smoothing: for the training loss (mixup/cutmix fold it into their soft targets).
-    mixup, cutmix: alpha of timm's Mixup; 0 disables each.
-    mixup_prob, mixup_switch_prob: chance a batch is mixed at all, and of cutmix over mixup when both are on.
-    randaugment: timm RandAugment string (e.g. 'rand-m9-mstd0.5-inc1') or None.
-    random_erasing: probability per image of timm's RandomErasing (pixel mode).
-    crop_padding: random crop after zero padding by this fraction of the image side (4 px at 32 px,
-        1 px at 8 px); for in-memory datasets without RandAugment. 0 disables.
-    hflip: horizontal flip probability, applied only on datasets where a mirror keeps the label.
-    drop_path: stochastic depth rate (XCiT: same rate in every block; ViT: growing linearly with depth).
-    ema: keep an exponential moving average of the weights; ema_decay is its per-step decay.
-    grad_clip: max global gradient norm, or None.
-    repeated_aug: repeated augmentation (3 augmented copies per image spread across ranks); used only
-        under DDP on datasets read through a DataLoader (files, or in-memory with RandAugment).
+    Augmentations with probability 0 (or None) are off.
     """
 
-    name: str = "custom"
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 4e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-6
-    schedule: str = "cosine"
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    randaugment: str | None = None
-    random_erasing: float = 0.0
-    crop_padding: float = 0.125
-    hflip: float = 0.5
-    drop_path: float = 0.0
-    ema: bool = False
-    ema_decay: float = 0.9998
-    grad_clip: float | None = None
-    repeated_aug: bool = False
+    name: str = field(default="custom", metadata={"help": "the recipe's name"})
+    epochs: int = field(default=20, metadata={"help": "full passes over the training split"})
+    batch_size: int = field(default=128, metadata={"help": "global batch (split evenly across distributed ranks)"})
+    lr: float = field(
+        default=4e-3, metadata={"help": "base learning rate at batch 512; a run uses lr x batch_size / 512"})
+    min_lr: float = field(default=1e-5, metadata={"help": "where the cosine schedule ends"})
+    weight_decay: float = field(
+        default=0.05, metadata={"help": "AdamW decoupled decay; never applied to 1-D params, no_weight_decay() names, "
+                                        "or QKV codes"})
+    warmup_epochs: int = field(
+        default=1, metadata={"help": "linear warm-up from warmup_lr to the effective lr, stepped per iteration (a run "
+                                     "shorter than its warm-up never leaves it)"})
+    warmup_lr: float = field(default=1e-6, metadata={"help": "learning rate at the start of the warm-up"})
+    schedule: str = field(default="cosine", metadata={"help": "cosine (per-iteration cosine to min_lr) or constant"})
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "for the training loss (mixup/cutmix fold it into their soft targets)"})
+    mixup: float = field(default=0.0, metadata={"help": "alpha of timm's Mixup; 0 disables it"})
+    cutmix: float = field(default=0.0, metadata={"help": "alpha of timm's CutMix; 0 disables it"})
+    mixup_prob: float = field(default=1.0, metadata={"help": "chance that a batch is mixed at all"})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "chance of cutmix over mixup when both are on"})
+    randaugment: str | None = field(
+        default=None, metadata={"help": "timm RandAugment string (e.g. 'rand-m9-mstd0.5-inc1') or None"})
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "probability per image of timm's RandomErasing (pixel mode)"})
+    crop_padding: float = field(
+        default=0.125, metadata={"help": "random crop after zero padding by this fraction of the image side (4 px at "
+                                         "32 px, 1 px at 8 px); in-memory datasets without RandAugment; 0 disables"})
+    hflip: float = field(
+        default=0.5, metadata={"help": "horizontal flip probability, applied only on datasets where a mirror keeps the "
+                                       "label"})
+    drop_path: float = field(
+        default=0.0, metadata={"help": "stochastic depth rate (XCiT: same rate in every block; ViT: growing linearly "
+                                       "with depth)"})
+    ema: bool = field(default=False, metadata={"help": "keep an exponential moving average of the weights"})
+    ema_decay: float = field(default=0.9998, metadata={"help": "per-step decay of the EMA"})
+    grad_clip: float | None = field(default=None, metadata={"help": "max global gradient norm, or None"})
+    repeated_aug: bool = field(
+        default=False, metadata={"help": "repeated augmentation (3 augmented copies per image spread across ranks); "
+                                         "only under DDP on datasets read through a DataLoader"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -184,3 +180,10 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     except KeyError:
         raise UsageError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}") from None
     return recipe.replace(**overrides) if overrides else recipe
+
+
+def describe_recipe(recipe: Recipe, overrides: dict[str, Any]) -> str:
+    """One line: the recipe, the fields changed from its named version, and what a run of it does."""
+    changed = " ".join(f"{name}={value}" for name, value in overrides.items()) or "no overrides"
+    return (f"recipe  {recipe.name} ({changed}): {recipe.epochs} epochs, batch {recipe.batch_size}, "
+            f"lr {recipe.effective_lr:.3g} (= {recipe.lr:g} x {recipe.batch_size}/512)")

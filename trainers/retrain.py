@@ -24,24 +24,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import UsageError
+from core.files import read_json_object, write_json_atomic, write_text_atomic
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
-from core.errors import UsageError
-from core.files import read_json_object, write_json_atomic, write_text_atomic
+from search_spaces.presets import fit_patch_size
 from trainers import checkpoint as ckpt
-from trainers.data import DatasetSplits, load_dataset
-from trainers.engine import EpochMetrics, distributed, evaluate, fit, seed_everything
-from trainers.recipe import Recipe
+from trainers.data import DatasetInfo, DatasetSplits, load_dataset
+from trainers.engine import EpochMetrics, describe_epoch, evaluate, fit
+from trainers.recipe import Recipe, describe_recipe
+from trainers.runtime import distributed, init_distributed, seed_everything
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 ARCH_FILE = "arch.json"
 METRICS_COLUMNS = [field.name for field in dataclasses.fields(EpochMetrics)]
+RETRAIN_COLUMNS = ["arch_id", "role", "source", "structure", "params", "flops", "top1", "top5", "best_val_acc",
+                   "best_epoch", "epochs", "recipe", "overrides", "dataset", "img_size", "patch_size", "seed",
+                   "world_size", "seconds"]
+# Where `nas train` puts a model when no folder is given: results/train/<arch-id>-<dataset>.
+TRAIN_ROOT = Path("results") / "train"
 
 
 def say_on_main(line: str) -> None:
@@ -117,31 +125,58 @@ def read_result(folder: Path) -> dict[str, Any]:
                             "the result.json a finished retrain writes (delete it to retrain that model)")
 
 
-def check_continuable(folder: Path, recipe: Recipe, seed: int) -> None:
-    """Before any training: an interrupted folder must continue with the recipe and seed it started with."""
-    record_path = ckpt.checkpoint_files(folder, "last")[2]
-    if not record_path.is_file():
-        return
-    try:
-        record = json.loads(record_path.read_text())
-        saved = Recipe.from_dict(record["recipe"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise UsageError(f"checkpoint {record_path}: unreadable ({error}); expected a checkpoint record") from None
-    changed = [f"{name} {getattr(saved, name)!r} -> {getattr(recipe, name)!r}" for name in recipe.to_dict()
-               if getattr(saved, name) != getattr(recipe, name)]
-    if changed:
-        raise UsageError(f"{folder} was started with another recipe ({', '.join(changed)}): expected the same "
-                         "recipe flags to resume it, or --out DIR for a new retrain")
-    if record.get("seed") != seed:
-        raise UsageError(f"{folder} was started with --seed {record.get('seed')}, not {seed}: expected the same "
-                         "seed to resume it")
+def plan_folder(folder: Path, *, resume: bool, recipe: Recipe, seed: int, source: str, asked: dict[str, Any],
+                info: DatasetInfo | None = None) -> dict[str, Any] | None:
+    """What to do with one model's folder before anything is written: None to train it (new, or interrupted and
+    resumable), its result when it finished with the settings `asked` (skipped), or one UsageError."""
+    state = folder_state(folder)
+    if state != "new" and not resume:
+        what = {"finished": "checkpoints of a finished run", "partial": "checkpoints of an interrupted run"}.get(
+            state, "files")
+        raise UsageError(f"{folder} already holds {what} of {source}: expected --resume to "
+                         f"{'skip' if state == 'finished' else 'continue'} it, or another output folder")
+    if state == "finished":
+        result = read_result(folder)
+        differs = [name for name, value in asked.items() if result.get(name) != value]
+        if differs:
+            raise UsageError(f"{folder} finished with another {', '.join(differs)}: expected the same settings to "
+                             "resume, or another output folder")
+        return result
+    if state == "partial":
+        record_path = ckpt.checkpoint_files(folder, "last")[2]
+        if record_path.is_file():
+            ckpt.check_resumable(read_json_object(record_path, "a checkpoint record"), folder, recipe, seed, info)
+    return None
 
 
-def describe_epoch(metrics: EpochMetrics, epochs: int) -> str:
-    ema = "" if metrics.ema_val_acc is None else f"  ema_acc {metrics.ema_val_acc:6.2%} ({metrics.weights})"
-    return (f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  train_loss {metrics.train_loss:.4f}  "
-            f"val_loss {metrics.val_loss:.4f}  val_acc {metrics.val_acc:6.2%}  top5 {metrics.val_top5:6.2%}{ema}  "
-            f"lr {metrics.lr:.2e}  {metrics.seconds:.1f}s  {metrics.images_per_s:,.0f} img/s")
+def plan(tasks: list[RetrainTask], info: DatasetInfo) -> tuple[list[RetrainTask], list[dict[str, Any]]]:
+    """(models to train, results of models already finished), or one UsageError before anything is written."""
+    to_train, finished = [], []
+    for task in tasks:
+        asked = {"recipe_fields": task.recipe.to_dict(), "dataset": info.name, "img_size": info.img_size,
+                 "seed": task.seed, "val_fraction": task.data.val_fraction, "split_seed": task.data.split_seed}
+        result = plan_folder(task.folder, resume=task.resume, recipe=task.recipe, seed=task.seed, source=task.source,
+                             info=info, asked=asked)
+        if result is None:
+            to_train.append(task)
+        else:
+            finished.append(result)
+    return to_train, finished
+
+
+def results_frame(folders: list[Path], columns: list[str], extra: list[dict[str, Any]] = ()) -> pd.DataFrame:
+    """One row per result.json found in `folders`, updated by `extra` results (same arch_id), in `columns`;
+    baselines first, then the best test top-1, as papers print them."""
+    rows: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        if (folder / RESULT_FILE).is_file():
+            result = read_result(folder)
+            rows[str(result.get("arch_id"))] = result
+    for result in extra:
+        rows[str(result["arch_id"])] = result
+    records = [{**row, "overrides": json.dumps(row.get("overrides") or {}, sort_keys=True)} for row in rows.values()]
+    return pd.DataFrame(records, columns=columns).sort_values(["role", "top1"], ascending=[True, False],
+                                                               na_position="last", kind="stable")
 
 
 def write_metrics(path: Path, history: list[EpochMetrics]) -> None:
@@ -157,10 +192,11 @@ def _earlier_epochs(folder: Path) -> list[EpochMetrics]:
     record_path = ckpt.checkpoint_files(folder, "last")[2]
     if not record_path.is_file():
         return []
+    record = read_json_object(record_path, "a checkpoint record")
     try:
-        return [EpochMetrics(**entry) for entry in json.loads(record_path.read_text())["history"]]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return []  # the engine's own resume raises the one-line error for a corrupt record
+        return [EpochMetrics(**entry) for entry in record.get("history", [])]
+    except TypeError as error:
+        raise UsageError(f"{record_path}: corrupt epoch history ({error}); expected a checkpoint record") from None
 
 
 def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder: Path, *, seed: int, resume: bool,
@@ -222,7 +258,8 @@ def retrain_model(task: RetrainTask, data: DatasetSplits | None = None,
     info = data.info
     world = distributed()
     seed_everything(task.seed)
-    model = build_model(task.arch, info.num_classes, info.img_size, info.in_chans)
+    model = build_model(task.arch, info.num_classes, info.img_size, info.in_chans,
+                        drop_path_rate=task.recipe.drop_path)
     params = sum(parameter.numel() for parameter in model.parameters())
     if world.is_main:
         write_text_atomic(task.folder / ARCH_FILE, task.arch.to_json(indent=2) + "\n")
@@ -270,3 +307,38 @@ def trained_checkpoint(path: str | os.PathLike) -> Path:
         raise UsageError(f"checkpoint {path}: not found; expected a checkpoint folder (e.g. "
                          "results/<run>/retrain/<arch-id>) or its best.json")
     return path
+
+
+def train_arch(arch: ArchConfig, data: DataRequest, recipe: Recipe, overrides: dict[str, Any], *,
+               folder: Path | None = None, patch_size: int | None = None, seed: int = 0, resume: bool = False,
+               device: str = "auto", compile: bool = False,
+               say: Callable[[str], None] = say_on_main) -> dict[str, Any]:
+    """`nas train`: one architecture trained from scratch into `folder` (default results/train/<arch-id>-<dataset>)
+    and tested once, through `retrain_model`. Under torchrun every rank calls this.
+
+    Returns the result (for a finished folder under `resume`: its earlier result). A NaN/inf loss raises
+    TrainingDiverged; the last good checkpoint stays.
+    """
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: expected a non-negative integer")
+    init_distributed(device)
+    loaded = data.load()
+    info = loaded.info
+    fitted = fit_patch_size(arch, info.img_size, info.patch_size, patch_size)
+    if fitted.patch_size != arch.patch_size:
+        why = "(--patch-size)" if patch_size is not None else "(override with --patch-size)"
+        say(f"patch size {arch.patch_size} -> {fitted.patch_size} for {info.name} at {info.img_size} px {why}")
+    folder = folder if folder is not None else TRAIN_ROOT / f"{fitted.arch_id}-{info.name}"
+    task = RetrainTask(arch=fitted, role="model", source=fitted.arch_id, folder=folder, recipe=recipe,
+                       overrides=overrides, data=data, seed=seed, resume=resume, device=device, compile=compile)
+    to_train, finished = plan([task], info)
+    if finished:
+        top1 = finished[0].get("top1")
+        say(f"done    {folder} finished earlier: nothing to train; its one test gave top1 "
+            f"{'n/a' if top1 is None else f'{top1:.2%}'}")
+        return finished[0]
+    test_size = "no" if loaded.test is None else f"{len(loaded.test):,}"
+    say(f"data    {info.name}: {len(loaded.train):,} train / {len(loaded.val):,} val / {test_size} test at "
+        f"{info.img_size} px, {info.num_classes} classes")
+    say(describe_recipe(recipe, overrides) + f", seed {seed}")
+    return retrain_model(to_train[0], loaded, say=say)

@@ -1,28 +1,35 @@
-"""Fine-tune a trained checkpoint on a transfer dataset: a new classifier head, every other weight loaded strictly.
+"""Fine-tune trained checkpoints on the transfer datasets and gather the paper's table: `transfer_run(request)`.
 
-As in the paper, a model is fine-tuned at the resolution it was trained at (224 px after ImageNet): the
-transfer set is loaded at the checkpoint's image size (`pretrained_img_size`), smaller images upsampled
-once at load. Training, checkpoints, metrics.csv and the one test at the end are `train_and_test`'s,
-in results/<run>/transfer/<arch-id>/<dataset>/.
+A checkpoint gets a new classifier head; every other weight is loaded strictly. As in the paper, a model is
+fine-tuned at the resolution it was trained at (224 px after ImageNet): the transfer set is loaded at the
+checkpoint's image size (`pretrained_img_size`), smaller images upsampled once at load. Training,
+checkpoints, metrics.csv and the one test at the end are `train_and_test`'s, in
+<out>/transfer/<arch-id>/<dataset>/; <out>/transfer.csv holds test top-1 per dataset and their average.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
 from torch import nn
 
 from core.errors import UsageError
 from core.files import write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
-from trainers.data import DatasetSplits
-from trainers.engine import EpochMetrics, distributed, seed_everything
-from trainers.recipe import Recipe
-from trainers.retrain import (ARCH_FILE, RESULT_FILE, DataRequest, scores_of, say_on_main, train_and_test,
-                              trained_checkpoint)
+from trainers.data import DatasetSplits, dataset_names
+from trainers.engine import EpochMetrics, TrainingDiverged
+from trainers.recipe import Recipe, describe_recipe, get_recipe
+from trainers.retrain import (ARCH_FILE, RESULT_FILE, DataRequest, plan_folder, read_result, say_on_main,
+                              scores_of, train_and_test, trained_checkpoint)
+from trainers.runtime import distributed, init_distributed, seed_everything
+
+PAPER_DATASETS = ("cifar10", "cifar100", "stanford_cars", "stl10")
+LEAD_COLUMNS = ["arch_id", "role", "source", "structure", "params"]
 
 # The fresh head starts as timm initialises one (truncated normal, std 0.02; nn.Linear's default is ~5x wider).
 HEAD_INIT_STD = 0.02
@@ -46,7 +53,8 @@ def head_params(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.get_classifier().parameters())
 
 
-def transfer_model(checkpoint: ckpt.Checkpoint, num_classes: int, in_chans: int, seed: int) -> nn.Module:
+def transfer_model(checkpoint: ckpt.Checkpoint, num_classes: int, in_chans: int, seed: int,
+                   drop_path_rate: float = 0.0) -> nn.Module:
     """The checkpoint's model with all its weights (strict: any missing, extra or reshaped tensor is a UsageError
     naming the file), then a new `num_classes` head (timm's reset_classifier) seeded by `seed`."""
     trained_on = checkpoint.record["dataset"]
@@ -54,7 +62,7 @@ def transfer_model(checkpoint: ckpt.Checkpoint, num_classes: int, in_chans: int,
         raise UsageError(f"checkpoint {checkpoint.weights_path} was trained on {trained_on['in_chans']}-channel "
                          f"images ({trained_on['name']}); the transfer set has {in_chans}: expected a checkpoint "
                          f"trained on {in_chans}-channel images")
-    model = checkpoint.build_model()
+    model = checkpoint.build_model(drop_path_rate=drop_path_rate)
     seed_everything(seed)
     model.reset_classifier(num_classes)
     head = model.get_classifier()
@@ -95,7 +103,7 @@ def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplit
         raise UsageError(f"dataset {info.name} at {info.img_size} px for a checkpoint trained at "
                          f"{pretrained_img_size(checkpoint)} px: expected the checkpoint's image size")
     arch = checkpoint.arch
-    model = transfer_model(checkpoint, info.num_classes, info.in_chans, task.seed)
+    model = transfer_model(checkpoint, info.num_classes, info.in_chans, task.seed, task.recipe.drop_path)
     params = sum(parameter.numel() for parameter in model.parameters())
     if distributed().is_main:
         write_text_atomic(task.folder / ARCH_FILE, arch.to_json(indent=2) + "\n")
@@ -123,3 +131,186 @@ def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplit
               f"top1 {run.test['acc']:.2%}  top5 {run.test['top5']:.2%}  ({run.test['count']:,} images)")
     say(f"test    {arch.arch_id} on {info.name}: {scores}; best epoch {run.best_epoch}, {run.seconds:.1f}s")
     return result
+
+
+def parse_datasets(text: str) -> list[str]:
+    """'cifar10,stl10' -> the transfer sets, in order, without repeats; unknown names are one UsageError."""
+    datasets = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in datasets if name not in dataset_names()]
+    if unknown or not datasets:
+        raise UsageError(f"--datasets {text}: {', '.join(map(repr, unknown)) or 'none given'}; expected names from "
+                         f"{', '.join(dataset_names())}")
+    return datasets
+
+
+def data_dirs(values: list[str] | tuple[str, ...], datasets: list[str]) -> dict[str, str | None]:
+    """Each dataset's folder from --data-dir values: NAME=DIR for one dataset, a bare DIR as the root for the rest."""
+    root, named = None, {}
+    for value in values:
+        name, separator, folder = value.partition("=")
+        if not separator:
+            if root is not None:
+                raise UsageError(f"--data-dir {value}: a second root (first {root}); expected one root and/or "
+                                 "NAME=DIR entries")
+            root = value
+        elif name not in datasets:
+            raise UsageError(f"--data-dir {value}: {name!r} is not among --datasets ({', '.join(datasets)}); "
+                             "expected NAME=DIR for one of them")
+        else:
+            named[name] = folder
+    return {name: named.get(name, root) for name in datasets}
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A checkpoint to fine-tune, with its role and where it came from."""
+
+    checkpoint: ckpt.Checkpoint
+    role: str
+    source: str
+
+    @property
+    def arch_id(self) -> str:
+        return self.checkpoint.arch.arch_id
+
+
+def _source(checkpoint: ckpt.Checkpoint) -> str:
+    """The retrain's source (trial id or preset) when the checkpoint sits in a retrain folder, else the folder."""
+    folder = checkpoint.weights_path.parent
+    if not (folder / RESULT_FILE).is_file():
+        return folder.name
+    return str(read_result(folder).get("source") or folder.name)
+
+
+def load_models(checkpoints: list[str], baselines: list[str]) -> list[Pretrained]:
+    """Every checkpoint read, and its model built and loaded strictly, before anything trains."""
+    models: dict[str, Pretrained] = {}
+    for path, role in [(path, "winner") for path in checkpoints] + [(path, "baseline") for path in baselines]:
+        checkpoint = load_pretrained(path)
+        checkpoint.build_model()  # a checkpoint whose weights do not fit its architecture fails here, first
+        model = Pretrained(checkpoint, role, _source(checkpoint))
+        if model.arch_id in models:
+            raise UsageError(f"checkpoint {path}: the same architecture ({model.arch_id}) as "
+                             f"{models[model.arch_id].checkpoint.weights_path}; expected each model once")
+        models[model.arch_id] = model
+    return list(models.values())
+
+
+def default_out(checkpoint: ckpt.Checkpoint) -> Path:
+    """results/<run> for results/<run>/retrain/<arch-id>/best.json; else the checkpoint folder's parent."""
+    folder = checkpoint.weights_path.parent
+    return folder.parent.parent if folder.parent.name == "retrain" else folder.parent
+
+
+def transfer_table(results: list[dict[str, Any]], datasets: list[str]) -> pd.DataFrame:
+    """One row per model: test top-1 on each dataset (fractions) and their average (when it has them all)."""
+    order = list(dict.fromkeys(datasets + [result["dataset"] for result in results]))
+    rows: dict[str, dict[str, Any]] = {}
+    for result in results:
+        row = rows.setdefault(result["arch_id"], {"arch_id": result["arch_id"], "role": result["role"],
+                                                  "source": result["source"], "structure": result["structure"],
+                                                  "params": result["backbone_params"]})
+        row[f"{result['dataset']}_top1"] = result["top1"]
+    columns = LEAD_COLUMNS + [f"{name}_top1" for name in order] + ["average_top1"]
+    frame = pd.DataFrame(list(rows.values()), columns=columns)
+    scores = frame[[f"{name}_top1" for name in order]].astype(float)
+    frame["average_top1"] = scores.mean(axis=1).where(scores.notna().all(axis=1))
+    return frame.sort_values(["role", "average_top1"], ascending=[True, False], na_position="last", kind="stable")
+
+
+def _finished_results(out: Path) -> list[dict[str, Any]]:
+    """Every finished fine-tune under out/transfer/<arch-id>/<dataset>/."""
+    return [read_result(path.parent) for path in sorted((out / "transfer").glob(f"*/*/{RESULT_FILE}"))]
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """What `nas transfer` asks for: checkpoints (winners, baselines), transfer sets, recipe, where to run."""
+
+    checkpoints: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = ()
+    datasets: str = ",".join(PAPER_DATASETS)
+    data_dirs: tuple[str, ...] = ()
+    download: bool = False
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    recipe: str = "transfer"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints and not self.baselines:
+            raise UsageError("nothing to fine-tune: expected CHECKPOINT arguments or --baseline CHECKPOINT")
+        if self.seed < 0:
+            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
+
+
+@dataclass
+class TransferOutcome:
+    """The table of this request's models (test top-1 per dataset, average), and the fine-tunes that diverged."""
+
+    table: pd.DataFrame
+    datasets: list[str]
+    csv_path: Path
+    diverged: int
+
+
+def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_main,
+                 warn: Callable[[str], None] = print) -> TransferOutcome:
+    """Plan every fine-tune (one UsageError before anything is written), run those not finished, test each once."""
+    datasets = parse_datasets(request.datasets)
+    folders_of = data_dirs(request.data_dirs, datasets)
+    recipe = get_recipe(request.recipe, **request.overrides)
+    world = init_distributed(request.device)
+    models = load_models(list(request.checkpoints), list(request.baselines))
+    out = Path(request.out) if request.out is not None else default_out(models[0].checkpoint)
+    tasks: list[tuple[Pretrained, TransferTask]] = []
+    results: list[dict[str, Any]] = []
+    for name in datasets:
+        for model in models:
+            data = DataRequest(name, folders_of[name], request.download, request.val_fraction, request.split_seed,
+                               pretrained_img_size(model.checkpoint))
+            task = TransferTask(model.checkpoint.weights_path, model.role, model.source, data,
+                                out / "transfer" / model.arch_id / name, recipe, request.overrides, request.seed,
+                                request.resume, request.device, request.compile)
+            asked = {"recipe_fields": recipe.to_dict(), "dataset": name, "img_size": data.img_size,
+                     "seed": request.seed, "val_fraction": request.val_fraction, "split_seed": request.split_seed,
+                     "pretrained": str(model.checkpoint.weights_path.resolve())}
+            finished = plan_folder(task.folder, resume=request.resume, recipe=recipe, seed=request.seed,
+                                   source=f"{model.source} on {name}", asked=asked)
+            if finished is None:
+                tasks.append((model, task))
+            else:
+                results.append(finished)
+    if world.active:
+        torch.distributed.barrier()  # every rank has read the folders before rank 0 writes to them
+    say(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
+    say(f"models  {len(models)} x {len(datasets)} datasets: {len(tasks)} fine-tunes to run"
+        + (f", {len(results)} already finished (skipped)" if results else "") + f" -> {out / 'transfer'}")
+
+    csv_path = out / "transfer.csv"
+    diverged = 0
+    loaded: dict[tuple[str, int], DatasetSplits] = {}
+    for model, task in tasks:
+        key = (task.data.name, task.data.img_size)
+        if key not in loaded:
+            loaded.clear()  # one transfer set in memory at a time (CIFAR-10 at 224 px is 7.5 GB as uint8)
+            loaded[key] = task.data.load()
+        try:
+            result = finetune(task, model.checkpoint, loaded[key], say=say)
+        except TrainingDiverged as error:
+            diverged += 1
+            if world.is_main:
+                warn(f"{model.arch_id} on {task.data.name}: {error}")
+            continue
+        results.append(result)
+        if world.is_main:
+            finished = {(r["arch_id"], r["dataset"]): r for r in _finished_results(out) + results}
+            write_text_atomic(csv_path, transfer_table(list(finished.values()), datasets).to_csv(index=False))
+    ours = [result for result in results if result["arch_id"] in {model.arch_id for model in models}]
+    return TransferOutcome(table=transfer_table(ours, datasets), datasets=datasets, csv_path=csv_path,
+                           diverged=diverged)

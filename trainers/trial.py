@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,19 +12,31 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
 from trainers.data import DatasetSplits
-from trainers.engine import EpochMetrics, fit, seed_everything, select_device
-from trainers.recipe import get_recipe
+from trainers.engine import EpochMetrics, fit
+from trainers.recipe import Recipe
+from trainers.runtime import seed_everything, select_device
 
 
-def run_trial(config: dict[str, Any], data: DatasetSplits) -> None:
-    """config: arch (dict), seed, epochs, recipe, recipe_overrides, threads, device; data comes from the object store."""
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of one search shares; it reaches the trials through `tune.with_parameters`.
+
+    threads: torch intra-op threads of a trial (its CPU share); device: cpu or cuda.
+    """
+
+    recipe: Recipe
+    threads: int = 1
+    device: str = "cpu"
+
+
+def run_trial(config: dict[str, Any], data: DatasetSplits, settings: TrialSettings) -> None:
+    """config (the searcher's, per trial): arch (dict), seed, and flops when the searcher counted them."""
+    torch.set_num_threads(max(1, settings.threads))
     arch = ArchConfig.from_dict(config["arch"])
     info = data.info
-    recipe = get_recipe(config.get("recipe", "proxy"), epochs=config["epochs"], **config.get("recipe_overrides", {}))
     flops = config.get("flops") or count_flops(arch, info.num_classes, info.img_size, info.in_chans)
     seed_everything(int(config["seed"]))
-    model = build_model(arch, info.num_classes, info.img_size, info.in_chans)
+    model = build_model(arch, info.num_classes, info.img_size, info.in_chans, drop_path_rate=settings.recipe.drop_path)
     start = time.perf_counter()
     best = 0.0
 
@@ -36,5 +49,5 @@ def run_trial(config: dict[str, Any], data: DatasetSplits) -> None:
             "images_per_s": metrics.images_per_s, "trial_seconds": time.perf_counter() - start,
         })
 
-    fit(model, data, recipe, device=select_device(config.get("device", "cpu")), seed=int(config["seed"]),
+    fit(model, data, settings.recipe, device=select_device(settings.device), seed=int(config["seed"]),
         on_epoch=report)

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from nas.budget import budget_argument
 from core.errors import UsageError
-
-RESUMABLE = ("trials", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
+from nas.flags import count_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to search")
-    what.add_argument("--budget", type=budget_argument, help="parameter budget, e.g. 3.1M, 750K, 3.1e6 (required)")
-    what.add_argument("--max-flops", type=lambda t: budget_argument(t), default=None, metavar="FLOPS",
+    what.add_argument("--budget", type=count_argument, help="parameter budget, e.g. 3.1M, 750K, 3.1e6 (required)")
+    what.add_argument("--max-flops", type=count_argument, default=None, metavar="FLOPS",
                       help="optional FLOPs limit per image, e.g. 200M (2 FLOPs per multiply-add)")
     what.add_argument("--space", default="qkv", help="qkv (default), paper, or path/to/file.py:function")
     what.add_argument("--patch-size", type=int, default=None, help="patch size (default: the dataset's)")
@@ -44,37 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from nas.search import SearchSettings, run_search
-    from nas.results import load_settings
+    from nas.search import RESUMABLE, SearchSettings, resume_search, run_search
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir():
-            raise UsageError(f"--resume {args.resume}: no such run folder; expected results/<run> from nas search")
-        settings = SearchSettings.from_dict(load_settings(run_dir))
-        # The folder may have been moved or renamed since: it is where the run is now.
-        settings.name, settings.results_dir = run_dir.name, str(run_dir.parent)
-        for name in RESUMABLE:
-            if getattr(args, name) is not None:
-                setattr(settings, name, getattr(args, name))
-        return run_search(settings, resume=True)
+        changes = {name: getattr(args, name) for name in RESUMABLE if getattr(args, name) is not None}
+        return resume_search(Path(args.resume), changes)
     if args.budget is None:
         raise UsageError("--budget is required: expected a parameter count such as 3.1M")
-    for flag, value in (("--trials", args.trials), ("--epochs", args.epochs), ("--grace-epochs", args.grace_epochs),
-                        ("--reduction-factor", args.reduction_factor), ("--max-concurrent", args.max_concurrent)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} {value}: expected a positive integer")
-    if not 0 < args.val_fraction < 1:
-        raise UsageError(f"--val-fraction {args.val_fraction}: expected a number between 0 and 1")
     name = args.name or f"{args.space.split(':')[-1]}-{args.dataset}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
-    settings = SearchSettings(
+    return run_search(SearchSettings(
         name=name, budget=args.budget, results_dir=args.results_dir, max_flops=args.max_flops, dataset=args.dataset,
         data_dir=args.data_dir, classes=args.classes, train_fraction=args.train_fraction, img_size=args.img_size,
         val_fraction=args.val_fraction, space=args.space, patch_size=args.patch_size,
         trials=args.trials if args.trials is not None else 16, epochs=args.epochs, grace_epochs=args.grace_epochs,
         reduction_factor=args.reduction_factor, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else 1.0,
-        gpus_per_trial=args.gpus_per_trial or 0.0, address=args.address, seed=args.seed, verbose=bool(args.verbose))
-    return run_search(settings)
+        gpus_per_trial=args.gpus_per_trial or 0.0, address=args.address, seed=args.seed, verbose=bool(args.verbose)))

@@ -4,48 +4,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
-from nas.budget import format_count
-from nas.pareto import SCORE, pareto_front, scored_trials
-from nas.results import Run, find_run, read_run
 from core.errors import UsageError
 
 SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size", "num_classes", "in_chans",
                   "trials", "epochs", "seed", "started", "finished")
-TRIAL_COLUMNS = ("trial_id", "state", "structure", "params", "flops", SCORE, "epochs", "seconds")
 
 
-def format_seconds(seconds: float) -> str:
-    """7384 -> '2h03m'; 75 -> '1m15s'."""
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", help="run folder (results/<run>) or a run name; omit to list the runs")
+    parser.add_argument("--results-dir", default="results", help="where runs are listed from (default results)")
+    parser.add_argument("--top", type=int, default=5, help="how many of the best trials to show (default 5)")
 
 
-def trials_text(trials: pd.DataFrame) -> str:
+def trials_text(trials) -> str:
     """Trials as an aligned table with readable units (params in K/M, GFLOPs, accuracy in %)."""
-    shown = trials[[name for name in TRIAL_COLUMNS if name in trials.columns]].copy()
-    formats = {
-        "params": format_count,
-        "flops": format_count,
-        SCORE: lambda accuracy: f"{accuracy * 100:.2f}%",
-        "epochs": lambda epochs: f"{epochs:g}",
-        "seconds": format_seconds,
-    }
-    for name, format_value in formats.items():
-        if name in shown:
-            shown[name] = [("" if pd.isna(value) else format_value(value)) for value in shown[name]]
-    return shown.to_string(index=False)
+    from core.units import format_count, format_duration
+    from nas.tables import table_text
+
+    return table_text(trials, {"trial_id": str, "state": str, "structure": str, "params": format_count,
+                               "flops": format_count, "val_acc": lambda accuracy: f"{accuracy * 100:.2f}%",
+                               "epochs": lambda epochs: f"{epochs:g}", "seconds": format_duration})
 
 
 def _indent(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.splitlines())
 
 
-def run_summary(run: Run, top: int) -> str:
-    """The terminal summary of one run."""
+def run_summary(run, top: int) -> str:
+    """The terminal summary of one run (a nas.results.Run)."""
+    from core.units import format_count, format_duration
+    from nas.pareto import SCORE, pareto_front, scored_trials
+    from nas.results import state_counts
+    from search_spaces.arch import ArchConfig
+
     table = run.table
     settings = {key: run.settings[key] for key in SETTINGS_SHOWN if run.settings.get(key) is not None}
     if "budget" in settings:
@@ -54,12 +45,11 @@ def run_summary(run: Run, top: int) -> str:
         settings["max_flops"] = f"{settings['max_flops'] / 1e9:.3g} GFLOPs"
     lines = [f"run {run.path}"]
     lines += [f"  {key:<12} {value}" for key, value in settings.items()]
-    counts = table["state"].fillna("unknown").value_counts()
-    lines.append(f"trials: {len(table)} ({', '.join(f'{n} {state}' for state, n in counts.items()) or 'none yet'})")
+    lines.append(f"trials: {len(table)} ({state_counts(table) if len(table) else 'none yet'})")
     trial_seconds = table["seconds"].sum() if "seconds" in table else 0.0
     wall = run.settings.get("seconds")
-    lines.append(f"time: {format_seconds(wall) + ' wall, ' if wall is not None else ''}"
-                 f"{format_seconds(trial_seconds)} summed over trials")
+    lines.append(f"time: {format_duration(wall) + ' wall, ' if wall is not None else ''}"
+                 f"{format_duration(trial_seconds)} summed over trials")
     scored = scored_trials(table)
     if scored.empty:
         lines.append("no trial has a validation accuracy yet")
@@ -71,14 +61,18 @@ def run_summary(run: Run, top: int) -> str:
               _indent(trials_text(front))]
     winner = best.iloc[0]
     if isinstance(winner.get("arch"), str):
-        from search_spaces.arch import ArchConfig
-
         lines.append(f"best: trial {winner['trial_id']} {ArchConfig.from_json(winner['arch']).summary()}")
     return "\n".join(lines)
 
 
 def runs_overview(results_dir: Path) -> str:
     """One row per run folder under `results_dir`: its settings and best figures."""
+    import pandas as pd
+
+    from core.units import format_count
+    from nas.pareto import SCORE, scored_trials
+    from nas.results import read_run
+
     if not results_dir.is_dir():
         raise UsageError(f"results folder {results_dir}: not found; expected the folder `nas search` writes "
                          "runs into (set it with --results-dir)")
@@ -105,13 +99,9 @@ def runs_overview(results_dir: Path) -> str:
     return pd.DataFrame(rows).fillna("").to_string(index=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", help="run folder (results/<run>) or a run name; omit to list the runs")
-    parser.add_argument("--results-dir", default="results", help="where runs are listed from (default results)")
-    parser.add_argument("--top", type=int, default=5, help="how many of the best trials to show (default 5)")
-
-
 def run(args: argparse.Namespace) -> int:
+    from nas.results import find_run, read_run
+
     if args.top < 1:
         raise UsageError(f"--top {args.top}: expected a positive number of trials")
     results_dir = Path(args.results_dir)

@@ -7,7 +7,6 @@ installed. Exit codes: 0 written; 1 ONNX outputs differ from PyTorch beyond the 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 FORMATS = ("safetensors", "onnx")
@@ -24,15 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 17)")
 
 
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     from core.errors import UsageError
+    from core.files import read_json_object
     from search_spaces.export import (MODEL_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx,
                                       export_safetensors, model_description, onnx_difference, write_description)
     from trainers.checkpoint import load_checkpoint
@@ -51,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else checkpoint.weights_path.parent / "export"
     target = out / (WEIGHTS_FILE if args.format == "safetensors" else ONNX_FILE)
     # Both formats of one checkpoint may share a folder (same model.json); anything else is never overwritten.
-    described = _read_json(out / MODEL_FILE) == description
+    described = (out / MODEL_FILE).is_file() and read_json_object(out / MODEL_FILE, "a model.json") == description
     taken = [file.name for file in (target, out / MODEL_FILE) if file.exists() and not (file.name == MODEL_FILE
                                                                                        and described)]
     if taken:

@@ -1,0 +1,39 @@
+"""`nas describe PRESET|arch.json`: one architecture with its fields, parameters and FLOPs."""
+from __future__ import annotations
+
+import argparse
+
+from nas.flags import add_size_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("arch", metavar="PRESET|arch.json", help="a preset name or an architecture JSON file")
+    add_size_arguments(parser)
+    parser.add_argument("--patch-size", type=int, default=None, metavar="P",
+                        help="override the architecture's patch size (e.g. 2 for 8 px images)")
+    parser.add_argument("--json", action="store_true", help="print the architecture as JSON only")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.units import format_count
+    from search_spaces.build import timm_reference_name
+    from search_spaces.cost import count_flops, count_params
+    from search_spaces.presets import load_arch
+
+    arch = load_arch(args.arch)
+    if args.patch_size is not None:
+        arch = arch.replace(patch_size=args.patch_size)
+    if args.json:
+        print(arch.to_json(indent=2))
+        return 0
+    params = count_params(arch, args.num_classes, args.img_size, args.in_chans)
+    flops = count_flops(arch, args.num_classes, args.img_size, args.in_chans)
+    print(f"arch      {arch.arch_id}  {arch.summary()}")
+    print(f"structure {arch.structure}")
+    reference = timm_reference_name(arch)
+    if reference:
+        print(f"timm      {reference} (same parameters, keys and outputs)")
+    print(f"params    {params:,} ({format_count(params)}) at {args.num_classes} classes")
+    print(f"FLOPs     {flops / 1e9:.3f} G ({flops / 2e9:.3f} G multiply-adds) at {args.img_size} px")
+    print(arch.to_json(indent=2))
+    return 0

@@ -1,0 +1,80 @@
+"""`nas transfer CHECKPOINT ...`: fine-tune retrained models on the transfer sets and print the paper's table.
+
+Each checkpoint (a retrain folder, whose best-by-validation weights are used, or a TAG.json) is
+fine-tuned on every dataset of --datasets at the image size it was trained at, with a new classifier
+head and every other weight loaded strictly; each is tested once at the end. transfer.csv (one row per
+model: test top-1 per dataset and their average) lands in the first checkpoint's run folder or --out.
+
+Exit codes: 0 done; 1 a fine-tune diverged (the others still ran); 2 bad input; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nas.flags import add_recipe_arguments, recipe_overrides
+
+DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stanford_cars": "Stanford Cars", "stl10": "STL-10"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
+                        help="a retrained model's folder (results/<run>/retrain/<arch-id>: its best checkpoint) "
+                             "or a TAG.json")
+    parser.add_argument("--baseline", action="append", metavar="CHECKPOINT",
+                        help="a checkpoint whose row is marked baseline (repeatable)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--datasets", default=None, metavar="NAME,NAME",
+                      help="transfer sets (default the paper's four: cifar10,cifar100,stanford_cars,stl10)")
+    data.add_argument("--data-dir", action="append", metavar="DIR|NAME=DIR",
+                      help="a root holding each dataset's own folder (cifar-10-batches-py/, cifar-100-python/, "
+                           "stl10_binary/, stanford_cars/: torchvision's root), and/or NAME=DIR for one dataset "
+                           "(repeatable)")
+    data.add_argument("--download", action="store_true", help="download missing datasets that can be (torchvision)")
+    data.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                      help="share of each training set held out for validation (default 0.1)")
+    data.add_argument("--split-seed", type=int, default=0, metavar="S", help="seed of the validation split (default 0)")
+    add_recipe_arguments(parser, "transfer")
+    where = parser.add_argument_group("running")
+    where.add_argument("--seed", type=int, default=0, metavar="S",
+                       help="seed of the new head, data order and augmentation (default 0)")
+    where.add_argument("--out", default=None, metavar="DIR",
+                       help="output folder (default: the first checkpoint's run folder)")
+    where.add_argument("--resume", action="store_true", help="continue interrupted fine-tunes, skip finished ones")
+    where.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    where.add_argument("--compile", action="store_true", help="torch.compile the models (worth it on CUDA)")
+
+
+def paper_table(frame, datasets: list[str]) -> str:
+    """The paper's layout: model, params, test top-1 (%) per dataset, average."""
+    from core.units import format_count
+    from nas.tables import percent, table_text
+
+    shown = frame.copy()
+    shown["model"] = [f"{row.source} ({row.arch_id}, {row.structure})" + (" [baseline]" if row.role == "baseline"
+                                                                          else "") for row in frame.itertuples()]
+    formats = {"model": str, "params": format_count}
+    for name in datasets:
+        shown[DISPLAY_NAMES.get(name, name)] = shown[f"{name}_top1"]
+        formats[DISPLAY_NAMES.get(name, name)] = percent
+    shown["average"] = shown["average_top1"]
+    formats["average"] = percent
+    return table_text(shown, formats)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainers.transfer import PAPER_DATASETS, TransferRequest, transfer_run
+
+    request = TransferRequest(
+        checkpoints=tuple(args.checkpoints), baselines=tuple(args.baseline or ()),
+        datasets=args.datasets or ",".join(PAPER_DATASETS),
+        data_dirs=tuple(args.data_dir or ()), download=args.download, val_fraction=args.val_fraction,
+        split_seed=args.split_seed, recipe=args.recipe, overrides=recipe_overrides(args), seed=args.seed,
+        out=args.out, resume=args.resume, device=args.device, compile=args.compile)
+    outcome = transfer_run(request, warn=lambda line: print(f"nas transfer: error: {line}", file=sys.stderr,
+                                                             flush=True))
+    if len(outcome.table):
+        print(f"\ntransfer test top-1 (%), fine-tuned at each model's training resolution; params without the "
+              f"classifier head -> {outcome.csv_path}")
+        print(paper_table(outcome.table, outcome.datasets))
+    return 1 if outcome.diverged else 0

@@ -1,0 +1,288 @@
+"""Retrain a run's winners (and baselines) with a full recipe, then test each once: `retrain_run(request)`.
+
+Winners come from the run's Pareto front (`top`), its trial ids (`trials`) or architectures (`archs`);
+`baselines` adds reference models under the very same recipe. Each model trains in
+<out>/retrain/<arch-id>/ (`trainers.retrain`), locally one after another (every torchrun rank runs the same
+code) or all at once as Ray tasks on a cluster; <out>/retrain.csv gets each model's row when it finishes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from core.errors import UsageError
+from core.files import write_text_atomic
+from nas.pareto import pareto_front, scored_trials
+from nas.results import TrialTable, find_run, load_settings, load_trials, state_counts
+from search_spaces.arch import ArchConfig
+from search_spaces.presets import fit_patch_size, load_arch
+from trainers.data import DatasetInfo
+from trainers.engine import TrainingDiverged
+from trainers.recipe import Recipe, describe_recipe, full_recipe_name, get_recipe
+from trainers.retrain import (RETRAIN_COLUMNS, DataRequest, RetrainTask, plan, results_frame, retrain_model,
+                              say_on_main)
+from trainers.runtime import Distributed, init_distributed
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to retrain before its patch size meets the dataset: where it came from and in which role.
+
+    searched_at: the image size (px) a search chose its patch size for; None for presets and arch files.
+    """
+
+    arch: ArchConfig
+    role: str
+    source: str
+    searched_at: int | None = None
+
+
+def fitted_arch(candidate: Candidate, img_size: int, dataset_patch_size: int, patch_size: int | None) -> ArchConfig:
+    """The candidate at the retrain images: an explicit patch size; else a searched winner retrained at another
+    image size takes the dataset's (patch 2 from 8 px digits becomes 16 at 224 px); else `fit_patch_size`."""
+    if patch_size is None and candidate.searched_at not in (None, img_size):
+        patch_size = dataset_patch_size
+    return fit_patch_size(candidate.arch, img_size, dataset_patch_size, patch_size)
+
+
+def _trial_arch(row: Any, path: Path) -> ArchConfig:
+    try:
+        return ArchConfig.from_json(str(row["arch"]))
+    except UsageError as error:
+        raise UsageError(f"{path}: trial {row['trial_id']} has an unreadable arch ({error})") from None
+
+
+def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | None,
+                  say: Callable[[str], None] = print) -> list[Candidate]:
+    """The best `top` members of the params Pareto front by val_acc (fewer params first among equals)."""
+    if scored_trials(table).empty:
+        raise UsageError(f"{path} has no Pareto front ({state_counts(table)}): expected at least one complete or "
+                         "stopped trial with a val_acc, or pick models with --trials / --arch")
+    front = pareto_front(table, ["params"]).sort_values(["val_acc", "params", "trial_id"],
+                                                        ascending=[False, True, True], kind="stable")
+    if len(front) < top:
+        say(f"--top {top}: the Pareto front has {len(front)} member(s); retraining all of them")
+    return [Candidate(_trial_arch(row, path), "winner", str(row["trial_id"]), searched_at)
+            for _, row in front.head(top).iterrows()]
+
+
+def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searched_at: int | None,
+                  say: Callable[[str], None] = print) -> list[Candidate]:
+    rows = {str(row["trial_id"]): row for _, row in table.iterrows()}
+    picked = []
+    for trial_id in trial_ids:
+        key = TrialTable.trial_id(int(trial_id)) if trial_id.isdigit() else trial_id
+        if key not in rows:
+            known = sorted(rows)
+            listed = ", ".join(known[:8]) + (f" ... ({len(known)} trials)" if len(known) > 8 else "")
+            raise UsageError(f"--trials {trial_id}: no such trial in {path}; expected one of {listed or 'none'}")
+        if rows[key]["state"] not in ("complete", "stopped"):
+            say(f"note: trial {key} is {rows[key]['state']}; retraining it as asked")
+        picked.append(Candidate(_trial_arch(rows[key], path), "winner", key, searched_at))
+    return picked
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What `nas retrain` asks for: which models, on which data, with which recipe, where and how to run them.
+
+    dataset, data_dir, val_fraction and split_seed default to the run's own (None); recipe None is the full
+    recipe that fits the dataset (`full_recipe_name`); overrides change its fields. address: run the models as
+    Ray tasks on that cluster (cpus/gpus_per_model size them); None trains them here, one after another.
+    """
+
+    run: str
+    top: int | None = None
+    trials: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = ()
+    dataset: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    img_size: int | None = None
+    patch_size: int | None = None
+    val_fraction: float | None = None
+    split_seed: int | None = None
+    recipe: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    device: str = "auto"
+    compile: bool = False
+    address: str | None = None
+    gpus_per_model: float = 0.0
+    cpus_per_model: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.top is not None and self.top < 1:
+            raise UsageError(f"--top {self.top}: expected a positive number of winners")
+        if self.top is None and not self.trials and not self.archs and not self.baselines:
+            raise UsageError("nothing to retrain: expected --top K, --trials ID,ID, --arch PRESET|arch.json or "
+                             "--baseline PRESET|arch.json")
+        if self.seed < 0:
+            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
+        if self.address is None and (self.gpus_per_model != 0.0 or self.cpus_per_model != 1.0):
+            raise UsageError("--gpus-per-model / --cpus-per-model: expected --address (they size Ray tasks)")
+        if not 0 <= self.gpus_per_model <= 1:
+            raise UsageError(f"--gpus-per-model {self.gpus_per_model}: expected 0 to 1 (one process per model; "
+                             "train one model on several GPUs with torchrun instead)")
+        if self.cpus_per_model <= 0:
+            raise UsageError(f"--cpus-per-model {self.cpus_per_model}: expected a positive number")
+        if self.address is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise UsageError("--address under torchrun: expected one or the other (Ray tasks, or one DDP job)")
+
+
+@dataclass
+class RetrainOutcome:
+    """What a retrain did: every finished model's result (earlier ones included) and the models that diverged."""
+
+    table: pd.DataFrame
+    csv_path: Path
+    info: DatasetInfo
+    diverged: list[str]
+
+
+def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None,
+               say: Callable[[str], None]) -> list[Candidate]:
+    """Every model the request names, winners first, before any patch size meets the data."""
+    picked: list[Candidate] = []
+    if request.top is not None or request.trials:
+        table = load_trials(run_dir)
+        path = run_dir / "trials.csv"
+        if request.top is not None:
+            picked += front_winners(table, request.top, path, searched_at, say)
+        picked += trial_winners(table, list(request.trials), path, searched_at, say)
+    picked += [Candidate(load_arch(spec), "winner", spec) for spec in request.archs]
+    picked += [Candidate(load_arch(spec), "baseline", spec) for spec in request.baselines]
+    return picked
+
+
+def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRequest, out: Path, recipe: Recipe,
+                  data: DataRequest, say: Callable[[str], None]) -> list[RetrainTask]:
+    """Fit each candidate's patch size to the images and give it its folder; the same model twice trains once."""
+    tasks: dict[str, RetrainTask] = {}
+    for candidate in picked:
+        arch = fitted_arch(candidate, info.img_size, info.patch_size, request.patch_size)
+        if arch.patch_size != candidate.arch.patch_size:
+            searched = "" if candidate.searched_at is None else f"searched at {candidate.searched_at} px; "
+            why = "(--patch-size)" if request.patch_size is not None else f"({searched}override with --patch-size)"
+            say(f"patch size {candidate.arch.patch_size} -> {arch.patch_size} for {candidate.source} on {info.name} "
+                f"at {info.img_size} px {why}")
+        if arch.arch_id in tasks:
+            say(f"note: {candidate.source} is the same model as {tasks[arch.arch_id].source} ({arch.arch_id}); "
+                "trained once")
+            continue
+        tasks[arch.arch_id] = RetrainTask(
+            arch=arch, role=candidate.role, source=candidate.source, folder=out / "retrain" / arch.arch_id,
+            recipe=recipe, overrides=request.overrides, data=data, seed=request.seed, resume=request.resume,
+            device=request.device, compile=request.compile)
+    return list(tasks.values())
+
+
+def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
+               on_result: Callable[[RetrainTask, dict[str, Any] | None, BaseException | None], None]) -> None:
+    """Every model as its own Ray task, all submitted at once; on_result runs on the driver as each ends."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # each model's epoch lines look alike; deduplication hides them
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
+    try:
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(retrain_model)
+        device = "cuda" if gpus > 0 else "cpu"
+        # Ray workers may start elsewhere: they get absolute paths.
+        pending = {remote.remote(dataclasses.replace(
+            task, device=device, threads=max(1, int(cpus)), folder=task.folder.resolve(),
+            data=dataclasses.replace(task.data, data_dir=None if task.data.data_dir is None
+                                     else str(Path(task.data.data_dir).resolve())))): task for task in tasks}
+        while pending:
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            task = pending.pop(done)
+            try:
+                result = ray.get(done)
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, TrainingDiverged):
+                    on_result(task, None, error.cause)
+                    continue
+                if isinstance(error.cause, UsageError):
+                    raise UsageError(str(error.cause)) from None
+                raise
+            on_result(task, result, None)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_main,
+                warn: Callable[[str], None] = print) -> RetrainOutcome:
+    """Plan every model (one UsageError before anything is written), train those not finished, test each once.
+
+    `say` gets the progress lines (rank 0 only under torchrun); `warn` a line per model whose training diverged.
+    """
+    world = init_distributed(request.device) if request.address is None else Distributed()
+    run_dir = find_run(request.run)
+    settings = load_settings(run_dir, required=False)
+    searched_at = settings.get("img_size")
+    picked = candidates(request, run_dir, None if searched_at is None else int(searched_at), say)
+    dataset = request.dataset or settings.get("dataset")
+    if dataset is None:
+        raise UsageError(f"{run_dir} has no search.json naming its dataset: expected --dataset NAME")
+    recipe = get_recipe(request.recipe or full_recipe_name(dataset), **request.overrides)
+    same_data = dataset == settings.get("dataset")
+    data_request = DataRequest(
+        name=dataset, data_dir=request.data_dir or (settings.get("data_dir") if same_data else None),
+        download=request.download, img_size=request.img_size,
+        val_fraction=request.val_fraction if request.val_fraction is not None else settings.get("val_fraction", 0.2),
+        split_seed=request.split_seed if request.split_seed is not None else int(settings.get("seed", 0)))
+    data = data_request.load()
+    info = data.info
+    out = Path(request.out) if request.out is not None else run_dir
+    tasks = retrain_tasks(picked, info, request, out, recipe, data_request, say)
+    to_train, finished = plan(tasks, info)
+    if world.active:
+        torch.distributed.barrier()  # every rank has read the folders before rank 0 writes to them
+    test_size = "no" if data.test is None else f"{len(data.test):,}"
+    say(f"data    {info.name}: {len(data.train):,} train / {len(data.val):,} val / {test_size} test at "
+        f"{info.img_size} px, {info.num_classes} classes")
+    say(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
+    where = (f"Ray at {request.address}" if request.address is not None else
+             f"{request.device}{f' x {world.world_size} processes' if world.active else ''}")
+    say(f"models  {len(to_train)} to train on {where}"
+        + (f", {len(finished)} already finished (skipped)" if finished else "") + f" -> {out / 'retrain'}")
+
+    csv_path = out / "retrain.csv"
+    results = list(finished)
+    diverged: list[str] = []
+
+    def on_result(task: RetrainTask, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        if error is not None:
+            diverged.append(task.arch.arch_id)
+            if world.is_main:
+                warn(f"{task.arch.arch_id} ({task.source}): {error}")
+            return
+        results.append(result)
+        if world.is_main:
+            # Every finished model under the output folder, earlier retrains' included.
+            earlier = sorted((out / "retrain").iterdir()) if (out / "retrain").is_dir() else []
+            write_text_atomic(csv_path, results_frame(earlier, RETRAIN_COLUMNS, results).to_csv(index=False))
+
+    if request.address is not None:
+        run_on_ray(to_train, request.address, request.cpus_per_model, request.gpus_per_model, on_result)
+    else:
+        for task in to_train:
+            try:
+                on_result(task, retrain_model(task, data, say=say), None)
+            except TrainingDiverged as error:
+                on_result(task, None, error)
+    table = results_frame([task.folder for task in tasks], RETRAIN_COLUMNS, results)
+    return RetrainOutcome(table=table, csv_path=csv_path, info=info, diverged=diverged)

@@ -1,0 +1,102 @@
+"""The `nas` front door: describe, presets, --help, one-line errors with exit code 2, and the import rules."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_describe_preset(cli):
+    code, out, _ = cli("describe", "xcit-n12")
+    assert code == 0
+    assert "3,053,224" in out and "xcit_nano_12_p16_224" in out and "1.102 G" in out
+
+
+def test_describe_small_images(cli):
+    code, out, _ = cli("describe", "xcit-n12-fsne", "--num-classes", "10", "--img-size", "8", "--in-chans", "1",
+                       "--patch-size", "2")
+    assert code == 0 and "F-SNE" in out and "at 10 classes" in out
+
+
+def test_describe_json_file(cli, tmp_path):
+    code, out, _ = cli("describe", "xcit-n12-psne", "--json")
+    path = tmp_path / "arch.json"
+    path.write_text(out)
+    code, again, _ = cli("describe", path, "--json")
+    assert code == 0 and again == out
+
+
+def test_presets_table(cli):
+    code, out, _ = cli("presets")
+    assert code == 0
+    for name in ("xcit-n12", "xcit-t12", "deit-tiny", "xcit-n12-sne", "xcit-n12-psne", "xcit-n12-fsne"):
+        assert name in out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["describe", "xcit-huge"], "unknown preset 'xcit-huge'"),
+    (["describe", "missing.json"], "missing.json: not found"),
+    (["describe", "xcit-n12", "--img-size", "8"], "img_size=8 with patch_size=16"),
+    (["search", "--budget", "3.1X"], "'3.1X': expected a positive count"),
+    (["search", "--budget", "3.1M", "--trials", "0"], "--trials 0: expected a positive integer"),
+])
+def test_errors_are_one_line_exit_2(cli, argv, fragment):
+    code, out, err = cli(*argv)
+    assert code == 2
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_malformed_json_file(cli, tmp_path):
+    path = tmp_path / "arch.json"
+    path.write_text('{"embed_dim": 64,')
+    code, _, err = cli("describe", path)
+    assert code == 2 and str(path) in err and "malformed" in err and err.count("\n") == 1
+
+
+def test_help_lists_every_command_without_importing_torch_or_ray():
+    probe = ("import sys; from nas.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit as done:\n    code = done.code\n"
+             "print('loaded:', sorted(name for name in ('torch', 'ray', 'pandas', 'optuna') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for name in COMMANDS:
+        assert name in result.stdout
+    assert "loaded: []" in result.stdout
+
+
+def test_every_command_builds_its_parser():
+    for name in COMMANDS:
+        result = subprocess.run([sys.executable, "-m", "nas.cli", name, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: nas " + name in result.stdout, result.stderr
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+    return modules
+
+
+def test_import_rules():
+    """nas -> trainers -> search_spaces -> core; nothing but the CLI imports a command; Ray only in nas/ and trial."""
+    layers = {"core": 0, "search_spaces": 1, "trainers": 2, "nas": 3}
+    for path in ROOT.glob("*/**/*.py"):
+        package = path.relative_to(ROOT).parts[0]
+        if package not in layers:
+            continue
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            assert layers.get(top, -1) <= layers[package], f"{name} imports {module}: against the layering"
+            if module.startswith("nas.commands"):
+                assert name in ("nas.cli",), f"{name} imports a command module ({module})"
+            if top in ("ray", "optuna") and package != "nas":
+                assert name == "trainers.trial" and top == "ray", f"{name} imports {top}"
