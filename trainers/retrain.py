@@ -311,10 +311,11 @@ def trained_checkpoint(path: str | os.PathLike) -> Path:
 
 def train_arch(arch: ArchConfig, data: DataRequest, recipe: Recipe, overrides: dict[str, Any], *,
                folder: Path | None = None, patch_size: int | None = None, seed: int = 0, resume: bool = False,
-               device: str = "auto", compile: bool = False,
+               device: str = "auto", compile: bool = False, source: str | None = None,
                say: Callable[[str], None] = say_on_main) -> dict[str, Any]:
     """`nas train`: one architecture trained from scratch into `folder` (default results/train/<arch-id>-<dataset>)
-    and tested once, through `retrain_model`. Under torchrun every rank calls this.
+    and tested once, through `retrain_model`. Under torchrun every rank calls this. source: where `arch` came
+    from (a preset name or an arch file), for the tables.
 
     Returns the result (for a finished folder under `resume`: its earlier result). A NaN/inf loss raises
     TrainingDiverged; the last good checkpoint stays.
@@ -329,7 +330,7 @@ def train_arch(arch: ArchConfig, data: DataRequest, recipe: Recipe, overrides: d
         why = "(--patch-size)" if patch_size is not None else "(override with --patch-size)"
         say(f"patch size {arch.patch_size} -> {fitted.patch_size} for {info.name} at {info.img_size} px {why}")
     folder = folder if folder is not None else TRAIN_ROOT / f"{fitted.arch_id}-{info.name}"
-    task = RetrainTask(arch=fitted, role="model", source=fitted.arch_id, folder=folder, recipe=recipe,
+    task = RetrainTask(arch=fitted, role="model", source=source or fitted.arch_id, folder=folder, recipe=recipe,
                        overrides=overrides, data=data, seed=seed, resume=resume, device=device, compile=compile)
     to_train, finished = plan([task], info)
     if finished:

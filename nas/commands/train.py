@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         train_arch(load_arch(args.arch), data, get_recipe(args.recipe, **overrides), overrides,
                    folder=None if args.out is None else Path(args.out), patch_size=args.patch_size, seed=args.seed,
-                   resume=args.resume, device=args.device, compile=args.compile)
+                   resume=args.resume, device=args.device, compile=args.compile, source=args.arch)
     except TrainingDiverged as error:
         print(f"nas train: error: {error}", file=sys.stderr)
         return 1
