@@ -85,7 +85,7 @@ def pareto_front(table: pd.DataFrame, costs: Sequence[str]) -> pd.DataFrame:
     """The non-dominated scored trials over max val_acc and min `costs` (one front over all), sorted by costs[0]."""
     costs = list(costs)
     if not costs:
-        raise UsageError("pareto front without a cost: expected at least one cost column, e.g. params")
+        raise ValueError("pareto front without a cost: expected at least one cost column, e.g. params")
     missing = [name for name in [SCORE, "state", "trial_id", *costs] if name not in table.columns]
     if missing:
         raise UsageError(f"trials table lacks column(s) {', '.join(missing)}: expected them to draw a Pareto front")

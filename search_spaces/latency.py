@@ -50,9 +50,9 @@ def measure_latency(model: nn.Module, img_size: int, in_chans: int, device: str 
     Each is the median of `repeats` timed passes after `warmup` untimed ones, on random images.
     """
     if not batch_sizes or min(batch_sizes) < 1:
-        raise UsageError(f"batch_sizes={list(batch_sizes)}: expected one or more positive batch sizes")
+        raise ValueError(f"batch_sizes={list(batch_sizes)}: expected one or more positive batch sizes")
     if warmup < 0 or repeats < 1:
-        raise UsageError(f"warmup={warmup}, repeats={repeats}: expected warmup >= 0 and repeats >= 1")
+        raise ValueError(f"warmup={warmup}, repeats={repeats}: expected warmup >= 0 and repeats >= 1")
     device = resolve_device(device) if isinstance(device, str) else device
     model = model.to(device).eval()
     seconds = {}

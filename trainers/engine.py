@@ -189,7 +189,7 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     if eval_split not in ("val", "test"):
-        raise UsageError(f"eval_split={eval_split!r}: expected val or test")
+        raise ValueError(f"eval_split={eval_split!r}: expected val or test")
     eval_data = getattr(data, eval_split)
     if eval_data is None:
         raise UsageError(f"dataset {data.info.name!r} has no {eval_split} split to evaluate on")
