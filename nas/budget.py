@@ -53,10 +53,10 @@ def smallest_model(space: Space, patch_size: int, budget: Budget, draws: int = 2
         trial = study.ask()
         try:
             arch = draw(space, trial, patch_size)
+            params = count_params(arch, budget.num_classes, budget.img_size, budget.in_chans)
         except UsageError:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
-        params = count_params(arch, budget.num_classes, budget.img_size, budget.in_chans)
         study.tell(trial, params)
         if best is None or params < best[0]:
             best = (params, arch)

@@ -25,10 +25,12 @@ def count_argument(text: str) -> int:
 
 
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data shape a model is counted at: classes, image side, channels (ImageNet's by default)."""
-    parser.add_argument("--num-classes", type=int, default=1000, metavar="N", help="classifier size (default 1000)")
-    parser.add_argument("--img-size", type=int, default=224, metavar="S", help="image side in px (default 224)")
-    parser.add_argument("--in-chans", type=int, default=3, metavar="C", help="image channels (default 3)")
+    """The data shape a model is counted at; None: a preset's own (search_spaces.presets.shape_of)."""
+    parser.add_argument("--num-classes", type=int, default=None, metavar="N",
+                        help="classifier size (default: a preset's own, else 1000)")
+    parser.add_argument("--img-size", type=int, default=None, metavar="S",
+                        help="image side in px (default: a preset's own, else 224)")
+    parser.add_argument("--in-chans", type=int, default=None, metavar="C", help="image channels (default 3)")
 
 
 def split_list(values: list[str] | None) -> list[str]:

@@ -1,13 +1,17 @@
 """Architecture configs: one frozen dataclass per point of the search space.
 
-`ArchConfig` describes a whole model (backbone and QKV embedding); `build.build_model` turns it into
-a module. Configs validate themselves, round-trip through JSON and have a stable short id.
+`ArchConfig` describes a whole model: the backbone, the QKV embedding its blocks use and, on the ViT
+backbone, its attention, feed-forward, stem and position encoding. `build.build_model` turns it into a
+module. Configs validate themselves, round-trip through JSON (types checked, one line naming the field)
+and have a stable short id.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +21,11 @@ BACKBONES = ("xcit", "vit")
 LAYER_KINDS = ("separate", "shared")
 ACTIVATIONS = ("relu", "gelu")
 TARGETS = "qkv"
-PATCH_SIZES = {"xcit": (16, 8, 4, 2), "vit": (32, 16, 14, 8, 4, 2, 1)}
+PATCH_SIZES = {"xcit": (16, 8, 4, 2), "vit": (32, 16, 14, 8, 4, 3, 2, 1)}
+ATTENTIONS = ("softmax", "performer", "nystrom", "linformer")
+FFNS = ("mlp", "swiglu", "moe")
+STEMS = ("linear", "conv")
+POSITIONS = ("learned", "rope", "none")
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,91 @@ class QKVConfig:
 
 
 @dataclass(frozen=True)
+class AttentionConfig:
+    """How a ViT block attends (search_spaces/attention.py).
+
+    kind: softmax (exact, as timm's Attention), performer (FAVOR+ random features), nystrom (landmarks),
+        linformer (keys and values projected along the sequence; needs a fixed token count).
+    kv_heads: key/value heads, fewer than num_heads for grouped-query attention; None: one per query head.
+    num_features: performer's random features; None: int(head_dim * ln(head_dim)) as ViX.
+    num_landmarks, pinv_iterations, residual_kernel: nystrom's (ViX: 64, 6, 33).
+    proj_len: linformer's projected sequence length (ViX: 64).
+    Fields another kind does not use keep their defaults, so equal models get equal ids.
+    """
+
+    kind: str = "softmax"
+    kv_heads: int | None = None
+    num_features: int | None = None
+    num_landmarks: int = 64
+    pinv_iterations: int = 6
+    residual_kernel: int = 33
+    proj_len: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTENTIONS:
+            raise UsageError(f"attention.kind={self.kind!r}: expected one of {', '.join(ATTENTIONS)}")
+        unused = {"performer": ("num_landmarks", "pinv_iterations", "residual_kernel", "proj_len"),
+                  "nystrom": ("num_features", "proj_len"), "linformer": ("num_features", "num_landmarks",
+                                                                         "pinv_iterations", "residual_kernel")}
+        for name in unused.get(self.kind, ("num_features", "num_landmarks", "pinv_iterations", "residual_kernel",
+                                           "proj_len")):
+            object.__setattr__(self, name, _default_of(AttentionConfig, name))
+        for name in ("kv_heads", "num_features", "num_landmarks", "pinv_iterations", "residual_kernel", "proj_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"attention.{name}={value}: expected a positive integer")
+        if self.residual_kernel % 2 == 0:
+            raise UsageError(f"attention.residual_kernel={self.residual_kernel}: expected an odd kernel size")
+
+
+@dataclass(frozen=True)
+class FFNConfig:
+    """The feed-forward layer of a ViT block (search_spaces/ffn.py).
+
+    kind: mlp (timm's Mlp, GELU), swiglu (timm's SwiGLU), moe (mLiT: SwiGLU experts sharing V and W2, noisy
+        top-k routing with a balance loss).
+    last_ratio: hidden width of the last block as a multiple of embed_dim; the width goes linearly with
+        depth from mlp_ratio (first block) to it (mLiT shrinks it). None: mlp_ratio in every block.
+    experts: moe: experts per stage; the blocks are split into len(experts) contiguous stages.
+    top_k: moe: experts each token is routed to. balance_weight: moe: weight of each balance loss.
+    """
+
+    kind: str = "mlp"
+    last_ratio: float | None = None
+    experts: tuple[int, ...] = (3, 4, 5)
+    top_k: int = 2
+    balance_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experts", tuple(self.experts))
+        if self.kind not in FFNS:
+            raise UsageError(f"ffn.kind={self.kind!r}: expected one of {', '.join(FFNS)}")
+        if self.kind != "moe":
+            for name in ("experts", "top_k", "balance_weight"):
+                object.__setattr__(self, name, _default_of(FFNConfig, name))
+        if self.last_ratio is not None and not self.last_ratio > 0:
+            raise UsageError(f"ffn.last_ratio={self.last_ratio}: expected a positive number, or null")
+        if not self.experts or min(self.experts) < 1:
+            raise UsageError(f"ffn.experts={list(self.experts)}: expected one or more positive expert counts")
+        if not 1 <= self.top_k <= min(self.experts):
+            raise UsageError(f"ffn.top_k={self.top_k} with experts {list(self.experts)}: expected 1 to "
+                             f"{min(self.experts)} (no stage may have fewer experts than a token is routed to)")
+        if not self.balance_weight >= 0:
+            raise UsageError(f"ffn.balance_weight={self.balance_weight}: expected a non-negative number")
+
+
+def _default_of(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+@dataclass(frozen=True)
 class ArchConfig:
     """A whole model: a timm backbone (`xcit` or `vit`) plus the QKV embedding its blocks use.
 
     layer_scale and tokens_norm are XCiT's `eta` and `tokens_norm` (timm's names differ per size).
+    On the ViT backbone also: stem (`linear` patch embedding, or `conv`: ViX's three 3x3 convolutions),
+    pos (`learned` position embedding, `rope`: 2-D axial rotary embedding of q and k, `none`), attention and
+    ffn. XCiT keeps their defaults: it has its own convolutional stem, Fourier encoding and XCA attention.
     """
 
     backbone: str = "xcit"
@@ -104,10 +193,15 @@ class ArchConfig:
     layer_scale: float = 1.0
     tokens_norm: bool = False
     qkv: QKVConfig = field(default_factory=QKVConfig)
+    stem: str = "linear"
+    pos: str = "learned"
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    ffn: FFNConfig = field(default_factory=FFNConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.qkv, dict):
-            object.__setattr__(self, "qkv", QKVConfig(**self.qkv))
+        for name, config in (("qkv", QKVConfig), ("attention", AttentionConfig), ("ffn", FFNConfig)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, config(**getattr(self, name)))
         if self.backbone not in BACKBONES:
             raise UsageError(f"backbone={self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         for name in ("embed_dim", "depth", "num_heads"):
@@ -129,38 +223,39 @@ class ArchConfig:
         if self.qkv.blocks is not None and max(self.qkv.blocks) >= self.depth:
             raise UsageError(
                 f"qkv.blocks={list(self.qkv.blocks)} but depth={self.depth}: expected indices below {self.depth}")
+        if self.stem not in STEMS:
+            raise UsageError(f"stem={self.stem!r}: expected one of {', '.join(STEMS)}")
+        if self.pos not in POSITIONS:
+            raise UsageError(f"pos={self.pos!r}: expected one of {', '.join(POSITIONS)}")
+        if self.backbone == "xcit":
+            for name in VIT_FIELDS:
+                if getattr(self, name) != _default_of_field(name):
+                    raise UsageError(f"{name}={getattr(self, name)!r} needs backbone vit: XCiT has its own stem, "
+                                     "Fourier position encoding, XCA attention and MLP")
+        kv_heads = self.attention.kv_heads
+        if kv_heads is not None and (kv_heads > self.num_heads or self.num_heads % kv_heads):
+            raise UsageError(f"attention.kv_heads={kv_heads} with num_heads={self.num_heads}: expected a divisor "
+                             "of num_heads (grouped-query attention shares each kv head among a group)")
+        if self.pos == "rope" and (self.embed_dim // self.num_heads) % 4:
+            raise UsageError(f"pos='rope' with head dim {self.embed_dim // self.num_heads}: 2-D rotary embedding "
+                             "needs a head dim divisible by 4")
+        if self.ffn.kind == "moe" and len(self.ffn.experts) > self.depth:
+            raise UsageError(f"ffn.experts={list(self.ffn.experts)} has {len(self.ffn.experts)} stages but "
+                             f"depth={self.depth}: expected at most one stage per block")
 
     def replace(self, **changes: Any) -> ArchConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["qkv"]["layers"] = list(self.qkv.layers)
-        data["qkv"]["blocks"] = None if self.qkv.blocks is None else list(self.qkv.blocks)
-        return data
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        if not isinstance(data, dict):
-            raise UsageError(f"architecture: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"architecture has unknown fields {unknown}: expected only {sorted(known)}")
-        qkv = data.get("qkv", {})
-        if not isinstance(qkv, dict):
-            raise UsageError(f"architecture field qkv: expected a JSON object, got {type(qkv).__name__}")
-        qkv_known = {f.name for f in dataclasses.fields(QKVConfig)}
-        qkv_unknown = sorted(set(qkv) - qkv_known)
-        if qkv_unknown:
-            raise UsageError(f"architecture qkv has unknown fields {qkv_unknown}: expected only {sorted(qkv_known)}")
-        try:
-            return cls(**{**data, "qkv": QKVConfig(**qkv)})
-        except TypeError as error:
-            raise UsageError(f"architecture: {error}") from None
+        """An ArchConfig from parsed JSON: unknown fields and values of the wrong type are one UsageError."""
+        return _from_json_object(cls, data, "architecture")
 
     @classmethod
     def from_json(cls, text: str) -> ArchConfig:
@@ -173,8 +268,15 @@ class ArchConfig:
 
     @property
     def arch_id(self) -> str:
-        """Stable short id: the same content always gives the same id, across runs and machines."""
-        digest = hashlib.sha1(self.to_json().encode()).hexdigest()[:8]
+        """Stable short id: the same content always gives the same id, across runs and machines.
+
+        The ViT-only fields added later enter it only when set, so earlier ids (runs, checkpoints) stay valid.
+        """
+        data = self.to_dict()
+        for name in VIT_FIELDS:
+            if getattr(self, name) == _default_of_field(name):
+                del data[name]
+        digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.backbone}-{digest}"
 
     @property
@@ -190,8 +292,19 @@ class ArchConfig:
         if q.code_size:
             qkv += f" m{q.code_size}"
         qkv += f" {q.members} blocks={blocks}]"
-        return (f"{self.backbone} d{self.embed_dim} L{self.depth} H{self.num_heads} "
+        text = (f"{self.backbone} d{self.embed_dim} L{self.depth} H{self.num_heads} "
                 f"mlp{self.mlp_ratio:g} p{self.patch_size} qkv={qkv}")
+        if self.backbone == "vit":
+            attention = self.attention.kind
+            if self.attention.kv_heads is not None:
+                attention += f"/kv{self.attention.kv_heads}"
+            ffn = self.ffn.kind
+            if self.ffn.last_ratio is not None:
+                ffn += f" {self.mlp_ratio:g}->{self.ffn.last_ratio:g}"
+            if self.ffn.kind == "moe":
+                ffn += f" e{'/'.join(str(e) for e in self.ffn.experts)} top{self.ffn.top_k}"
+            text += f" attn={attention} ffn={ffn} stem={self.stem} pos={self.pos}"
+        return text
 
     def flat(self) -> dict[str, Any]:
         """One flat row of plain values, as results tables store an architecture."""
@@ -204,7 +317,65 @@ class ArchConfig:
             "qkv_activation": q.activation, "qkv_bias": q.bias, "qkv_code_size": q.code_size,
             "qkv_members": q.members,
             "qkv_blocks": "all" if q.blocks is None else ",".join(str(b) for b in q.blocks),
+            "attention": self.attention.kind, "kv_heads": self.attention.kv_heads or self.num_heads,
+            "ffn": self.ffn.kind, "ffn_last_ratio": self.ffn.last_ratio,
+            "ffn_experts": "/".join(str(e) for e in self.ffn.experts) if self.ffn.kind == "moe" else None,
+            "stem": self.stem, "pos": self.pos,
         }
+
+
+# Fields of the ViT backbone only (XCiT keeps their defaults); they enter the arch id only when set.
+VIT_FIELDS = ("stem", "pos", "attention", "ffn")
+
+
+def _default_of_field(name: str) -> Any:
+    arch_field = next(f for f in dataclasses.fields(ArchConfig) if f.name == name)
+    return arch_field.default_factory() if arch_field.default_factory is not dataclasses.MISSING else arch_field.default
+
+
+def _type_text(hint: Any) -> str:
+    """How a JSON value of this annotation is described in an error: 'an integer', 'a list of integers or null'."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_text(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _from_json_object(cls: type, data: Any, where: str) -> Any:
+    """A config dataclass from a JSON object, its nested configs too; unknown fields and values of the wrong
+    JSON type are one UsageError naming the field (`where` is the path to it, e.g. 'architecture qkv')."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{where} has unknown fields {unknown}: expected only {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _from_json_object(hint, value, f"{where} {name}")
+        elif not _matches(value, hint):
+            path = where.split(" ", 1)[1] + "." + name if " " in where else name
+            raise UsageError(f"{path}={json.dumps(value)}: expected {_type_text(hint)}")
+        else:
+            values[name] = value
+    return cls(**values)
 
 
 def structure_name(qkv: QKVConfig) -> str:

@@ -1,17 +1,28 @@
-"""ArchConfig -> timm backbone (XCiT or ViT) with the QKV embedding swapped into its attention blocks."""
+"""ArchConfig -> timm backbone: XCiT with the QKV embedding in its XCA blocks, or ViT built through timm's
+`embed_layer`, `block_fn`, `attn_layer` and `mlp_layer` hooks with the chosen stem, position encoding,
+attention (any QKV structure inside), feed-forward and stochastic depth."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from timm.layers import Mlp, PatchEmbed, SwiGLU, to_2tuple
+from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.xcit import Xcit, conv3x3
 from torch import nn
 
-from search_spaces.arch import ArchConfig
 from core.errors import UsageError
+from search_spaces.arch import VIT_FIELDS, ArchConfig
+from search_spaces.attention import (LinformerAttention, NystromAttention, PerformerAttention, QKVAttention,
+                                     SoftmaxAttention, attention_class)
+from search_spaces.ffn import SwiGLUMoE, experts_per_block, ffn_hidden_sizes
 from search_spaces.qkv import QKVEmbedding
+
+ATTENTION_CLASSES: dict[str, type[QKVAttention]] = {
+    "softmax": SoftmaxAttention, "performer": PerformerAttention, "nystrom": NystromAttention,
+    "linformer": LinformerAttention}
 
 
 class SmallConvPatchEmbed(nn.Module):
@@ -36,6 +47,41 @@ class SmallConvPatchEmbed(nn.Module):
         x = self.proj(x)
         height, width = x.shape[2], x.shape[3]
         return x.flatten(2).transpose(1, 2), (height, width)
+
+
+class ConvStem(nn.Module):
+    """ViX's convolutional patch embedding for timm's `embed_layer` hook: three 3x3 convolutions
+    in_chans -> 32 -> 64 -> embed_dim, stride 1, padding 1, no norm or activation between them.
+
+    ViX uses it at patch 1 (a token per pixel). For larger patches the last convolution takes the patch as
+    kernel and stride instead (our generalisation, not ViX's).
+    """
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            embed_dim: int = 768,
+            bias: bool = True,
+            dynamic_img_pad: bool = False,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        last = dict(kernel_size=3, padding=1) if patch_size == 1 else dict(kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, 32, kernel_size=3, padding=1, bias=bias, **dd),
+            nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=bias, **dd),
+            nn.Conv2d(64, embed_dim, bias=bias, **last, **dd),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
 
 
 def _check_image(arch: ArchConfig, img_size: int) -> None:
@@ -66,8 +112,50 @@ def _build_xcit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int
     return model
 
 
+def _vit_block_fn(arch: ArchConfig, grid: int) -> Callable[..., Block]:
+    """timm's `block_fn` hook: block i gets its attention (with the QKV embedding where arch.qkv applies) and
+    its feed-forward width and experts (mLiT: width linear in depth, experts growing by stage)."""
+    dim, tokens = arch.embed_dim, grid * grid + 1
+    attention = arch.attention
+    attention_options = {"kv_heads": attention.kv_heads, "rope_grid": (grid, grid) if arch.pos == "rope" else None,
+                         **{"performer": {"num_features": attention.num_features},
+                            "nystrom": {"num_landmarks": attention.num_landmarks,
+                                        "pinv_iterations": attention.pinv_iterations,
+                                        "residual_kernel": attention.residual_kernel},
+                            "linformer": {"seq_len": tokens, "proj_len": attention.proj_len}}.get(attention.kind, {})}
+    ffn = arch.ffn
+    first = int(dim * arch.mlp_ratio)
+    hidden = ffn_hidden_sizes(first, first if ffn.last_ratio is None else int(dim * ffn.last_ratio), arch.depth)
+    experts = experts_per_block(ffn.experts, arch.depth)
+
+    def mlp_layer(index: int) -> Callable[..., nn.Module]:
+        def make(**kwargs) -> nn.Module:
+            kwargs["hidden_features"] = hidden[index]
+            if ffn.kind == "mlp":
+                return Mlp(**kwargs)
+            kwargs["act_layer"] = nn.SiLU  # timm's Block hands every mlp_layer its GELU; SwiGLU gates with SiLU
+            if ffn.kind == "swiglu":
+                return SwiGLU(**kwargs)
+            return SwiGLUMoE(**kwargs, num_experts=experts[index], top_k=ffn.top_k,
+                             balance_weight=ffn.balance_weight)
+        return make
+
+    def block(*, depth: int, **kwargs) -> Block:
+        qkv = arch.qkv if arch.qkv.applies_to(depth) else None
+        kwargs.update(mlp_layer=mlp_layer(depth), attn_layer=attention_class(
+            ATTENTION_CLASSES[attention.kind], qkv=qkv, **attention_options))
+        return Block(depth=depth, **kwargs)
+
+    return block
+
+
 def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int,
                drop_path_rate: float) -> VisionTransformer:
+    grid = img_size // arch.patch_size
+    tokens = grid * grid + 1
+    if arch.attention.kind == "linformer" and arch.attention.proj_len > tokens:
+        raise UsageError(f"attention.proj_len={arch.attention.proj_len} but {img_size} px images at patch "
+                         f"{arch.patch_size} give {tokens} tokens: expected a projected length of at most {tokens}")
     return VisionTransformer(
         img_size=img_size,
         patch_size=arch.patch_size,
@@ -80,6 +168,9 @@ def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int,
         qkv_bias=arch.qkv.bias,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         drop_path_rate=drop_path_rate,
+        embed_layer=ConvStem if arch.stem == "conv" else PatchEmbed,
+        pos_embed="learn" if arch.pos == "learned" else "none",
+        block_fn=_vit_block_fn(arch, grid),
     )
 
 
@@ -95,7 +186,8 @@ def build_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int
     _check_image(arch, img_size)
     builders = {"xcit": _build_xcit, "vit": _build_vit}
     model = builders[arch.backbone](arch, num_classes, img_size, in_chans, drop_path_rate)
-    if not arch.qkv.is_linear:
+    if arch.backbone == "xcit" and not arch.qkv.is_linear:
+        # timm's XCiT has no attention hook: its XCA blocks get the embedding as their `qkv` after construction.
         for index, block in enumerate(model.blocks):
             if arch.qkv.applies_to(index):
                 block.attn.qkv = QKVEmbedding.from_config(arch.embed_dim, arch.qkv)
@@ -129,7 +221,9 @@ def qkv_modules(model: nn.Module) -> list[QKVEmbedding]:
 
 def timm_reference_name(arch: ArchConfig) -> str | None:
     """The timm model name `arch` reproduces exactly at 224 px, when there is one."""
-    if not arch.qkv.is_linear or arch.qkv.blocks is not None or not arch.qkv.bias or arch.mlp_ratio != 4.0:
+    vit_parts_default = all(getattr(arch, name) == getattr(ArchConfig(), name) for name in VIT_FIELDS)
+    if (not arch.qkv.is_linear or arch.qkv.blocks is not None or not arch.qkv.bias or arch.mlp_ratio != 4.0
+            or not vit_parts_default):
         return None
     known = {
         ("xcit", 128, 12, 4, 16, 1.0, False): "xcit_nano_12_p16_224",

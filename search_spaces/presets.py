@@ -1,12 +1,16 @@
-"""Named architectures: the timm baselines and the paper's three QKV structures on XCiT-N12."""
+"""Named architectures: the timm baselines, the paper's three QKV structures on XCiT-N12, ViX's CIFAR-10 models
+and mLiT's smallest size (PAPERS.md), each with the data shape it was published at."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from search_spaces.arch import ArchConfig, QKVConfig
+from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
 from core.errors import UsageError
 
 XCIT_N12 = ArchConfig(backbone="xcit", embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, patch_size=16)
+# ViX's CIFAR-10 models: a token per pixel of 32 px images, dim 128, depth 4, 4 heads of 32, MLP 256, no qkv bias.
+VIX = ArchConfig(backbone="vit", embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=1,
+                 qkv=QKVConfig(bias=False))
 
 PRESETS: dict[str, ArchConfig] = {
     "xcit-n12": XCIT_N12,
@@ -16,7 +20,30 @@ PRESETS: dict[str, ArchConfig] = {
     "xcit-n12-sne": XCIT_N12.replace(qkv=QKVConfig(layers=("separate", "separate"), activation="relu")),
     "xcit-n12-psne": XCIT_N12.replace(qkv=QKVConfig(layers=("shared", "separate"), activation="relu")),
     "xcit-n12-fsne": XCIT_N12.replace(qkv=QKVConfig(layers=("shared", "shared"), activation="relu", code_size=8)),
+    "vix-vit": VIX,
+    "vix-nystrom": VIX.replace(attention=AttentionConfig(kind="nystrom")),
+    "vix-performer": VIX.replace(attention=AttentionConfig(kind="performer"), qkv=QKVConfig(bias=True)),
+    "vix-linformer": VIX.replace(attention=AttentionConfig(kind="linformer", kv_heads=1)),
+    "vix-vit-conv": VIX.replace(stem="conv"),
+    "mlit-xxs": ArchConfig(backbone="vit", embed_dim=108, depth=9, num_heads=6, mlp_ratio=0.75, patch_size=3,
+                           attention=AttentionConfig(kv_heads=3),
+                           ffn=FFNConfig(kind="moe", last_ratio=0.25, experts=(3, 4, 5), top_k=2)),
 }
+
+# (img_size, num_classes, in_chans) a preset was published at, where that is not ImageNet's (224, 1000, 3).
+PRESET_SHAPES: dict[str, tuple[int, int, int]] = {
+    **{name: (32, 10, 3) for name in ("vix-vit", "vix-nystrom", "vix-performer", "vix-linformer", "vix-vit-conv")},
+    "mlit-xxs": (36, 100, 3),
+}
+IMAGENET_SHAPE = (224, 1000, 3)
+
+
+def shape_of(spec: str, img_size: int | None = None, num_classes: int | None = None,
+             in_chans: int | None = None) -> tuple[int, int, int]:
+    """(img_size, num_classes, in_chans) to count `spec` at: the values given, else the preset's own shape
+    (ImageNet's for arch files and ImageNet presets)."""
+    native = PRESET_SHAPES.get(spec, IMAGENET_SHAPE)
+    return img_size or native[0], num_classes or native[1], in_chans or native[2]
 
 PRESET_NOTES: dict[str, str] = {
     "xcit-n12": "timm xcit_nano_12_p16_224",
@@ -25,6 +52,12 @@ PRESET_NOTES: dict[str, str] = {
     "xcit-n12-sne": "paper: separate non-linear embeddings (2 ReLU layers per target)",
     "xcit-n12-psne": "paper: first layer shared by Q, K, V, second separate",
     "xcit-n12-fsne": "paper: both layers shared, codes of size 8 select Q, K or V",
+    "vix-vit": "ViX CIFAR-10 ViT: patch 1, dim 128, depth 4, 4 heads, MLP 256",
+    "vix-nystrom": "ViX Nystromformer: 64 landmarks, 6 pinv iterations, residual conv 33",
+    "vix-performer": "ViX Performer: FAVOR+, 110 random features, qkv bias",
+    "vix-linformer": "ViX Linformer: k=64, one kv head (ViX's values equal keys: see model-space.md)",
+    "vix-vit-conv": "ViX ViT with the 3-conv stem (3->32->64->128)",
+    "mlit-xxs": "mLiT XXS: GQA 6/3, SwiGLU MoE 3/4/5 experts, hidden 81->27, patch 3 at 36 px",
 }
 
 

@@ -10,7 +10,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from search_spaces.arch import ArchConfig, QKVConfig
+from search_spaces.arch import (ATTENTIONS, BACKBONES, FFNS, POSITIONS, STEMS, ArchConfig, AttentionConfig,
+                                 FFNConfig, QKVConfig)
 from core.errors import UsageError
 
 
@@ -23,6 +24,8 @@ class Trial(Protocol):
 Space = Callable[[Trial, int], ArchConfig]
 
 MEMBER_CHOICES = ["qkv", "qk", "qv", "kv", "q", "k", "v"]
+# Experts per stage of a mixture-of-experts FFN (mLiT's public re-implementation grows 3, 4, 5).
+EXPERT_STAGES = ["3/4/5", "2/3/4", "4"]
 BLOCK_CHOICES = ["all", "first_half", "second_half", "alternate"]
 
 
@@ -38,30 +41,90 @@ def block_subset(choice: str, depth: int) -> tuple[int, ...] | None:
     return subsets[choice]
 
 
+def suggest_qkv(trial: Trial, depth: int) -> QKVConfig:
+    """The QKV embedding: 1-3 separate/shared layers, width, activation, codes, members, blocks."""
+    num_layers = trial.suggest_int("qkv_num_layers", 1, 3)
+    if num_layers == 1:
+        return QKVConfig(layers=("separate",))
+    layers = tuple(trial.suggest_categorical(f"qkv_layer{i}", ["separate", "shared"]) for i in range(num_layers))
+    hidden_ratio = trial.suggest_categorical("qkv_hidden_ratio", [0.5, 1.0, 1.5, 2.0])
+    activation = trial.suggest_categorical("qkv_activation", ["relu", "gelu"])
+    code_size = 0
+    if layers[-1] == "shared":
+        code_size = trial.suggest_categorical("qkv_code_size", [4, 8, 16, 32])
+    elif "shared" in layers:
+        code_size = trial.suggest_categorical("qkv_code_size_optional", [0, 4, 8, 16, 32])
+    members = trial.suggest_categorical("qkv_members", MEMBER_CHOICES)
+    blocks = block_subset(trial.suggest_categorical("qkv_blocks", BLOCK_CHOICES), depth)
+    return QKVConfig(layers=layers, hidden_ratio=hidden_ratio, activation=activation, code_size=code_size,
+                     members=members, blocks=blocks)
+
+
+def suggest_attention(trial: Trial, num_heads: int, proj_lens: list[int], landmarks: list[int]) -> AttentionConfig:
+    """Attention kind and its own knobs, and grouped-query attention: all heads, half of them, or one kv head."""
+    kind = trial.suggest_categorical("attention", list(ATTENTIONS))
+    kv_choice = trial.suggest_categorical("kv_heads", ["all", "half", "one"])
+    kv_heads = {"all": None, "half": num_heads // 2 if num_heads % 2 == 0 else None, "one": 1}[kv_choice]
+    options: dict[str, Any] = {}
+    if kind == "nystrom":
+        options["num_landmarks"] = trial.suggest_categorical("num_landmarks", landmarks)
+    elif kind == "linformer":
+        options["proj_len"] = trial.suggest_categorical("proj_len", proj_lens)
+    return AttentionConfig(kind=kind, kv_heads=None if kv_heads == num_heads else kv_heads, **options)
+
+
+def suggest_ffn(trial: Trial, mlp_ratio: float, tapers: list[float]) -> FFNConfig:
+    """mlp, swiglu or a SwiGLU mixture of experts, its width tapering with depth (last block: mlp_ratio x taper)."""
+    kind = trial.suggest_categorical("ffn", list(FFNS))
+    taper = trial.suggest_categorical("ffn_taper", tapers)
+    options: dict[str, Any] = {}
+    if kind == "moe":
+        options["experts"] = tuple(int(n) for n in trial.suggest_categorical("experts", EXPERT_STAGES).split("/"))
+    return FFNConfig(kind=kind, last_ratio=None if taper == 1.0 else mlp_ratio * taper, **options)
+
+
+def suggest_pos(trial: Trial, head_dim: int) -> str:
+    """learned, rope or none; 2-D rope needs a head dim divisible by 4, so other head dims choose without it."""
+    if head_dim % 4 == 0:
+        return trial.suggest_categorical("pos", list(POSITIONS))
+    return trial.suggest_categorical("pos_without_rope", [pos for pos in POSITIONS if pos != "rope"])
+
+
 def qkv_space(trial: Trial, patch_size: int) -> ArchConfig:
-    """The QKV embedding together with XCiT's width, depth, heads and MLP ratio."""
+    """The QKV embedding on XCiT or ViT, with width, depth, heads and MLP ratio; on ViT also the attention
+    (softmax, performer, nystrom, linformer; grouped-query), feed-forward (mlp, swiglu, moe), stem, position."""
+    backbone = trial.suggest_categorical("backbone", list(BACKBONES))
     embed_dim = trial.suggest_categorical("embed_dim", [64, 96, 128, 160, 192])
     depth = trial.suggest_int("depth", 4, 12, step=2)
     num_heads = trial.suggest_categorical("num_heads", [2, 4, 8])
     mlp_ratio = trial.suggest_categorical("mlp_ratio", [2.0, 3.0, 4.0])
-    num_layers = trial.suggest_int("qkv_num_layers", 1, 3)
-    if num_layers == 1:
-        qkv = QKVConfig(layers=("separate",))
-    else:
-        layers = tuple(trial.suggest_categorical(f"qkv_layer{i}", ["separate", "shared"]) for i in range(num_layers))
-        hidden_ratio = trial.suggest_categorical("qkv_hidden_ratio", [0.5, 1.0, 1.5, 2.0])
-        activation = trial.suggest_categorical("qkv_activation", ["relu", "gelu"])
-        code_size = 0
-        if layers[-1] == "shared":
-            code_size = trial.suggest_categorical("qkv_code_size", [4, 8, 16, 32])
-        elif "shared" in layers:
-            code_size = trial.suggest_categorical("qkv_code_size_optional", [0, 4, 8, 16, 32])
-        members = trial.suggest_categorical("qkv_members", MEMBER_CHOICES)
-        blocks = block_subset(trial.suggest_categorical("qkv_blocks", BLOCK_CHOICES), depth)
-        qkv = QKVConfig(layers=layers, hidden_ratio=hidden_ratio, activation=activation, code_size=code_size,
-                        members=members, blocks=blocks)
-    return ArchConfig(backbone="xcit", embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                      patch_size=patch_size, qkv=qkv)
+    qkv = suggest_qkv(trial, depth)
+    if backbone == "xcit":
+        return ArchConfig(backbone="xcit", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                          mlp_ratio=mlp_ratio, patch_size=patch_size, qkv=qkv)
+    attention = suggest_attention(trial, num_heads, proj_lens=[8, 16, 32, 64], landmarks=[16, 32, 64])
+    ffn = suggest_ffn(trial, mlp_ratio, tapers=[1.0, 0.5])
+    stem = trial.suggest_categorical("stem", list(STEMS))
+    pos = suggest_pos(trial, embed_dim // num_heads)
+    return ArchConfig(backbone="vit", embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                      patch_size=patch_size, qkv=qkv, attention=attention, ffn=ffn, stem=stem, pos=pos)
+
+
+def lite_space(trial: Trial, patch_size: int) -> ArchConfig:
+    """Sub-1M ViTs for small images (mLiT's regime): narrow heads, shallow-to-medium depth, FFNs that taper
+    with depth, mixtures of experts, grouped-query and linear-time attention, every QKV structure."""
+    num_heads = trial.suggest_categorical("num_heads", [2, 3, 4, 6, 8])
+    head_dim = trial.suggest_categorical("head_dim", [8, 12, 16, 18, 24])
+    depth = trial.suggest_int("depth", 4, 12)
+    mlp_ratio = trial.suggest_categorical("mlp_ratio", [0.75, 1.0, 2.0, 3.0])
+    qkv = suggest_qkv(trial, depth)
+    attention = suggest_attention(trial, num_heads, proj_lens=[4, 8, 16], landmarks=[8, 16])
+    ffn = suggest_ffn(trial, mlp_ratio, tapers=[1.0, 0.5, 0.33])
+    stem = trial.suggest_categorical("stem", list(STEMS))
+    pos = suggest_pos(trial, head_dim)
+    return ArchConfig(backbone="vit", embed_dim=num_heads * head_dim, depth=depth, num_heads=num_heads,
+                      mlp_ratio=mlp_ratio, patch_size=patch_size, qkv=qkv, attention=attention,
+                      ffn=ffn, stem=stem, pos=pos)
 
 
 PAPER_STRUCTURES = {
@@ -87,7 +150,7 @@ paper_space.initial_points = (  # type: ignore[attr-defined]
     [{"structure": name} for name in ("linear", "SNE", "P-SNE")]
     + [{"structure": "F-SNE", "code_size": size} for size in PAPER_CODE_SIZES])
 
-SPACES: dict[str, Space] = {"qkv": qkv_space, "paper": paper_space}
+SPACES: dict[str, Space] = {"qkv": qkv_space, "paper": paper_space, "lite": lite_space}
 
 
 def load_space(spec: str) -> Space:

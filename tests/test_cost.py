@@ -7,13 +7,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_spaces.build import build_model
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params, meta_model
-from search_spaces.presets import PRESETS
+from search_spaces.presets import PRESETS, shape_of
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_meta_count_equals_a_real_build(name):
-    real = build_model(PRESETS[name], num_classes=100, img_size=224)
-    assert count_params(PRESETS[name], num_classes=100, img_size=224) == sum(p.numel() for p in real.parameters())
+    img_size, num_classes, in_chans = shape_of(name)
+    real = build_model(PRESETS[name], num_classes, img_size, in_chans)
+    assert count_params(PRESETS[name], num_classes, img_size, in_chans) == sum(p.numel() for p in real.parameters())
 
 
 def test_counts_match_timm_and_papers():

@@ -132,3 +132,95 @@ def test_layer_modules_batch_all_targets():
     out = shared(x[0], codes)
     assert out.shape == (3, 4, 8)
     torch.testing.assert_close(out[1], x[0] @ shared.weight.T + codes[1] @ shared.code_weight.T + shared.bias)
+
+
+KV_DIM = DIM // 2
+HIDDEN = 24
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_grouped_query_widths_shape_and_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    module = QKVEmbedding(DIM, **STRUCTURES[name], kv_dim=KV_DIM)
+    x = torch.randn(2, 5, DIM, requires_grad=True)
+    out = module(x)
+    assert out.shape == (2, 5, DIM + 2 * KV_DIM)
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for param_name, param in module.named_parameters():
+        assert param.grad is not None, param_name
+        assert param.grad.abs().sum() > 0, f"{param_name} got no gradient"
+
+
+def test_kv_dim_equal_to_dim_is_the_default_layout():
+    torch.manual_seed(0)
+    default = QKVEmbedding(DIM, layers=("shared", "separate"), hidden_ratio=1.5)
+    torch.manual_seed(0)
+    explicit = QKVEmbedding.from_config(DIM, QKVConfig(layers=("shared", "separate"), hidden_ratio=1.5), kv_dim=DIM)
+    shapes = [{key: value.shape for key, value in m.state_dict().items()} for m in (default, explicit)]
+    assert shapes[0] == shapes[1]
+    x = torch.randn(2, 3, DIM)
+    assert torch.equal(default(x), explicit(x))
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_with_kv_dim():
+    """Exact counts, W = C + 2*C_kv the output width, h the hidden width, m the code size."""
+    c, kv, h, m = DIM, KV_DIM, HIDDEN, 4
+    out = c + 2 * kv
+    ratio = h / c
+    assert parameter_count(QKVEmbedding(c, layers=("separate",), kv_dim=kv)) == c * out + out
+    assert parameter_count(QKVEmbedding(c, layers=("separate",), bias=False, kv_dim=kv)) == c * out
+    sne = QKVEmbedding(c, layers=("separate", "separate"), hidden_ratio=ratio, kv_dim=kv)
+    assert parameter_count(sne) == 3 * (c * h + h) + (h * out + out)
+    psne = QKVEmbedding(c, layers=("shared", "separate"), hidden_ratio=ratio, kv_dim=kv)
+    assert parameter_count(psne) == (c * h + h) + (h * out + out)
+    # F-SNE's last layer is computed at width C for every target, so C_kv does not change its count.
+    fsne = QKVEmbedding(c, layers=("shared", "shared"), hidden_ratio=ratio, code_size=m, kv_dim=kv)
+    assert parameter_count(fsne) == (c * h + m * h + h) + (h * c + c) + 3 * m
+    qv = QKVEmbedding(c, layers=("separate", "separate"), hidden_ratio=ratio, members="qv", kv_dim=kv)
+    assert parameter_count(qv) == 2 * (c * h + h) + (h * (c + kv) + c + kv) + (c * kv + kv)
+
+
+def test_last_shared_layer_gives_k_and_v_a_row_subset_of_the_full_width_layer():
+    torch.manual_seed(0)
+    narrow = QKVEmbedding(DIM, layers=("shared", "shared"), code_size=4, kv_dim=KV_DIM)
+    wide = QKVEmbedding(DIM, layers=("shared", "shared"), code_size=4)
+    wide.load_state_dict(narrow.state_dict())
+    x = torch.randn(2, 3, DIM)
+    q, k, v = narrow(x).split((DIM, KV_DIM, KV_DIM), dim=-1)
+    q_wide, k_wide, v_wide = wide(x).chunk(3, dim=-1)
+    torch.testing.assert_close(q, q_wide)
+    torch.testing.assert_close(k, k_wide[..., :KV_DIM])
+    torch.testing.assert_close(v, v_wide[..., :KV_DIM])
+
+
+@pytest.mark.parametrize("layers", [("separate",), ("shared", "separate"), ("separate", "separate")])
+def test_separate_last_layer_with_unequal_widths_matches_independent_projections(layers):
+    torch.manual_seed(0)
+    module = QKVEmbedding(DIM, layers=layers, hidden_ratio=1.5, activation="gelu", kv_dim=KV_DIM)
+    x = torch.randn(2, 4, DIM)
+    last = module.layers[-1]
+    assert last.weight.shape == (DIM + 2 * KV_DIM, last.in_features)
+    if layers == ("separate",):
+        hidden = [x] * 3
+    elif layers[0] == "shared":
+        hidden = [nn.functional.gelu(module.layers[0](x, None))] * 3
+    else:
+        first = module.layers[0]
+        hidden = [nn.functional.gelu(x @ first.weight[t].T + first.bias[t]) for t in range(3)]
+    weights = last.weight.split((DIM, KV_DIM, KV_DIM))
+    biases = last.bias.split((DIM, KV_DIM, KV_DIM))
+    expected = torch.cat([h @ w.T + b for h, w, b in zip(hidden, weights, biases)], dim=-1)
+    torch.testing.assert_close(module(x), expected)
+
+
+def test_plain_targets_project_at_their_own_width():
+    torch.manual_seed(0)
+    module = QKVEmbedding(DIM, layers=("separate", "separate"), members="qv", kv_dim=KV_DIM)
+    x = torch.randn(2, 3, DIM)
+    assert module.plain.weight.shape == (KV_DIM, DIM)
+    torch.testing.assert_close(module(x)[..., DIM:DIM + KV_DIM], module.plain(x))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from search_spaces.ffn import auxiliary_loss
 from trainers.recipe import Recipe
 from trainers.runtime import Distributed, sync_batchnorm
 
@@ -64,8 +65,10 @@ def training_loss(recipe: Recipe) -> nn.Module:
 class TrainStep:
     """One optimisation step, the code `fit` and the throughput benchmark both run.
 
-    mixup/cutmix -> forward (bf16 autocast on CUDA) -> loss in float32 -> backward -> clip -> AdamW ->
-    schedule -> EMA. Returns the detached loss without waiting for the device.
+    mixup/cutmix -> forward (bf16 autocast on CUDA) -> loss in float32, plus the model's auxiliary losses
+    (`search_spaces.ffn.auxiliary_loss`: the MoE balance loss; the one hook, so search, retrain and transfer
+    all train with it) -> backward -> clip -> AdamW -> schedule -> EMA. Returns the detached loss (with the
+    auxiliary part) without waiting for the device.
     """
 
     def __init__(self, forward_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -87,6 +90,9 @@ class TrainStep:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.forward_model(images)
         loss = self.loss_fn(logits.float(), targets)
+        auxiliary = auxiliary_loss(self.model)
+        if auxiliary is not None:
+            loss = loss + auxiliary
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:

@@ -18,22 +18,23 @@ def run(args: argparse.Namespace) -> int:
     from core.units import format_count
     from search_spaces.build import timm_reference_name
     from search_spaces.cost import count_flops, count_params
-    from search_spaces.presets import load_arch
+    from search_spaces.presets import load_arch, shape_of
 
     arch = load_arch(args.arch)
+    img_size, num_classes, in_chans = shape_of(args.arch, args.img_size, args.num_classes, args.in_chans)
     if args.patch_size is not None:
         arch = arch.replace(patch_size=args.patch_size)
     if args.json:
         print(arch.to_json(indent=2))
         return 0
-    params = count_params(arch, args.num_classes, args.img_size, args.in_chans)
-    flops = count_flops(arch, args.num_classes, args.img_size, args.in_chans)
+    params = count_params(arch, num_classes, img_size, in_chans)
+    flops = count_flops(arch, num_classes, img_size, in_chans)
     print(f"arch      {arch.arch_id}  {arch.summary()}")
     print(f"structure {arch.structure}")
     reference = timm_reference_name(arch)
     if reference:
         print(f"timm      {reference} (same parameters, keys and outputs)")
-    print(f"params    {params:,} ({format_count(params)}) at {args.num_classes} classes")
-    print(f"FLOPs     {flops / 1e9:.3f} G ({flops / 2e9:.3f} G multiply-adds) at {args.img_size} px")
+    print(f"params    {params:,} ({format_count(params)}) at {num_classes} classes")
+    print(f"FLOPs     {flops / 1e9:.3f} G ({flops / 2e9:.3f} G multiply-adds) at {img_size} px")
     print(arch.to_json(indent=2))
     return 0
