@@ -26,11 +26,22 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.layers import RotaryEmbeddingCat, apply_rot_embed_cat
+from timm.layers import RotaryEmbeddingCat
 from torch import nn
 
 from search_spaces.arch import QKVConfig
 from search_spaces.qkv import QKVEmbedding
+
+
+def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """[x0, x1, x2, x3, ...] -> [-x1, x0, -x3, x2, ...]: timm's `rot` (interleaved rope), but flattening instead
+    of reshaping to x.shape, which the ONNX tracer would freeze at the export batch size."""
+    return torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).flatten(-2)
+
+
+def expand_kv(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, H_kv, N, d) -> (B, H, N, d): each kv head repeated for its group (what enable_gqa does unseen)."""
+    return x.repeat_interleave(num_heads // int(x.shape[1]), dim=1)
 
 
 def group_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,7 +131,8 @@ class QKVAttention(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: rope_grid={tuple(self.rope.feat_shape)} has {rope.shape[0]} positions but got "
                 f"{patches.shape[2]} patch tokens ({x.shape[2]} tokens, num_prefix_tokens={self.num_prefix_tokens})")
-        return torch.cat([prefix, apply_rot_embed_cat(patches, rope)], dim=2)
+        sin, cos = rope.chunk(2, dim=-1)
+        return torch.cat([prefix, patches * cos + rotate_pairs(patches) * sin], dim=2)
 
     def attend(
             self,
@@ -166,12 +178,16 @@ class SoftmaxAttention(QKVAttention):
             attn_mask: torch.Tensor | None,
             is_causal: bool,
     ) -> torch.Tensor:
+        grouped = self.kv_heads != self.num_heads
+        if grouped and torch.onnx.is_in_onnx_export():
+            # The ONNX exporter cannot convert enable_gqa: the groups' kv heads are repeated instead.
+            k, v, grouped = expand_kv(k, self.num_heads), expand_kv(v, self.num_heads), False
         return F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
             dropout_p=self.attn_drop.p if self.training else 0.,
             is_causal=is_causal,
-            enable_gqa=self.kv_heads != self.num_heads,
+            enable_gqa=grouped,
         )
 
 
@@ -303,9 +319,11 @@ class NystromAttention(QKVAttention):
         return f"{super().extra_repr()}, num_landmarks={self.num_landmarks}"
 
 
-class LinformerAttention(QKVAttention):
+class LinformerAttention(SoftmaxAttention):
     """Linformer (Wang et al. 2020): keys and values projected along the sequence from seq_len to proj_len by
     one shared (seq_len, proj_len) parameter per layer (ViX's share_kv), then softmax attention."""
+
+    supports_mask = False
 
     def __init__(
             self,
@@ -335,11 +353,7 @@ class LinformerAttention(QKVAttention):
             raise ValueError(f"LinformerAttention was built for seq_len={self.seq_len} tokens, got {k.shape[2]}")
         k = self.seq_proj.T @ k  # (B, H_kv, P, d)
         v = self.seq_proj.T @ v  # (B, H_kv, P, d)
-        return F.scaled_dot_product_attention(
-            q, k, v,
-            dropout_p=self.attn_drop.p if self.training else 0.,
-            enable_gqa=self.kv_heads != self.num_heads,
-        )
+        return super().attend(q, k, v, None, False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, seq_len={self.seq_len}, proj_len={self.proj_len}"

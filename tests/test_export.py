@@ -131,3 +131,21 @@ def test_load_exported_refuses_weights_of_another_architecture(cli, trained, tmp
         load_exported(out)
     with pytest.raises(UsageError, match="not found"):
         load_exported(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["softmax", "performer", "nystrom", "linformer"])
+def test_every_vit_part_exports_to_onnx_with_a_dynamic_batch(attention, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from search_spaces.arch import AttentionConfig, FFNConfig
+    from search_spaces.export import export_onnx, onnx_difference
+
+    arch = ArchConfig(backbone="vit", embed_dim=32, depth=2, num_heads=4, patch_size=2, stem="conv", pos="rope",
+                      qkv={"layers": ("shared", "shared"), "code_size": 4},
+                      attention=AttentionConfig(kind=attention, kv_heads=2, num_landmarks=8, proj_len=8),
+                      ffn=FFNConfig(kind="moe", experts=(3,)))
+    seed_everything(0)
+    model = build_model(arch, 10, 8, 1).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", img_size=8, in_chans=1)
+    # Batch 3 against an export at batch 1: GQA, rope and expert routing must not be frozen by the tracer.
+    assert onnx_difference(model, path, img_size=8, in_chans=1, batch=3) < 1e-4

@@ -65,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
                 opset=args.opset or ONNX_OPSET)
     written = [target, *write_description(out, arch, description)]
     print(f"wrote   {', '.join(str(file) for file in written)}")
-    difference = onnx_difference(model, target, img_size=dataset["img_size"], in_chans=dataset["in_chans"])
+    try:
+        difference = onnx_difference(model, target, img_size=dataset["img_size"], in_chans=dataset["in_chans"])
+    except Exception as error:  # onnxruntime's errors (Fail, InvalidGraph, ...) share no base class
+        print(f"check   onnxruntime could not run {target} ({str(error).splitlines()[0][:200]}): FAILED")
+        return 1
     if difference is None:
         print("check   skipped: onnxruntime is not installed (pip install onnxruntime, or qkvnas[onnx])")
         return 0
