@@ -21,16 +21,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import statistics
 import time
 from collections.abc import Callable
 
-import torch
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.profiler import ProfilerActivity, profile
+# The profiler's tracing library logs every start and stop on stderr; only its errors matter here.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
-from search_spaces.attention import LinformerAttention, NystromAttention, PerformerAttention, SoftmaxAttention
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from search_spaces.attention import LinformerAttention, NystromAttention, PerformerAttention, SoftmaxAttention  # noqa: E402
 
 KINDS = ("softmax", "performer", "nystrom", "linformer")
 MIB = 2 ** 20

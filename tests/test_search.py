@@ -215,3 +215,15 @@ def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert (run_dir / "trials.csv").read_text() == "precious\n"
 
+
+
+@pytest.mark.slow
+def test_lite_space_trials_train_every_vit_part(ray_cluster, tmp_path):
+    """The lite space through Ray on digits: sub-1M ViTs (MoE, linear attentions, rope, conv stems) train."""
+    settings = SearchSettings(name="lite", budget=300_000, results_dir=str(tmp_path), space="lite", trials=3,
+                              epochs=2, grace_epochs=1, reduction_factor=2, seed=1)
+    assert run_search(settings) == 0
+    table = load_trials(settings.run_dir)
+    trained = table[table["state"].isin(["complete", "stopped"])]
+    assert len(trained) == 3 and (trained["params"] <= 300_000).all() and (trained["backbone"] == "vit").all()
+    assert trained["val_acc"].between(0, 1).all() and (trained["flops"] > 0).all()
