@@ -52,3 +52,28 @@ def read_json_object(path: str | os.PathLike, expected: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: holds a JSON {type(data).__name__}; expected {expected}")
     return data
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created, holding this process's id) for the block. Another process
+    holding it is one UsageError naming `what` and that process; the kernel drops the lock when a holder dies."""
+    import fcntl
+
+    path = Path(path)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UsageError(f"{what} is in use by another process (pid {holder}): expected one at a time; wait for "
+                             "it to end, or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()

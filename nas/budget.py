@@ -37,54 +37,74 @@ class Budget:
             values["flops"] = float((flops if flops is not None else self.max_flops + 1) - self.max_flops)
         return values
 
-    def describe(self) -> str:
-        limit = f"budget {format_count(self.params)} ({self.params:,} params)"
-        if self.max_flops is not None:
-            limit += f" with max {format_count(self.max_flops)} FLOPs"
-        return limit
+
+def _draw_error(error: Exception) -> str:
+    """Why a draw gave no architecture: an invalid one (UsageError) or an error raised by the space's code."""
+    if isinstance(error, UsageError):
+        return str(error)
+    lines = str(error).strip().splitlines()
+    return f"the space raised {type(error).__name__}: {lines[0] if lines else ''}"
 
 
-def smallest_model(space: Space, patch_size: int, budget: Budget, draws: int = 200,
+def smallest_model(space: Space, patch_size: int, budget: Budget, cost: str = "params", draws: int = 200,
                    seed: int = 0) -> tuple[int, ArchConfig] | None:
-    """The smallest model the space builds, found by an Optuna study minimising parameters."""
+    """The model of least `cost` (params or flops) the space builds, found by an Optuna study minimising it."""
+    count = count_params if cost == "params" else count_flops
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     best: tuple[int, ArchConfig] | None = None
     for _ in range(draws):
         trial = study.ask()
         try:
             arch = draw(space, trial, patch_size)
-            params = count_params(arch, budget.num_classes, budget.img_size, budget.in_chans)
-        except UsageError:
+            value = count(arch, budget.num_classes, budget.img_size, budget.in_chans)
+        except Exception:  # a draw that builds nothing, invalid or raising, is no candidate
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
-        study.tell(trial, params)
-        if best is None or params < best[0]:
-            best = (params, arch)
+        study.tell(trial, value)
+        if best is None or value < best[0]:
+            best = (value, arch)
     return best
 
 
-def smallest_description(space_name: str, space: Space, patch_size: int, budget: Budget) -> str:
-    found = smallest_model(space, patch_size, budget)
+def smallest_description(space_name: str, space: Space, patch_size: int, budget: Budget,
+                         cost: str = "params") -> str:
+    found = smallest_model(space, patch_size, budget, cost)
     if found is None:
         return f"space {space_name!r} built no valid architecture"
-    params, arch = found
-    return (f"the smallest model space {space_name!r} builds is {arch.summary()} with {params:,} params "
-            f"({format_count(params)})")
+    value, arch = found
+    fewest = "smallest model" if cost == "params" else "model with the fewest FLOPs"
+    unit = "params" if cost == "params" else "FLOPs"
+    return (f"the {fewest} space {space_name!r} builds is {arch.summary()} with {value:,} {unit} "
+            f"({format_count(value)})")
 
 
 def check_feasible(space_name: str, space: Space, patch_size: int, budget: Budget, draws: int) -> None:
-    """Before any trial: a budget the space cannot meet is one clear error naming the smallest model."""
+    """Before any trial: a space that builds no valid model, or a limit no model meets, is one clear error
+    naming what binds (the architecture rule, the parameter budget or the FLOPs limit)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    first_error, measured, within_params = None, 0, 0
     for _ in range(draws):
         trial = study.ask()
         try:
             params, flops = budget.measure(draw(space, trial, patch_size))
-        except UsageError:
+        except Exception as error:  # a user's space is user code: any error of a draw is reported, not raised
+            first_error = first_error or _draw_error(error)
             continue
-        if max(budget.violation(params, flops).values()) <= 0:
+        measured += 1
+        violation = budget.violation(params, flops)
+        if max(violation.values()) <= 0:
             return
-    raise UsageError(f"{budget.describe()} admits no model of space {space_name!r}: "
-                     f"{smallest_description(space_name, space, patch_size, budget)}; "
+        within_params += violation["params"] <= 0
+    if not measured:
+        raise UsageError(f"space {space_name!r} built no valid architecture in {draws} draws at patch size "
+                         f"{patch_size}: {first_error}")
+    if within_params:
+        raise UsageError(f"max {format_count(budget.max_flops)} FLOPs ({budget.max_flops:,}) admits no model of space "
+                         f"{space_name!r} within the budget: "
+                         f"{smallest_description(space_name, space, patch_size, budget, 'flops')}; expected a FLOPs "
+                         "limit of at least that")
+    raise UsageError(f"budget {format_count(budget.params)} ({budget.params:,} params) admits no model of space "
+                     f"{space_name!r}: {smallest_description(space_name, space, patch_size, budget)}; "
                      "expected a budget of at least that")
 
 

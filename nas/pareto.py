@@ -241,11 +241,13 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
-                 measure_latency: bool = False, device: str = "cpu", out_dir: str | Path | None = None) -> Path:
-    """Write pareto.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
+                 measure_latency: bool = False, device: str = "cpu", out_dir: str | Path | None = None,
+                 name: str = "pareto") -> Path:
+    """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
 
-    With several costs, plots are pareto_<cost>.png/.svg and the first is also pareto.png/.svg.
-    Returns the path of pareto.csv.
+    With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg.
+    Returns the path of the csv. `nas search` writes its own front as `search_front.*`, so a front a user drew
+    with `nas pareto` (pareto.*) is never overwritten by a resumed search.
     """
     run = read_run(run_dir)
     costs = parse_costs(costs)
@@ -269,19 +271,19 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
     references = reference_points(run) if reference else None
 
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "pareto.csv"
+    csv_path = out / f"{name}.csv"
     _write_csv(front, csv_path)
     title = f"{run.name} ({run.settings.get('dataset', 'dataset unknown')}, {len(scored)} scored trials)"
     written = [csv_path]
     for cost in costs:
-        stem = out / ("pareto" if len(costs) == 1 else f"pareto_{cost}")
+        stem = out / (name if len(costs) == 1 else f"{name}_{cost}")
         limit = run.settings.get(COST_LIMITS[cost]) if cost in COST_LIMITS else None
         plots = plot_front(table, front, COST_COLUMNS[cost], limit, stem, references, title=title)
         written += plots
         if len(costs) > 1 and cost == costs[0]:
             for plot in plots:
-                _copy(plot, out / f"pareto{plot.suffix}")
-                written.append(out / f"pareto{plot.suffix}")
+                _copy(plot, out / f"{name}{plot.suffix}")
+                written.append(out / f"{name}{plot.suffix}")
     if references is not None:
         print("references: " + "; ".join(f"{row.name} {getattr(row, SCORE) * 100:.1f}% top-1, "
                                           f"{row.params / 1e6:.2f}M params, {row.flops / 1e9:.2f} GFLOPs"

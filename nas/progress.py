@@ -35,9 +35,12 @@ class Progress:
         best = table.best()
         best_text = "no score yet" if best is None else (
             f"best val_acc {best['val_acc']:.4f} ({format_count(best['params'])} params, {best['trial_id']})")
+        interrupted = table.interrupted()
         status = (f"{trained}/{self.target} trained: {table.count('complete')} complete, "
-                  f"{table.count('stopped')} stopped, {table.count('failed')} failed, "
-                  f"{table.count('running')} in progress, {table.count('infeasible')} infeasible | {best_text}")
+                  f"{table.count('stopped')} stopped, {table.count('failed') - interrupted} failed, "
+                  f"{table.count('running')} in progress, {table.count('queued')} queued, "
+                  f"{table.count('infeasible')} infeasible"
+                  f"{f', {interrupted} interrupted (trained again)' if interrupted else ''} | {best_text}")
         if force and status == self.last_status:
             return
         self.last_status = status

@@ -15,7 +15,7 @@ from search_spaces.arch import ArchConfig
 from core.errors import UsageError
 from core.files import read_json_object, write_text_atomic
 
-STATES = ("complete", "stopped", "failed", "infeasible", "running")
+STATES = ("complete", "stopped", "failed", "infeasible", "running", "queued")
 # The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 LEAD_COLUMNS = ["trial_id", "state", "reason", "arch_id", "structure", "params", "flops", "val_acc",
@@ -27,10 +27,10 @@ COLUMNS = LEAD_COLUMNS + ARCH_COLUMNS + ["arch"]
 class TrialTable:
     """The rows of one run, keyed by trial id (`t0007` = Optuna trial number 7)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read: bool = True) -> None:
         self.path = path
         self.rows: dict[str, dict[str, Any]] = {}
-        if path.exists():
+        if read and path.exists():
             for row in load_trials(path.parent).to_dict("records"):
                 self.rows[str(row["trial_id"])] = {k: (None if _is_missing(v) else v) for k, v in row.items()}
 
@@ -39,7 +39,7 @@ class TrialTable:
         return f"t{number:04d}"
 
     def start(self, trial_id: str, arch: ArchConfig, params: int, flops: int | None, seed: int | None,
-              state: str = "running", reason: str = "") -> None:
+              state: str = "queued", reason: str = "") -> None:
         self.rows[trial_id] = {
             "trial_id": trial_id, "state": state, "reason": reason, "arch_id": arch.arch_id,
             "structure": arch.structure, "params": params, "flops": flops, "val_acc": None, "last_val_acc": None,
@@ -60,7 +60,7 @@ class TrialTable:
 
     def best(self) -> dict[str, Any] | None:
         scored = [r for r in self.rows.values() if r["state"] in ("complete", "stopped", "running")
-                  and r["val_acc"] is not None]
+                  and r.get("val_acc") is not None]
         return max(scored, key=lambda r: (r["val_acc"], -r["params"]), default=None)
 
     def trained(self) -> int:
@@ -70,13 +70,18 @@ class TrialTable:
                    and row.get("reason") != INTERRUPTED)
 
     def close_running(self) -> None:
-        """Rows a stopped session left running become failed (interrupted): a resume trains them again."""
+        """Rows a stopped session left queued or running become failed (interrupted): a resume trains them again."""
         for row in self.rows.values():
-            if row["state"] == "running":
+            if row["state"] in ("queued", "running"):
                 row.update(state="failed", reason=INTERRUPTED)
 
+    def interrupted(self) -> int:
+        return sum(1 for row in self.rows.values() if row.get("reason") == INTERRUPTED)
+
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=COLUMNS)
+        frame = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=COLUMNS)
+        # Counts stay integers in the file (a missing value would make pandas write 5.0 for seed 5).
+        return frame.astype({name: "Int64" for name in INTEGER_COLUMNS})
 
     def write(self) -> None:
         write_text_atomic(self.path, self.frame().to_csv(index=False))
@@ -93,7 +98,8 @@ def state_counts(table: pd.DataFrame) -> str:
 
 
 REQUIRED_COLUMNS = ("trial_id", "state", "structure", "params", "val_acc")
-NUMERIC_COLUMNS = ("params", "flops", "val_acc", "last_val_acc", "epochs", "seconds")
+NUMERIC_COLUMNS = ("params", "flops", "val_acc", "last_val_acc", "epochs", "seconds", "seed")
+INTEGER_COLUMNS = ("params", "flops", "epochs", "seed")
 TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
 
 
@@ -159,7 +165,7 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
         if bad.any():
             row = table[bad].iloc[0]
             raise UsageError(f"{path}: column {name} holds {row[name]!r} (trial {row['trial_id']}): expected a number")
-        table[name] = numbers
+        table[name] = numbers.astype("Int64") if name in INTEGER_COLUMNS and (numbers.dropna() % 1 == 0).all() else numbers
     return table
 
 

@@ -88,7 +88,7 @@ def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
     assert all(t.constraints["params"] > 0 for t in infeasible)
     settings = (run_dir / "search.json").read_text()
     assert '"budget": 60000' in settings and '"torch"' in settings
-    assert (run_dir / "pareto.csv").is_file() and (run_dir / "pareto.png").is_file()
+    assert (run_dir / "search_front.csv").is_file() and (run_dir / "search_front.png").is_file()
     assert "best: t" in out and "trained:" in out
 
 

@@ -1,0 +1,122 @@
+"""Starting or joining Ray for a search or a retrain: loopback-only when local, resources checked before any work.
+
+Ray has no authentication: whoever reaches its ports can run code on the machine. A Ray this process
+starts itself (no `--address`, or `--address local`) therefore listens on 127.0.0.1 only: Ray's
+single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the mode it uses on macOS and Windows) makes
+the node's address the loopback one, and every Ray server binds to the node's address. The mode is read
+when Ray is imported, so `prefer_loopback` must run first; the `nas` commands call it before they import
+anything that imports Ray. Joining a cluster (`--address host:port`) keeps Ray's own behaviour: see
+docs/search.md for the ports to open, and only to the cluster's machines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.errors import UsageError
+
+LOOPBACK_MODE = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Addresses that start a Ray of this process's own rather than join one.
+LOCAL_ADDRESSES = (None, "local")
+CONNECT_TIMEOUT_S = 5.0
+
+
+def prefer_loopback(address: str | None) -> None:
+    """Before Ray is imported: a Ray started here will listen on loopback only."""
+    if address in LOCAL_ADDRESSES:
+        os.environ.setdefault(*LOOPBACK_MODE)
+
+
+def check_reachable(address: str) -> None:
+    """A `host:port` (or ray://host:port) address must accept a TCP connection, or Ray retries it forever."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected host:port of a Ray head (what `ray start --head` prints), "
+                         "ray://host:port, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise UsageError(f"--address {address}: no Ray head answers there ({error.strerror or error}); expected "
+                         "the address of a running `ray start --head`") from None
+
+
+def start_ray(address: str | None, verbose: bool = False) -> bool:
+    """Join the cluster at `address`, or start a local Ray on this machine's cores; True when started here
+    (the caller shuts it down). A local Ray that could not be kept on loopback says so in one line."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address not in LOCAL_ADDRESSES:
+        check_reachable(address)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=verbose)
+    if address is None:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+    if address in LOCAL_ADDRESSES and not ray.util.get_node_ip_address().startswith("127."):
+        print(f"warning: Ray was imported before {LOOPBACK_MODE[0]}={LOOPBACK_MODE[1]} could be set, so this local "
+              "Ray listens on every interface; set it before importing ray", file=sys.stderr)
+    return True
+
+
+def check_resources(cpus: float, gpus: float, what: str) -> None:
+    """Some alive node must hold `cpus` CPUs and `gpus` GPUs, or Ray would wait for them forever."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if any(node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus for node in nodes):
+        return
+    most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    where = "this machine" if len(nodes) == 1 else f"the largest of the cluster's {len(nodes)} nodes"
+    raise UsageError(f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs on one node, but {where} has "
+                     f"{most_cpus:g} CPUs and {most_gpus:g} GPUs: expected at most that much per trial")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: [2] is the parent, [19] the start time."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def ray_processes() -> list[tuple[int, int]]:
+    """(pid, start time) of this process's Ray descendants (GCS, raylet, agents, workers): what to stop if this
+    process is killed before it can shut Ray down."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            found.append((pid, int(_stat_fields(pid)[19])))
+        except (OSError, IndexError, ValueError):
+            continue
+    return sorted(found)
+
+
+def stop_leftovers(processes: list[tuple[int, int]]) -> int:
+    """SIGTERM the Ray processes a killed session left running; a pid counts only with its recorded start time
+    (a recycled pid is another process). Returns how many were stopped."""
+    stopped = 0
+    for pid, started in processes:
+        try:
+            if int(_stat_fields(pid)[19]) != started:
+                continue
+            os.kill(pid, signal.SIGTERM)
+            stopped += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    return stopped

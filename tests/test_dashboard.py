@@ -1,0 +1,101 @@
+"""The run's study.db as optuna-dashboard shows it: infeasible draws carry their constraint values and reason."""
+from __future__ import annotations
+
+import json
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+
+from nas.budget import Budget
+from nas.results import TrialTable
+from nas.searcher import BudgetedSearcher, open_study
+from search_spaces.spaces import load_space
+
+optuna_dashboard = pytest.importorskip("optuna_dashboard")
+
+TINY_SPACE = '''
+from search_spaces.arch import ArchConfig, QKVConfig
+
+
+def tiny(trial, patch_size):
+    embed_dim = trial.suggest_categorical("embed_dim", [15, 16, 32, 128])
+    structure = trial.suggest_categorical("structure", ["linear", "SNE"])
+    qkv = {"linear": QKVConfig(), "SNE": QKVConfig(layers=("separate", "separate"))}[structure]
+    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=patch_size, qkv=qkv)
+'''
+BUDGET = 60_000  # embed_dim 128 (about 0.6M params) is over it; 16 and 32 are under; 15 has no valid head split
+MAX_FLOPS = 10**9  # every model under the params budget meets it
+# Drawn in this order; what Ray reports for each trained one (None: Ray's trial failed).
+POINTS = [({"embed_dim": 16, "structure": "linear"}, {"best_val_acc": 0.5, "training_iteration": 3}),
+          ({"embed_dim": 128, "structure": "linear"}, "over budget"),
+          ({"embed_dim": 32, "structure": "linear"}, {"best_val_acc": 0.4, "training_iteration": 1}),
+          ({"embed_dim": 15, "structure": "linear"}, "invalid"),
+          ({"embed_dim": 16, "structure": "SNE"}, None),
+          ({"embed_dim": 32, "structure": "SNE"}, {"best_val_acc": 0.6, "training_iteration": 3})]
+# The states the searcher tells Optuna, by trial number, as the dashboard names them.
+TOLD = {0: "Complete", 1: "Complete", 2: "Pruned", 3: "Fail", 4: "Fail", 5: "Complete"}
+
+
+@pytest.fixture()
+def storage_url(tmp_path):
+    """A study.db holding complete, infeasible, pruned and failed trials, told by the real searcher."""
+    space_path = tmp_path / "tiny_space.py"
+    space_path.write_text(TINY_SPACE)
+    url = f"sqlite:///{tmp_path}/study.db"
+    budget = Budget(BUDGET, MAX_FLOPS, num_classes=10, img_size=8, in_chans=1)
+    searcher = BudgetedSearcher(load_space(f"{space_path}:tiny"), 2, budget, TrialTable(tmp_path / "trials.csv"),
+                                open_study(url, "run", seed=0), seed=0, epochs=3,
+                                initial_points=[point for point, _ in POINTS])
+    trained = [result for _, result in POINTS if not isinstance(result, str)]
+    for index, result in enumerate(trained):
+        assert isinstance(searcher.suggest(f"ray{index}"), dict)
+        searcher.on_trial_complete(f"ray{index}", result, error=result is None)
+    return url
+
+
+def get_json(app, path: str) -> dict:
+    """GET `path` from a WSGI app, as a browser would from `optuna-dashboard`; the body must be 200 JSON."""
+    environ = {"PATH_INFO": path}
+    setup_testing_defaults(environ)
+    statuses = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["200 OK"], (path, statuses, body[:200])
+    return json.loads(body)
+
+
+@pytest.fixture()
+def dashboard_trials(storage_url):
+    """The trials of the run's study as optuna-dashboard serves them, by number."""
+    app = optuna_dashboard.wsgi(storage_url)
+    (study,) = get_json(app, "/api/studies")["study_summaries"]
+    trials = get_json(app, f"/api/studies/{study['study_id']}")["trials"]
+    return {trial["number"]: trial for trial in trials}
+
+
+def user_attrs(trial: dict) -> dict:
+    return {attr["key"]: attr["value"] for attr in trial["user_attrs"]}
+
+
+def test_dashboard_shows_the_states_the_searcher_told(dashboard_trials):
+    assert {number: trial["state"] for number, trial in dashboard_trials.items()} == TOLD
+
+
+def test_infeasible_trial_carries_its_constraint_values_and_reason(dashboard_trials):
+    infeasible = [trial for trial in dashboard_trials.values() if user_attrs(trial).get("state") == "infeasible"]
+    assert [trial["number"] for trial in infeasible] == [1]
+    (trial,) = infeasible
+    params = int(user_attrs(trial)["params"])
+    # params over the budget by that much; FLOPs not measured once params are over, so counted over by one.
+    assert trial["constraints"] == [params - BUDGET, 1.0] and params > BUDGET
+    assert f"{params:,} params > budget {BUDGET:,}" in user_attrs(trial)["reason"]
+
+
+def test_feasible_trials_have_non_positive_constraints(dashboard_trials):
+    for number in (0, 2, 4, 5):
+        constraints = dashboard_trials[number]["constraints"]
+        assert len(constraints) == 2 and all(value <= 0 for value in constraints), number
+
+
+def test_invalid_draw_is_a_failed_trial_with_its_reason(dashboard_trials):
+    attrs = user_attrs(dashboard_trials[3])
+    assert attrs["state"] == "failed" and "embed_dim=15 is not divisible by num_heads=2" in attrs["reason"]
