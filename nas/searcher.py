@@ -183,7 +183,7 @@ class BudgetedSearcher(Searcher):
             return
         reported = self.last_results.pop(trial_id, {})
         last = result or reported
-        if result and result.get("training_iteration") != reported.get("training_iteration"):
+        if result and METRIC in result and result.get("training_iteration") != reported.get("training_iteration"):
             # Ray does not pass the result that made ASHA stop a trial to on_trial_result: its epoch counts too.
             ot_trial.report(float(result[METRIC]), int(result["training_iteration"]))
         if state == "stopped":

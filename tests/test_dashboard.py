@@ -50,6 +50,8 @@ def storage_url(tmp_path):
     for index, result in enumerate(trained):
         assert isinstance(searcher.suggest(f"ray{index}"), dict)
         searcher.on_trial_complete(f"ray{index}", result, error=result is None)
+        if result is None:  # as Ray's callbacks report a trial that raised, with its reason
+            searcher.record_failure(f"ray{index}", "RuntimeError: injected")
     return url
 
 
