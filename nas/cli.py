@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`nas ... | head`): stop writing, quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:
+        # The system refused a file operation (a read-only or missing folder, a full disk): say which path.
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"nas {args.command}: error: {where}{error.strerror or error}; expected a writable folder",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

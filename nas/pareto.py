@@ -241,7 +241,7 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
-                 measure_latency: bool = False, device: str = "cpu", out_dir: str | Path | None = None,
+                 measure_latency: bool = False, device: str = "auto", out_dir: str | Path | None = None,
                  name: str = "pareto") -> Path:
     """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
 

@@ -52,10 +52,10 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
     (the caller shuts it down). A local Ray that could not be kept on loopback says so in one line."""
     import ray
 
-    if ray.is_initialized():
-        return False
     if address not in LOCAL_ADDRESSES:
         check_reachable(address)
+    if ray.is_initialized():
+        return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=verbose)
     if address is None:
         ray.init(num_cpus=os.cpu_count(), **kwargs)

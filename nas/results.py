@@ -170,8 +170,31 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_run(run_dir: str | Path) -> Run:
-    """Read search.json and trials.csv of a run folder; anything missing or corrupt is one UsageError."""
+    """Read search.json and trials.csv of a run folder; anything missing or corrupt is one UsageError, and so is
+    a table that lacks trials the run's study records (a cut-short trials.csv must not feed a front)."""
     path = Path(run_dir)
-    return Run(path, load_settings(path, required=False), load_trials(path))
+    run = Run(path, load_settings(path, required=False), load_trials(path))
+    check_against_study(run)
+    return run
+
+
+def check_against_study(run: Run) -> None:
+    """Every trial study.db records as ended must have its row: the study is the record of truth."""
+    study_path = run.path / "study.db"
+    name = run.settings.get("study_name") or run.settings.get("name")
+    if not study_path.is_file() or not name:
+        return
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_path.resolve()}")
+    ended = {trial.number for trial in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
+        if "duplicate_of" not in trial.user_attrs}
+    listed = {int(trial_id[1:]) for trial_id in run.table["trial_id"].astype(str) if trial_id[1:].isdigit()}
+    missing = sorted(ended - listed)
+    if missing:
+        raise UsageError(f"{run.path / 'trials.csv'} lacks {len(missing)} of the {len(ended)} trials study.db records "
+                         f"(first: t{missing[0]:04d}): the table is damaged; `nas search --resume {run.path}` rebuilds "
+                         "it from the study, the record of truth")
 
 

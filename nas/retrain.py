@@ -65,7 +65,7 @@ def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | 
     """The best `top` members of the params Pareto front by val_acc (fewer params first among equals)."""
     if scored_trials(table).empty:
         raise UsageError(f"{path} has no Pareto front ({state_counts(table)}): expected at least one complete or "
-                         "stopped trial with a val_acc, or pick models with --trials / --arch")
+                         "stopped trial with a val_acc, or pick models with --trial-ids / --arch")
     front = pareto_front(table, ["params"]).sort_values(["val_acc", "params", "trial_id"],
                                                         ascending=[False, True, True], kind="stable")
     if len(front) < top:
@@ -83,7 +83,7 @@ def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searche
         if key not in rows:
             known = sorted(rows)
             listed = ", ".join(known[:8]) + (f" ... ({len(known)} trials)" if len(known) > 8 else "")
-            raise UsageError(f"--trials {trial_id}: no such trial in {path}; expected one of {listed or 'none'}")
+            raise UsageError(f"--trial-ids {trial_id}: no such trial in {path}; expected one of {listed or 'none'}")
         if rows[key]["state"] not in ("complete", "stopped"):
             say(f"note: trial {key} is {rows[key]['state']}; retraining it as asked")
         picked.append(Candidate(_trial_arch(rows[key], path), "winner", key, searched_at))
@@ -126,7 +126,7 @@ class RetrainRequest:
         if self.top is not None and self.top < 1:
             raise UsageError(f"--top {self.top}: expected a positive number of winners")
         if self.top is None and not self.trials and not self.archs and not self.baselines:
-            raise UsageError("nothing to retrain: expected --top K, --trials ID,ID, --arch PRESET|arch.json or "
+            raise UsageError("nothing to retrain: expected --top K, --trial-ids ID,ID, --arch PRESET|arch.json or "
                              "--baseline PRESET|arch.json")
         if self.seed < 0:
             raise UsageError(f"--seed {self.seed}: expected a non-negative integer")

@@ -12,12 +12,19 @@ from core.errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:
-    """'cpu' or 'cuda' -> a device, refusing a CUDA request on a machine without one."""
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"device {name!r}: expected cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda': no CUDA device is visible here; expected --device cpu")
-    return torch.device(name)
+    """auto, cpu, cuda or cuda:N (the one device vocabulary of every command) -> a device; a CUDA request on a
+    machine without one is a UsageError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r}: no CUDA device is visible here; expected auto or cpu")
+    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -7,7 +7,7 @@ import torch
 from core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from trainers.checkpoint import load_checkpoint, save_checkpoint
+from trainers.checkpoint import checkpoint_record, load_checkpoint, save_checkpoint
 from trainers.engine import StopTraining, fit
 from trainers.recipe import get_recipe
 from trainers.runtime import seed_everything
@@ -57,7 +57,8 @@ def test_round_trip_weights_and_record(trained, digits):
 
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, digits):
     model = new_model()
-    record = {"format": "qkvnas-checkpoint/1", "epoch": 7, "arch": None}
+    record = checkpoint_record(epoch=7, step=70, seed=0, recipe=get_recipe("proxy"), dataset=digits.info, arch=None,
+                               history=[], best_val_acc=0.5, scored_weights="model")
     save_checkpoint(tmp_path, "best", weights=model.state_dict(), record=record)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
     assert load_checkpoint(tmp_path / "best.safetensors", new_model(seed=1)).epoch == 7
@@ -141,3 +142,20 @@ def test_files_from_an_interrupted_write_are_refused(trained, tmp_path):
     record = json.loads((folder / "last.json").read_text())
     (tmp_path / "last.json").write_text(json.dumps({**record, "epoch": 3}))
     assert "interrupted write" in one_line_usage_error(lambda: load_checkpoint(tmp_path))
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda record: record.pop("dataset"), "field dataset is null"),
+    (lambda record: record["dataset"].pop("img_size"), "field dataset.img_size is null"),
+    (lambda record: record.update(seed="0"), 'field seed is "0"'),
+    (lambda record: record["arch"]["qkv"].update(blocks=["a"]), 'qkv.blocks=["a"]'),
+])
+def test_a_record_missing_or_mistyping_a_field_is_one_line_naming_it(trained, tmp_path, change, field):
+    _, folder = trained
+    for name in ("last.json", "last.safetensors"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    record = json.loads((tmp_path / "last.json").read_text())
+    change(record)
+    (tmp_path / "last.json").write_text(json.dumps(record))
+    message = one_line_usage_error(lambda: load_checkpoint(tmp_path))
+    assert str(tmp_path / "last.json") in message and field in message

@@ -100,3 +100,26 @@ def test_import_rules():
                 assert name in ("nas.cli",), f"{name} imports a command module ({module})"
             if top in ("ray", "optuna") and package != "nas":
                 assert name == "trainers.trial" and top == "ray", f"{name} imports {top}"
+
+
+def command_flags(name: str) -> list:
+    import argparse
+
+    from nas.cli import build_parser
+
+    parser = build_parser(name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return [action for action in sub._actions if action.option_strings and action.dest != "help"]
+
+
+def test_help_text_speaks_one_vocabulary():
+    """Every flag says what it does, no two flags of a command say the same; --trials is a count wherever it
+    is taken (trial ids are --trial-ids), and --device takes the same values everywhere."""
+    for name in COMMANDS:
+        helps = [action.help for action in command_flags(name)]
+        assert all(helps), f"nas {name}: a flag without help"
+        assert len(set(helps)) == len(helps), f"nas {name}: two flags share one description"
+    trials = [action for name in COMMANDS for action in command_flags(name) if "--trials" in action.option_strings]
+    assert trials and all(action.type is int for action in trials)
+    devices = [action.help for name in COMMANDS for action in command_flags(name) if action.dest == "device"]
+    assert len(devices) >= 4 and all("auto (default), cpu, cuda or cuda:N" in text for text in devices)

@@ -130,7 +130,7 @@ def interrupt_at(monkeypatch, target: ArchConfig, epoch: int) -> None:
 
 def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path, cli, monkeypatch):
     run = write_run(tmp_path / "run")
-    args = ["--trials", "t0000,1", "--epochs", "3", *FAST_PROXY]
+    args = ["--trial-ids", "t0000,1", "--epochs", "3", *FAST_PROXY]
     code, _, _ = cli("retrain", run, *args, "--out", tmp_path / "straight")
     assert code == 0
 
@@ -189,7 +189,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, capsys):
 @pytest.mark.slow
 def test_ray_trains_the_models_as_separate_tasks(tmp_path, cli):
     run = write_run(tmp_path / "run")
-    code, out, err = cli("retrain", run, "--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY,
+    code, out, err = cli("retrain", run, "--trial-ids", "t0000,t0001", "--epochs", "1", *FAST_PROXY,
                              "--address", "local", "--cpus-per-model", "1")
     assert code == 0, err
     table = pd.read_csv(run / "retrain.csv")
@@ -202,7 +202,7 @@ def test_ray_trains_the_models_as_separate_tasks(tmp_path, cli):
 
 def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(tmp_path, cli):
     run = write_run(tmp_path / "run")
-    args = ["--trials", "t0000,t0001", "--epochs", "1", *FAST_PROXY]
+    args = ["--trial-ids", "t0000,t0001", "--epochs", "1", *FAST_PROXY]
     assert cli("retrain", run, *args)[0] == 0
     first, second = run / "retrain" / TINY_LINEAR.arch_id, run / "retrain" / TINY_FSNE.arch_id
     (first / "result.json").unlink()  # as if killed after its last epoch: resumable
@@ -219,7 +219,7 @@ def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(t
 
 @pytest.mark.parametrize("argv, expected", [
     (["--top", "0"], "--top 0: expected a positive number of winners"),
-    (["--trials", "t0099"], "--trials t0099: no such trial in"),
+    (["--trial-ids", "t0099"], "--trial-ids t0099: no such trial in"),
     ([], "nothing to retrain: expected --top K"),
     (["--arch", "missing.json"], "architecture file missing.json: not found"),
     (["--baseline", "no-such-preset"], "unknown preset 'no-such-preset'"),

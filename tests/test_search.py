@@ -1,15 +1,22 @@
 """`nas search` end to end on digits with tiny trials: Ray Tune + budgeted Optuna + ASHA, faults, resume."""
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
+import os
 
 import optuna
 import pytest
 
+from core.files import exclusive_lock
+
 from nas.budget import Budget
 from nas.cli import main
+from nas.progress import Progress
 from nas.results import INTERRUPTED, TrialTable, load_trials
-from nas.search import SearchSettings, run_search
+from nas.scheduler import RungScheduler, rung_epochs
+from nas.search import SearchSettings, SessionClock, run_search
 from nas.searcher import BudgetedSearcher, open_study
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import load_space
@@ -193,6 +200,11 @@ def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
     (["--budget", "1K"], "admits no model"),
     (["--budget", "3.1X"], "'3.1X': expected a positive count"),
     (["--trials", "0"], "--trials 0"),
+    (["--max-concurrent", "0"], "--max-concurrent 0: expected a positive integer"),
+    # The limit that binds is named: the architecture rule, or the FLOPs limit rather than the params budget.
+    (["--patch-size", "3"], "built no valid architecture in 300 draws at patch size 3: img_size=8 with patch_size=3"),
+    (["--max-flops", "1K"], "max 1K FLOPs (1,000) admits no model of space 'qkv' within the budget"),
+    (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray head answers there"),
 ])
 def test_bad_flags_fail_cleanly(tmp_path, capsys, argv, fragment):
     args = ["search", "--budget", "3.1M", "--results-dir", str(tmp_path), "--name", "bad"]
@@ -227,3 +239,132 @@ def test_lite_space_trials_train_every_vit_part(ray_cluster, tmp_path):
     trained = table[table["state"].isin(["complete", "stopped"])]
     assert len(trained) == 3 and (trained["params"] <= 300_000).all() and (trained["backbone"] == "vit").all()
     assert trained["val_acc"].between(0, 1).all() and (trained["flops"] > 0).all()
+
+
+def finished_run(tmp_path, **changes):
+    """A run folder as a finished search leaves it (search.json and a trials.csv), without training."""
+    settings = settings_for(tmp_path, "qkv", name="done", **changes)
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "search.json").write_text(json.dumps(settings.to_dict()))
+    table = TrialTable(settings.run_dir / "trials.csv")
+    table.start("t0000", ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2), 11_772, None, 5)
+    table.write()
+    return settings.run_dir
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--budget", "1M"], "with --budget 1000000: a resumed run keeps the settings it was started with"),
+    (["--epochs", "20"], "with --epochs 20: a resumed run keeps"),
+    (["--trials", "-5"], "--trials -5: expected a positive integer"),
+    (["--max-concurrent", "0"], "--max-concurrent 0: expected a positive integer"),
+])
+def test_resume_refuses_settings_it_cannot_change_and_validates_the_rest(tmp_path, cli, argv, fragment):
+    run_dir = finished_run(tmp_path)
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    code, _, err = cli("search", "--resume", run_dir, *argv)
+    assert code == 2 and fragment in err and err.count("\n") == 1
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
+
+
+def test_a_second_resume_of_a_run_is_locked_out(tmp_path, cli):
+    run_dir = finished_run(tmp_path)
+    with exclusive_lock(run_dir / ".lock", "held"):
+        code, _, err = cli("search", "--resume", run_dir, "--trials", "3")
+    assert code == 2 and err.count("\n") == 1
+    assert f"run folder {run_dir} is in use by another process (pid {os.getpid()})" in err
+
+
+RAISING_SPACE = '''
+from search_spaces.arch import ArchConfig
+
+
+def sometimes(trial, patch_size):
+    embed_dim = trial.suggest_categorical("embed_dim", [16, 32])
+    if embed_dim == 32:
+        raise ValueError("no room for 32")
+    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=patch_size)
+
+
+def always(trial, patch_size):
+    trial.suggest_categorical("embed_dim", [16, 32])
+    raise ValueError("boom")
+'''
+
+
+def test_a_user_space_that_raises_is_a_bad_draw_or_one_line(tmp_path, cli):
+    path = tmp_path / "raising.py"
+    path.write_text(RAISING_SPACE)
+    table = TrialTable(tmp_path / "trials.csv")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = BudgetedSearcher(load_space(f"{path}:sometimes"), 2, Budget(BUDGET, None, 10, 8, 1), table, study,
+                                seed=0, epochs=1, max_infeasible_streak=20)
+    assert isinstance(searcher.suggest("a"), dict)
+    failed = [row for row in table.rows.values() if row["state"] == "failed"]
+    assert failed and all(row["reason"] == "the space raised ValueError: no room for 32" for row in failed)
+    code, _, err = cli("search", "--budget", "1M", "--space", f"{path}:always", "--results-dir", tmp_path / "runs")
+    assert code == 2 and err.count("\n") == 1 and "the space raised ValueError: boom" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_counts_stay_integers_in_trials_csv(tmp_path):
+    table = TrialTable(tmp_path / "trials.csv")
+    table.start("t0000", ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2), 11_772, None, 5)
+    table.start("t0001", ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=2), 41_964, 704_384, None,
+                state="infeasible")
+    table.write()
+    rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
+    assert (rows[0]["seed"], rows[0]["flops"], rows[1]["flops"], rows[1]["seed"]) == ("5", "", "704384", "")
+    again = load_trials(tmp_path)
+    assert int(again.loc[0, "seed"]) == 5 and str(again.loc[0, "seed"]) == "5"
+
+
+def test_progress_tells_queued_running_and_interrupted_apart(tmp_path, capsys):
+    table = TrialTable(tmp_path / "trials.csv")
+    arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
+    for number, state in enumerate(["queued", "running", "failed", "complete"]):
+        table.start(TrialTable.trial_id(number), arch.replace(depth=number + 1), 1000, None, number, state=state)
+    table.update("t0002", reason=INTERRUPTED)
+    Progress(table, target=4, already=0).show(force=True)
+    line = capsys.readouterr().out
+    assert "1/4 trained: 1 complete, 0 stopped, 0 failed, 1 in progress, 1 queued" in line
+    assert "1 interrupted (trained again)" in line
+
+
+def test_a_sessions_time_is_kept_as_it_runs(tmp_path):
+    path = tmp_path / "search.json"
+    clock = SessionClock(path, {"seconds": 100.0})
+    clock.start -= 30  # as if the session had run for 30 s
+    clock.write()
+    assert json.loads(path.read_text())["seconds"] == pytest.approx(130, abs=1)
+
+
+def test_rungs_end_at_the_full_length():
+    assert rung_epochs(10, 1, 3) == [1, 3, 10]
+    assert rung_epochs(10, 3, 3) == [3, 10]
+    assert rung_epochs(16, 1, 2) == [1, 2, 4, 8, 16]
+    assert rung_epochs(3, 1, 2) == [1, 2, 3]
+
+
+def test_seeded_rungs_decide_as_an_uninterrupted_run():
+    """Trials 0-5 report one curve each; a scheduler that saw 0-2 live and one seeded with their curves decide the
+    same for 3-5."""
+    curves = {0: [0.5, 0.6, 0.7], 1: [0.2, 0.3, 0.4], 2: [0.8, 0.85, 0.9], 3: [0.3, 0.5, 0.6], 4: [0.6, 0.7, 0.8],
+              5: [0.1, 0.2, 0.3]}
+
+    def run(scheduler, numbers):
+        decisions = {}
+        for number in numbers:
+            for epoch, score in enumerate(curves[number], 1):
+                decision = scheduler.decide(number, epoch, score)
+                if decision == "STOP":
+                    decisions[number] = epoch
+                    break
+            decisions.setdefault(number, len(curves[number]))
+        return decisions
+
+    straight = run(RungScheduler("val_acc", 3, 1, 2), range(6))
+    first = run(RungScheduler("val_acc", 3, 1, 2), range(3))
+    resumed = RungScheduler("val_acc", 3, 1, 2)
+    resumed.seed([(number, curves[number][:epochs]) for number, epochs in first.items()])
+    assert {**first, **run(resumed, range(3, 6))} == straight
+    assert any(epochs < 3 for epochs in straight.values())

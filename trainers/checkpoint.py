@@ -177,8 +177,9 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
         if not required.is_file():
             raise UsageError(f"checkpoint {required}: not found; expected a checkpoint written by `nas train`")
     record = read_json_object(record_path, "a checkpoint record")
-    if record.get("format") != FORMAT or "epoch" not in record:
+    if record.get("format") != FORMAT:
         raise UsageError(f"checkpoint {record_path}: not a {FORMAT} record")
+    check_record(record, record_path)
     weights, weights_meta = _read_safetensors(weights_path)
     files = [(weights_path, weights_meta)]
     state = scalars = None
@@ -194,6 +195,31 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
     if model is not None:
         checkpoint.load_into(model)
     return checkpoint
+
+
+# What a record must hold, with its JSON type; `dataset` is a DatasetInfo as JSON.
+RECORD_FIELDS = {"epoch": int, "step": int, "seed": int, "recipe": dict, "dataset": dict, "best_val_acc": (int, float),
+                 "weights": str, "history": list}
+DATASET_FIELDS = {"name": str, "num_classes": int, "img_size": int, "in_chans": int, "mean": list, "std": list}
+
+
+def check_record(record: dict[str, Any], path: Path) -> None:
+    """Every field a later step reads, present and of its type (and the arch buildable): one UsageError naming
+    the file and the field, not a KeyError deep in an export or a transfer."""
+    for fields, where, data in ((RECORD_FIELDS, "", record), (DATASET_FIELDS, "dataset.", record.get("dataset"))):
+        if not isinstance(data, dict):
+            break
+        for name, kind in fields.items():
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                expected = kind.__name__ if isinstance(kind, type) else "a number"
+                raise UsageError(f"checkpoint {path}: field {where}{name} is {json.dumps(value)}; expected "
+                                 f"{'an object' if kind is dict else 'a list' if kind is list else expected}")
+    if record.get("arch") is not None:
+        try:
+            ArchConfig.from_dict(record["arch"])
+        except UsageError as error:
+            raise UsageError(f"checkpoint {path}: {error}") from None
 
 
 def check_resumable(record: dict[str, Any], where: Path, recipe: Recipe, seed: int,

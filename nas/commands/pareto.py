@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mark XCiT-N12, the paper's F-SNE and DeiT-Tiny (ImageNet runs only)")
     parser.add_argument("--measure-latency", action="store_true",
                         help="time each front member and add latency_ms / throughput to pareto.csv")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where latency is measured")
+    parser.add_argument("--device", default="auto", help="where latency is measured: auto (default), cpu, cuda or "
+                                                         "cuda:N")
     parser.add_argument("--out", metavar="DIR", help="folder for the files (default: the run folder)")
 
 

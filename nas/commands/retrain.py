@@ -17,10 +17,10 @@ from nas.flags import add_recipe_arguments, recipe_overrides, split_list
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (results/<run>) or a run name under results/")
-    picks = parser.add_argument_group("models", "at least one of --top, --trials, --arch, --baseline")
+    picks = parser.add_argument_group("models", "at least one of --top, --trial-ids, --arch, --baseline")
     picks.add_argument("--top", type=int, default=None, metavar="K",
                        help="the K best members of the run's Pareto front (params), best val_acc first")
-    picks.add_argument("--trials", action="append", metavar="ID,ID", help="trial ids of the run (t0003 or 3)")
+    picks.add_argument("--trial-ids", action="append", metavar="ID,ID", help="trials of the run, by id (t0003 or 3)")
     picks.add_argument("--arch", action="append", metavar="PRESET|arch.json", help="an architecture (repeatable)")
     picks.add_argument("--baseline", action="append", metavar="PRESET|arch.json",
                        help="a reference model trained under the same recipe, e.g. xcit-n12 (repeatable)")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from nas.tables import percent, table_text
 
     request = RetrainRequest(
-        run=args.run, top=args.top, trials=tuple(split_list(args.trials)), archs=tuple(args.arch or ()),
+        run=args.run, top=args.top, trials=tuple(split_list(args.trial_ids)), archs=tuple(args.arch or ()),
         baselines=tuple(args.baseline or ()), dataset=args.dataset, data_dir=args.data_dir, download=args.download,
         img_size=args.img_size, patch_size=args.patch_size, val_fraction=args.val_fraction,
         split_seed=args.split_seed, recipe=args.recipe, overrides=recipe_overrides(args), seed=args.seed,
