@@ -62,6 +62,7 @@ class BudgetedSearcher(Searcher):
             max_infeasible_streak: int = 300,
             initial_points: list[dict[str, Any]] | None = None,
             on_draw: Callable[[], None] | None = None,
+            sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space = space
@@ -73,6 +74,7 @@ class BudgetedSearcher(Searcher):
         self.epochs = epochs
         self.max_infeasible_streak = max_infeasible_streak
         self.on_draw = on_draw
+        self.make_sampler = sampler or make_sampler
         self.infeasible_streak = 0
         self.exhausted = False
         self.running: dict[str, optuna.Trial] = {}
@@ -130,7 +132,7 @@ class BudgetedSearcher(Searcher):
         seeded by the run's seed and the number of trials so far: a draw depends only on the study's history,
         so a resumed search draws what an uninterrupted one would have."""
         seed = self.seed + len(self.study.get_trials(deepcopy=False))
-        sampler = (make_sampler(seed) if self.infeasible_streak < RANDOM_AFTER_STREAK
+        sampler = (self.make_sampler(seed) if self.infeasible_streak < RANDOM_AFTER_STREAK
                    else optuna.samplers.RandomSampler(seed=seed))
         kept, self.study.sampler = self.study.sampler, sampler
         try:

@@ -6,6 +6,8 @@ Papers on ViTs usually print multiply-adds under the name FLOPs: that is `flops 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,10 +32,13 @@ def meta_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int)
         return build_model(arch, num_classes, img_size, in_chans)
 
 
+# Searches and feasibility checks draw the same architectures again and again: each is counted once.
+@functools.lru_cache(maxsize=4096)
 def count_params(arch: ArchConfig, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3) -> int:
     return sum(p.numel() for p in meta_model(arch, num_classes, img_size, in_chans).parameters())
 
 
+@functools.lru_cache(maxsize=4096)
 def count_flops(arch: ArchConfig, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3) -> int:
     """FLOPs of one forward pass on one image, counted on meta tensors (shapes only, no arithmetic)."""
     model = meta_model(arch, num_classes, img_size, in_chans).eval()

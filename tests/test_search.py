@@ -203,11 +203,12 @@ def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
     (["--max-concurrent", "0"], "--max-concurrent 0: expected a positive integer"),
     # The limit that binds is named: the architecture rule, or the FLOPs limit rather than the params budget.
     (["--patch-size", "3"], "built no valid architecture in 300 draws at patch size 3: img_size=8 with patch_size=3"),
-    (["--max-flops", "1K"], "max 1K FLOPs (1,000) admits no model of space 'qkv' within the budget"),
+    (["--max-flops", "1K", "--space", "SPACE"], "max 1K FLOPs (1,000) admits no model of space"),
     (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray head answers there"),
 ])
-def test_bad_flags_fail_cleanly(tmp_path, capsys, argv, fragment):
+def test_bad_flags_fail_cleanly(tmp_path, capsys, argv, fragment, space_file):
     args = ["search", "--budget", "3.1M", "--results-dir", str(tmp_path), "--name", "bad"]
+    argv = [space_file if value == "SPACE" else value for value in argv]
     try:
         code = main(args + argv)
     except SystemExit as exit_:  # argparse's own errors (a budget it cannot parse) exit from the parser
@@ -295,9 +296,10 @@ def test_a_user_space_that_raises_is_a_bad_draw_or_one_line(tmp_path, cli):
     path = tmp_path / "raising.py"
     path.write_text(RAISING_SPACE)
     table = TrialTable(tmp_path / "trials.csv")
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(direction="maximize")
     searcher = BudgetedSearcher(load_space(f"{path}:sometimes"), 2, Budget(BUDGET, None, 10, 8, 1), table, study,
-                                seed=0, epochs=1, max_infeasible_streak=20)
+                                seed=0, epochs=1, max_infeasible_streak=20,
+                                sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed))
     assert isinstance(searcher.suggest("a"), dict)
     failed = [row for row in table.rows.values() if row["state"] == "failed"]
     assert failed and all(row["reason"] == "the space raised ValueError: no room for 32" for row in failed)

@@ -16,9 +16,10 @@ DIGITS = dict(num_classes=10, img_size=8, in_chans=1)
 
 def sample(space_name: str, budget: int, draws: int, tmp_path) -> list[ArchConfig]:
     """Architectures the real searcher suggests (random sampler, so coverage does not hang on TPE's taste)."""
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(direction="maximize")
     searcher = BudgetedSearcher(SPACES[space_name], 2, Budget(budget, None, **DIGITS),
-                                TrialTable(tmp_path / "trials.csv"), study, seed=0, epochs=1)
+                                TrialTable(tmp_path / "trials.csv"), study, seed=0, epochs=1,
+                                sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed))
     archs = []
     for index in range(draws):
         config = searcher.suggest(f"t{index}")
