@@ -108,14 +108,15 @@ def ray_processes() -> list[tuple[int, int]]:
 
 
 def stop_leftovers(processes: list[tuple[int, int]]) -> int:
-    """SIGTERM the Ray processes a killed session left running; a pid counts only with its recorded start time
-    (a recycled pid is another process). Returns how many were stopped."""
+    """Kill the Ray processes a killed session left running (its agents outlive their raylet for a minute or more,
+    and hang on SIGTERM trying to reach the dead GCS); a pid counts only with its recorded start time (a
+    recycled pid is another process). Returns how many were stopped."""
     stopped = 0
     for pid, started in processes:
         try:
             if int(_stat_fields(pid)[19]) != started:
                 continue
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGKILL)
             stopped += 1
         except (OSError, IndexError, ValueError):
             continue

@@ -16,7 +16,7 @@ from nas.cli import main
 from nas.progress import Progress
 from nas.results import INTERRUPTED, TrialTable, load_trials
 from nas.scheduler import RungScheduler, rung_epochs
-from nas.search import SearchSettings, SessionClock, run_search
+from nas.search import SearchSettings, SessionClock, resume_search, run_search
 from nas.searcher import BudgetedSearcher, open_study
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import load_space
@@ -370,3 +370,19 @@ def test_seeded_rungs_decide_as_an_uninterrupted_run():
     resumed.seed([(number, curves[number][:epochs]) for number, epochs in first.items()])
     assert {**first, **run(resumed, range(3, 6))} == straight
     assert any(epochs < 3 for epochs in straight.values())
+
+
+@pytest.mark.slow
+def test_a_search_resumed_at_a_trial_boundary_stops_the_same_trials(ray_cluster, tmp_path, space_file):
+    """Same seed, one trial at a time: straight through, or cut after 3 trials and resumed to 6 (new Ray
+    experiment, rungs seeded from the study, sampler seeded by the trial count): the same trials, states, scores."""
+    run = dict(epochs=3, grace_epochs=1, reduction_factor=2, max_concurrent=1)
+    straight = settings_for(tmp_path, space_file, name="straight", trials=6, **run)
+    assert run_search(straight) == 0
+    cut = settings_for(tmp_path, space_file, name="cut", trials=3, **run)
+    assert run_search(cut) == 0
+    assert resume_search(cut.run_dir, {"trials": 6}) == 0
+    columns = ["trial_id", "state", "arch_id", "epochs", "val_acc", "seed"]
+    expected, resumed = load_trials(straight.run_dir)[columns], load_trials(cut.run_dir)[columns]
+    assert resumed.equals(expected), f"{expected}\n{resumed}"
+    assert (expected["state"] == "stopped").any() and (expected["state"] == "complete").any()
