@@ -386,3 +386,39 @@ def test_a_search_resumed_at_a_trial_boundary_stops_the_same_trials(ray_cluster,
     expected, resumed = load_trials(straight.run_dir)[columns], load_trials(cut.run_dir)[columns]
     assert resumed.equals(expected), f"{expected}\n{resumed}"
     assert (expected["state"] == "stopped").any() and (expected["state"] == "complete").any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv,fragment", [
+    (["--gpus-per-trial", "0.5"], "needs 1 CPUs and 0.5 GPUs on one node, but this machine has 2 CPUs and 0 GPUs"),
+    (["--cpus-per-trial", "4"], "needs 4 CPUs and 0 GPUs on one node, but this machine has 2 CPUs"),
+])
+def test_resources_a_trial_cannot_have_are_one_line_and_leave_nothing(ray_cluster, tmp_path, cli, space_file,
+                                                                       argv, fragment):
+    code, _, err = cli("search", "--budget", BUDGET, "--space", space_file, "--results-dir", tmp_path, "--name", "r",
+                       *argv)
+    assert code == 2 and fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_damaged_table_is_refused_then_rebuilt_from_the_study(ray_cluster, tmp_path, cli, space_file):
+    settings = settings_for(tmp_path, space_file, name="damaged", trials=3)
+    assert run_search(settings) == 0
+    run_dir = settings.run_dir
+    assert cli("pareto", run_dir, "--cost", "flops")[0] == 0  # the user's own front
+    mine = {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")}
+    original = load_trials(run_dir)[["trial_id", "state", "arch_id", "val_acc", "epochs"]]
+    lines = (run_dir / "trials.csv").read_text().splitlines(keepends=True)
+    (run_dir / "trials.csv").write_text("".join(lines[:3]))  # cut short, as by a full disk or a bad copy
+
+    code, _, err = cli("pareto", run_dir)
+    assert code == 2 and "lacks" in err and "rebuilds it from the study" in err and err.count("\n") == 1
+    assert {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")} == mine
+
+    code, out, _ = cli("search", "--resume", run_dir)
+    assert code == 0 and "rebuilt from the study, the record of truth" in out
+    rebuilt = load_trials(run_dir)[["trial_id", "state", "arch_id", "val_acc", "epochs"]]
+    assert rebuilt.equals(original)
+    assert {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")} == mine
+    assert (run_dir / "search_front.csv").is_file()

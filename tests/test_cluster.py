@@ -1,0 +1,139 @@
+"""`--address` against a real Ray cluster on this machine: a head and a second node started by `ray start` as on two
+machines, a search and a retrain through it, then a node killed mid-search.
+
+The nodes take loopback addresses (127.0.0.2, 127.0.0.3), so the cluster is reachable only from this machine by
+its addresses; Ray 2.60 still listens on every interface for a multi-node cluster (its single-machine loopback
+mode refuses a second node), so the cluster runs with Ray's token authentication (RAY_AUTH_MODE=token)."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import FSNE, TINY, write_run
+from test_drills import wait_for
+from test_search import TINY_SPACE
+
+pytestmark = pytest.mark.slow
+
+# This machine plays both machines; a request without the cluster's token is refused.
+CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HEAD_IP, 0))
+        return probe.getsockname()[1]
+
+
+def ray_node(ip: str, *argv: str) -> subprocess.Popen:
+    """`ray start --block ...` in its own process group: killing the group is the machine going away."""
+    return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats",
+                             "--node-ip-address", ip, *argv], env=CLUSTER_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def alive_nodes(address: str) -> int:
+    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
+             "print(sum(node['Alive'] for node in ray.nodes()))" % address)
+    done = subprocess.run([sys.executable, "-c", probe], env=CLUSTER_ENV, capture_output=True, text=True, timeout=60)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+
+
+def node_processes(ip: str) -> list[int]:
+    """Processes of the node at `ip` (every Ray process of a node names its address on its command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and ip.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def stop(node: subprocess.Popen, ip: str) -> None:
+    """The machine at `ip` goes away: its process group, and anything of that node that left the group."""
+    try:
+        os.killpg(node.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    node.wait()
+
+    def gone() -> bool:
+        for pid in node_processes(ip):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        return not node_processes(ip)
+
+    wait_for(gone, 30, f"the processes of node {ip} to end")
+
+
+@pytest.fixture()
+def cluster():
+    """A head and a second node, one CPU each; both stopped at the end, whatever happened."""
+    address = f"{HEAD_IP}:{free_port()}"
+    nodes = {HEAD_IP: ray_node(HEAD_IP, "--head", "--port", address.split(":")[1], "--include-dashboard", "false")}
+    try:
+        wait_for(lambda: alive_nodes(address) == 1, 90, "the head")
+        nodes[SECOND_IP] = ray_node(SECOND_IP, "--address", address)
+        wait_for(lambda: alive_nodes(address) == 2, 90, "the second node")
+        yield address, nodes
+    finally:
+        for ip, node in nodes.items():
+            stop(node, ip)
+
+
+def nas(*argv: object, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, argv)], env=CLUSTER_ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_path):
+    address, nodes = cluster
+    space = tmp_path / "tiny_space.py"
+    space.write_text(TINY_SPACE)
+    common = ["--budget", "60000", "--space", f"{space}:tiny", "--epochs", "3", "--cpus-per-trial", "1",
+              "--address", address, "--results-dir", tmp_path]
+
+    done = nas("search", *common, "--trials", "3", "--name", "whole")
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole = list(csv.DictReader(open(tmp_path / "whole" / "trials.csv")))
+    assert sum(row["state"] in ("complete", "stopped") for row in whole) == 3
+
+    run = write_run(tmp_path / "run", rows=(("t0000", TINY, "complete", [0.5]), ("t0001", FSNE, "complete", [0.9])))
+    done = nas("retrain", run, "--trial-ids", "t0000,t0001", "--recipe", "proxy", "--epochs", "1", "--address",
+               address, "--cpus-per-model", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(csv.DictReader(open(run / "retrain.csv")))) == 2
+
+    # A search that loses the second node while its trials run: two trials at once, one on each node.
+    search = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", *map(str, common), "--trials", "5",
+                               "--epochs", "30", "--max-concurrent", "2", "--name", "dying"], env=CLUSTER_ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    table = tmp_path / "dying" / "trials.csv"
+    wait_for(lambda: table.is_file() and sum(row["state"] == "running" for row in csv.DictReader(open(table))) == 2,
+             120, "two trials running, one per node")
+    stop(nodes[SECOND_IP], SECOND_IP)
+    out, err = search.communicate(timeout=600)
+    assert search.returncode == 0, err[-2000:]
+    rows = list(csv.DictReader(open(table)))
+    lost = [row for row in rows if row["state"] == "failed"]
+    assert lost and all(row["reason"] for row in lost), rows
+    assert sum(row["state"] in ("complete", "stopped", "failed") for row in rows) == 5
+    study = optuna.load_study(study_name="dying", storage=f"sqlite:///{tmp_path / 'dying' / 'study.db'}")
+    told = {f"t{trial.number:04d}": trial.state.name for trial in study.trials if "duplicate_of" not in trial.user_attrs}
+    expected = {"complete": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL", "infeasible": "COMPLETE"}
+    assert {row["trial_id"]: expected[row["state"]] for row in rows} == told
+    assert nodes[HEAD_IP].poll() is None, "the search must leave the cluster it joined running"
