@@ -13,6 +13,11 @@ import sys
 
 from core.errors import UsageError
 
+# libgomp's idle threads spin 300,000 rounds before they sleep; beside another CPU job that spinning takes the cores
+# the other needs (a second training ran 7.4x slower, not 2x). 3,000 rounds: 2.2x, and one job alone about 10%
+# slower (benchmarks/cpu_sharing.py). Read when torch loads, so set before any command imports it; yours wins.
+THREAD_ENV = {"GOMP_SPINCOUNT": "3000"}
+
 COMMANDS: dict[str, str] = {
     "search": "search the QKV-embedding space under a parameter budget",
     "pareto": "draw accuracy against cost for a run and mark the Pareto front",
@@ -49,6 +54,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name, value in THREAD_ENV.items():
+        os.environ.setdefault(name, value)
     argv = sys.argv[1:] if argv is None else argv
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
