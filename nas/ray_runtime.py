@@ -58,7 +58,8 @@ def start_ray(address: str | None, verbose: bool = False) -> bool:
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=verbose)
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        # "local" always starts a Ray of our own: without it Ray joins any cluster `ray start` left on this machine.
+        ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
     else:
         ray.init(address=address, **kwargs)
     if address in LOCAL_ADDRESSES and not ray.util.get_node_ip_address().startswith("127."):

@@ -286,10 +286,11 @@ class NystromAttention(QKVAttention):
         super().__init__(dim, num_heads, **kwargs)
         self.num_landmarks = num_landmarks
         self.pinv_iterations = pinv_iterations
-        # groups = kv heads, one output channel per query head: each query head convolves its own kv head's v.
-        self.res_conv = nn.Conv2d(
-            self.kv_heads, num_heads, (residual_kernel, 1), padding=(residual_kernel // 2, 0), groups=self.kv_heads,
-            bias=False, device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        # Depth-wise over the sequence, one kernel per query head on its group's v. A 1-D convolution over (batch x
+        # channel) rows: torch 2.14's oneDNN Conv2d backward corrupts the heap on one-channel inputs of some lengths.
+        self.res_conv = nn.Conv1d(
+            num_heads, num_heads, residual_kernel, padding=residual_kernel // 2, groups=num_heads, bias=False,
+            device=kwargs.get("device"), dtype=kwargs.get("dtype"))
 
     def attend(
             self,
@@ -312,8 +313,9 @@ class NystromAttention(QKVAttention):
         attn3 = group_matmul(q_landmarks, k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, L, N')
         attn2_inv = moore_penrose_iter_pinv(attn2, self.pinv_iterations)
         out = (attn1 @ attn2_inv) @ group_matmul(attn3, v)  # (B, H, N', d)
-        out = out + self.res_conv(v)
-        return out[:, :, padding:]
+        rows = expand_kv(v, self.num_heads).permute(0, 3, 1, 2).flatten(0, 1)  # (B*d, H, N')
+        residual = self.res_conv(rows).unflatten(0, (v.shape[0], v.shape[3])).permute(0, 2, 3, 1)  # (B, H, N', d)
+        return (out + residual)[:, :, padding:]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_landmarks={self.num_landmarks}"

@@ -109,7 +109,9 @@ def search_args(space_file: str, results: Path, name: str, trials: int, epochs: 
 
 
 def test_a_local_search_listens_on_loopback_only(tmp_path, space_file):
-    process = nas(*search_args(space_file, tmp_path, "loopback", trials=3, epochs=4))
+    # A RAY_ADDRESS (or a cluster `ray start` left behind) must not capture a local search: it starts its own Ray.
+    process = nas(*search_args(space_file, tmp_path, "loopback", trials=3, epochs=4),
+                  env={**os.environ, "RAY_ADDRESS": "127.0.0.9:1"})
     try:
         # Sample while trials train: GCS, raylet, agents, the driver and the trial workers all listen then.
         seen: dict[str, set[str]] = {}
