@@ -68,7 +68,7 @@ class SearchSettings:
     trials: int = 16
     epochs: int = 10
     grace_epochs: int = 1
-    reduction_factor: int = 3
+    reduction_factor: int = 4
     recipe: str = "proxy"
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     max_concurrent: int | None = None

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--grace-epochs", type=int, default=None,
                      help="ASHA: epochs before a trial may be stopped (default 1)")
     run.add_argument("--reduction-factor", type=int, default=None,
-                     help="ASHA: rungs at epochs / N^k; keep 1 in N at each (default 3)")
+                     help="ASHA: rungs at epochs / N^k; keep 1 in N at each (default 4)")
     run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     run.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default 1)")
     run.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; 0.25 packs 4 on a GPU")
