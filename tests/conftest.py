@@ -71,7 +71,8 @@ def ray_cluster(request):
     import ray
     from ray import cloudpickle
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a cluster that `ray start` left on this machine is not joined.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     cloudpickle.register_pickle_by_value(sys.modules[request.module.__name__])
     yield
     cloudpickle.unregister_pickle_by_value(sys.modules[request.module.__name__])

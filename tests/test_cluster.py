@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -35,10 +37,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ray_node(ip: str, *argv: str) -> subprocess.Popen:
+def ray_node(ip: str, temp_dir: str, *argv: str) -> subprocess.Popen:
     """`ray start --block ...` in its own process group: killing the group is the machine going away."""
     return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats",
-                             "--node-ip-address", ip, *argv], env=CLUSTER_ENV,
+                             "--node-ip-address", ip, "--temp-dir", temp_dir, *argv], env=CLUSTER_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -82,17 +84,23 @@ def stop(node: subprocess.Popen, ip: str) -> None:
 
 @pytest.fixture()
 def cluster():
-    """A head and a second node, one CPU each; both stopped at the end, whatever happened."""
+    """A head and a second node, one CPU each; both stopped at the end, whatever happened.
+
+    Their own temp folder (short: it holds unix sockets) keeps the cluster's address out of /tmp/ray, where a later
+    plain `ray.init()` on this machine would find and join it."""
     address = f"{HEAD_IP}:{free_port()}"
-    nodes = {HEAD_IP: ray_node(HEAD_IP, "--head", "--port", address.split(":")[1], "--include-dashboard", "false")}
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    nodes = {HEAD_IP: ray_node(HEAD_IP, temp_dir, "--head", "--port", address.split(":")[1],
+                               "--include-dashboard", "false")}
     try:
         wait_for(lambda: alive_nodes(address) == 1, 90, "the head")
-        nodes[SECOND_IP] = ray_node(SECOND_IP, "--address", address)
+        nodes[SECOND_IP] = ray_node(SECOND_IP, temp_dir, "--address", address)
         wait_for(lambda: alive_nodes(address) == 2, 90, "the second node")
         yield address, nodes
     finally:
         for ip, node in nodes.items():
             stop(node, ip)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def nas(*argv: object, timeout: float = 400) -> subprocess.CompletedProcess:
