@@ -91,21 +91,21 @@ def _check_image(arch: ArchConfig, img_size: int) -> None:
             f"of the patch size (pick a patch size that fits the images, e.g. 2 for 8 px digits, 4 for 32 px)")
 
 
+def _backbone_kwargs(arch: ArchConfig, num_classes: int, in_chans: int, drop_path_rate: float) -> dict:
+    """What timm's Xcit and VisionTransformer both take, under the same names."""
+    return dict(in_chans=in_chans, num_classes=num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
+                num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv.bias,
+                drop_path_rate=drop_path_rate)
+
+
 def _build_xcit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int, drop_path_rate: float) -> Xcit:
     timm_patch = arch.patch_size if arch.patch_size in (16, 8) else 8
     model = Xcit(
         img_size=img_size if arch.patch_size in (16, 8) else timm_patch,
         patch_size=timm_patch,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
-        qkv_bias=arch.qkv.bias,
+        **_backbone_kwargs(arch, num_classes, in_chans, drop_path_rate),
         eta=arch.layer_scale,
         tokens_norm=arch.tokens_norm,
-        drop_path_rate=drop_path_rate,
     )
     if arch.patch_size not in (16, 8):
         model.patch_embed = SmallConvPatchEmbed(arch.patch_size, in_chans, arch.embed_dim)
@@ -159,15 +159,8 @@ def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int,
     return VisionTransformer(
         img_size=img_size,
         patch_size=arch.patch_size,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
-        qkv_bias=arch.qkv.bias,
+        **_backbone_kwargs(arch, num_classes, in_chans, drop_path_rate),
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        drop_path_rate=drop_path_rate,
         embed_layer=ConvStem if arch.stem == "conv" else PatchEmbed,
         pos_embed="learn" if arch.pos == "learned" else "none",
         block_fn=_vit_block_fn(arch, grid),
