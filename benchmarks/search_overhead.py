@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.units import parse_count
+from qkvnas_core.units import parse_count
 from nas.budget import Budget
 from nas.results import TrialTable, load_settings, load_trials
 from nas.searcher import BudgetedSearcher, open_study

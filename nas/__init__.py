@@ -2,7 +2,7 @@
 
 Commands live in `nas.commands` (one module each, reached through `nas.cli`); nothing imports them.
 """
-from core.lazy import lazy_exports
+from qkvnas_core.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "SearchSettings": "search", "run_search": "search", "resume_search": "search",

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import optuna
 
-from core.errors import UsageError
-from core.units import format_count
+from qkvnas_core.errors import UsageError
+from qkvnas_core.units import format_count
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
 from search_spaces.spaces import Space, draw

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 # libgomp's idle threads spin 300,000 rounds before they sleep; beside another CPU job that spinning takes the cores
 # the other needs (a second training ran 7.4x slower, not 2x). 3,000 rounds: 2.2x, and one job alone about 10%

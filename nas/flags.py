@@ -9,8 +9,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import UsageError
-from core.units import parse_count
+from qkvnas_core.errors import UsageError
+from qkvnas_core.units import parse_count
 
 RECIPE_DEST = "recipe_field_"
 METAVARS = {"int": "N", "float": "F", "str": "TEXT"}

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.errors import UsageError
-from core.files import atomic_path
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import atomic_path
 from nas.results import Run, read_run, state_counts
 from search_spaces.arch import QKVConfig, structure_name
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from core.units import format_count, format_duration
+from qkvnas_core.units import format_count, format_duration
 from nas.results import TrialTable
 
 

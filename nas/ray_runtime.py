@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 LOOPBACK_MODE = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Addresses that start a Ray of this process's own rather than join one.

@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 from search_spaces.arch import ArchConfig
-from core.errors import UsageError
-from core.files import read_json_object, write_text_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import read_json_object, write_text_atomic
 
 STATES = ("complete", "stopped", "failed", "infeasible", "running", "queued")
 # The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.

@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from core.errors import UsageError
-from core.files import write_text_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import write_text_atomic
 from nas.pareto import pareto_front, scored_trials
 from nas.results import TrialTable, find_run, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig

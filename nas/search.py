@@ -23,8 +23,8 @@ import ray
 from ray import tune
 from ray.tune import Callback
 
-from core.errors import UsageError
-from core.files import exclusive_lock, write_json_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import exclusive_lock, write_json_atomic
 from nas.budget import Budget, check_feasible, smallest_description
 from nas.pareto import write_pareto
 from nas.progress import Progress

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from nas.budget import Budget, over_budget_reason
 from nas.results import INTERRUPTED, TrialTable
 from search_spaces.arch import ArchConfig

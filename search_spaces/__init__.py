@@ -1,5 +1,5 @@
 """What can be searched, and how a point in it becomes a model: configs, the QKV family, builders, costs, spaces."""
-from core.lazy import lazy_exports
+from qkvnas_core.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "ArchConfig": "arch", "QKVConfig": "arch", "structure_name": "arch",

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 BACKBONES = ("xcit", "vit")
 LAYER_KINDS = ("separate", "shared")

@@ -13,7 +13,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.xcit import Xcit, conv3x3
 from torch import nn
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.arch import VIT_FIELDS, ArchConfig
 from search_spaces.attention import (LinformerAttention, NystromAttention, PerformerAttention, QKVAttention,
                                      SoftmaxAttention, attention_class)

@@ -27,8 +27,8 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
-from core.errors import UsageError
-from core.files import atomic_path, read_json_object, write_bytes_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import atomic_path, read_json_object, write_bytes_atomic
 
 EXPORT_FORMAT = "qkvnas-export/1"
 WEIGHTS_FILE, ARCH_FILE, MODEL_FILE, ONNX_FILE = "model.safetensors", "arch.json", "model.json", "model.onnx"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 
 def resolve_device(name: str) -> torch.device:

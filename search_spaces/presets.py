@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 XCIT_N12 = ArchConfig(backbone="xcit", embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, patch_size=16)
 # ViX's CIFAR-10 models: a token per pixel of 32 px images, dim 128, depth 4, 4 heads of 32, MLP 256, no qkv bias.

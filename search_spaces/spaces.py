@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 
 from search_spaces.arch import (ATTENTIONS, BACKBONES, FFNS, POSITIONS, STEMS, ArchConfig, AttentionConfig,
                                  FFNConfig, QKVConfig)
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 
 class Trial(Protocol):

@@ -7,7 +7,7 @@ import torch
 
 from search_spaces.arch import ArchConfig, QKVConfig
 from search_spaces.build import build_model, qkv_modules
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.presets import PRESETS, fit_patch_size, load_arch
 
 EQUIVALENT = [("xcit-n12", "xcit_nano_12_p16_224", 3_053_224), ("deit-tiny", "vit_tiny_patch16_224", 5_717_416),

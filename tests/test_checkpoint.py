@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from trainers.checkpoint import checkpoint_record, load_checkpoint, save_checkpoint

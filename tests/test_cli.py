@@ -86,8 +86,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_import_rules():
-    """nas -> trainers -> search_spaces -> core; nothing but the CLI imports a command; Ray only in nas/ and trial."""
-    layers = {"core": 0, "search_spaces": 1, "trainers": 2, "nas": 3}
+    """nas -> trainers -> search_spaces -> qkvnas_core; nothing but the CLI imports a command; Ray only in nas/ and trial."""
+    layers = {"qkvnas_core": 0, "search_spaces": 1, "trainers": 2, "nas": 3}
     for path in ROOT.glob("*/**/*.py"):
         package = path.relative_to(ROOT).parts[0]
         if package not in layers:

@@ -20,7 +20,7 @@ import torchvision.datasets
 
 from dataset_files import (CIFAR10_NAMES, write_cars_annotations, write_cifar10, write_cifar100, write_image_folders,
                            write_jpeg, write_stanford_cars, write_stl10)
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from trainers import data
 from trainers.data import FileImageDataset, FileSplit, TensorSplit, dataset_names, load_dataset
 

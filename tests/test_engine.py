@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from trainers.batches import TensorBatches, make_batches

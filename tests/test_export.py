@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.export import load_exported

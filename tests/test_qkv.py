@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from search_spaces.arch import QKVConfig
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.qkv import QKVEmbedding, SeparateLinear, SharedLinear
 
 DIM = 16

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from trainers.recipe import RECIPES, Recipe, get_recipe
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import trainers.retrain as retrain
-from core.files import write_json_atomic
+from qkvnas_core.files import write_json_atomic
 from nas.cli import main
 from nas.results import TrialTable
 from nas.retrain import Candidate, fitted_arch

@@ -9,7 +9,7 @@ import os
 import optuna
 import pytest
 
-from core.files import exclusive_lock
+from qkvnas_core.files import exclusive_lock
 
 from nas.budget import Budget
 from nas.cli import main

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import trainers.retrain as retrain
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from dataset_files import write_cifar10, write_stl10
 from search_spaces.arch import ArchConfig
 from trainers.checkpoint import load_checkpoint

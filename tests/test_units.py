@@ -1,8 +1,8 @@
 """Counts and durations as people write and read them."""
 import pytest
 
-from core.errors import UsageError
-from core.units import format_count, format_duration, parse_count
+from qkvnas_core.errors import UsageError
+from qkvnas_core.units import format_count, format_duration, parse_count
 
 
 @pytest.mark.parametrize("text,count", [("3.1M", 3_100_000), ("3100000", 3_100_000), ("3.1e6", 3_100_000),

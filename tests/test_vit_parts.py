@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.arch import ATTENTIONS, FFNS, POSITIONS, STEMS, ArchConfig, AttentionConfig, FFNConfig
 from search_spaces.attention import QKVAttention
 from search_spaces.build import ConvStem, build_model

@@ -1,5 +1,5 @@
 """How any model is trained and evaluated: datasets, recipes, the loop, checkpoints, retrain and transfer."""
-from core.lazy import lazy_exports
+from qkvnas_core.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "load_dataset": "data", "dataset_names": "data", "DatasetSplits": "data", "DatasetInfo": "data",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from trainers.data import DatasetInfo, FileImageDataset, FileSplit, TensorSplit
 from trainers.recipe import Recipe
 from trainers.runtime import Distributed, physical_cores, stream_seed

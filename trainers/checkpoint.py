@@ -28,8 +28,8 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
-from core.errors import UsageError
-from core.files import read_json_object, write_bytes_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import read_json_object, write_bytes_atomic
 from trainers.recipe import Recipe
 
 FORMAT = "qkvnas-checkpoint/1"

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from trainers import checkpoint as ckpt
 from trainers.batches import Batches, TensorBatches, make_batches

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 SCHEDULES = ("cosine", "constant")
 REFERENCE_BATCH = 512

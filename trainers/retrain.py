@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.errors import UsageError
-from core.files import read_json_object, write_json_atomic, write_text_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import read_json_object, write_json_atomic, write_text_atomic
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops

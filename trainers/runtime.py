@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from core.errors import UsageError
-from core.files import write_json_atomic, write_text_atomic
+from qkvnas_core.errors import UsageError
+from qkvnas_core.files import write_json_atomic, write_text_atomic
 from trainers import checkpoint as ckpt
 from trainers.data import DatasetSplits, dataset_names
 from trainers.engine import EpochMetrics, TrainingDiverged

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.units import format_count
+    from qkvnas_core.units import format_count
     from search_spaces.build import timm_reference_name
     from search_spaces.cost import count_flops, count_params
     from search_spaces.presets import load_arch, shape_of

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.errors import UsageError
-    from core.files import read_json_object
+    from qkvnas_core.errors import UsageError
+    from qkvnas_core.files import read_json_object
     from search_spaces.export import (MODEL_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx,
                                       export_safetensors, model_description, onnx_difference, write_description)
     from trainers.checkpoint import load_checkpoint

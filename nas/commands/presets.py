@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.errors import UsageError
+    from qkvnas_core.errors import UsageError
     from search_spaces.cost import count_flops, count_params
     from search_spaces.presets import PRESET_NOTES, PRESETS, shape_of
 

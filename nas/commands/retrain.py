@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.units import format_count
+    from qkvnas_core.units import format_count
     from nas.retrain import RetrainRequest, retrain_run
     from nas.tables import percent, table_text
 

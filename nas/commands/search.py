@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 from nas.flags import count_argument
 from nas.ray_runtime import prefer_loopback
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def recorded_address(run_dir: Path) -> str | None:
     """The Ray address a run was searched with (search.json), to decide before Ray is imported whether it is local."""
-    from core.files import read_json_object
+    from qkvnas_core.files import read_json_object
 
     path = run_dir / "search.json"
     return read_json_object(path, "the settings object `nas search` writes").get("address") if path.is_file() else None

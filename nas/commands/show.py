@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size", "num_classes", "in_chans",
                   "trials", "epochs", "seed", "started", "finished")
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def trials_text(trials) -> str:
     """Trials as an aligned table with readable units (params in K/M, GFLOPs, accuracy in %)."""
-    from core.units import format_count, format_duration
+    from qkvnas_core.units import format_count, format_duration
     from nas.tables import table_text
 
     return table_text(trials, {"trial_id": str, "state": str, "structure": str, "params": format_count,
@@ -32,7 +32,7 @@ def _indent(text: str) -> str:
 
 def run_summary(run, top: int) -> str:
     """The terminal summary of one run (a nas.results.Run)."""
-    from core.units import format_count, format_duration
+    from qkvnas_core.units import format_count, format_duration
     from nas.pareto import SCORE, pareto_front, scored_trials
     from nas.results import state_counts
     from search_spaces.arch import ArchConfig
@@ -69,7 +69,7 @@ def runs_overview(results_dir: Path) -> str:
     """One row per run folder under `results_dir`: its settings and best figures."""
     import pandas as pd
 
-    from core.units import format_count
+    from qkvnas_core.units import format_count
     from nas.pareto import SCORE, scored_trials
     from nas.results import read_run
 

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def paper_table(frame, datasets: list[str]) -> str:
     """The paper's layout: model, params, test top-1 (%) per dataset, average."""
-    from core.units import format_count
+    from qkvnas_core.units import format_count
     from nas.tables import percent, table_text
 
     shown = frame.copy()

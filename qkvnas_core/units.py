@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
 COUNT_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)

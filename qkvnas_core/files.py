@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.errors import UsageError
+from qkvnas_core.errors import UsageError
 
 
 @contextmanager
