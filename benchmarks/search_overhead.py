@@ -17,21 +17,22 @@ from pathlib import Path
 
 from qkvnas_core.units import parse_count
 from nas.budget import Budget
-from nas.results import TrialTable, load_settings, load_trials
-from nas.searcher import BudgetedSearcher, open_study
+from nas.results import load_settings, load_trials, write_trials
+from nas.searcher import BudgetedSearcher, open_study, render_trials
+from search_spaces.shape import IMAGENET, DataShape
 from search_spaces.spaces import load_space
 
-SHAPES = {"digits": (10, 8, 1, 2), "imagenet": (1000, 224, 3, 16)}
+SHAPES = {"digits": DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2), "imagenet": IMAGENET}
 
 
 def time_sampling(space_name: str, budget: int, shape: str, configs: int, seed: int) -> tuple[float, int, int]:
-    """(seconds per feasible config, feasible configs, infeasible draws)."""
-    num_classes, img_size, in_chans, patch_size = SHAPES[shape]
+    """(seconds per feasible config, feasible configs, infeasible draws). trials.csv is rendered from the study
+    and written after every record, as in a search."""
     with tempfile.TemporaryDirectory() as folder:
-        table = TrialTable(Path(folder) / "trials.csv")
+        study = open_study(f"sqlite:///{folder}/study.db", "benchmark", seed)
         searcher = BudgetedSearcher(
-            load_space(space_name), patch_size, Budget(budget, None, num_classes, img_size, in_chans), table,
-            open_study(f"sqlite:///{folder}/study.db", "benchmark", seed), seed, epochs=1)
+            load_space(space_name), Budget(budget, None, SHAPES[shape]), study, seed, epochs=1,
+            on_record=lambda ended: write_trials(Path(folder) / "trials.csv", render_trials(study)))
         scores = random.Random(seed)
         start = time.perf_counter()
         for index in range(configs):
@@ -39,7 +40,7 @@ def time_sampling(space_name: str, budget: int, shape: str, configs: int, seed: 
             searcher.suggest(trial_id)
             searcher.on_trial_complete(trial_id, {"best_val_acc": scores.random(), "training_iteration": 1})
         seconds = time.perf_counter() - start
-        return seconds / configs, configs, table.count("infeasible")
+        return seconds / configs, configs, int((render_trials(study)["state"] == "infeasible").sum())
 
 
 def asha_savings(run_dir: Path) -> tuple[float, int, int]:

@@ -79,7 +79,7 @@ def main() -> int:
     recipe = get_recipe("proxy", batch_size=batch_size, label_smoothing=0.0, warmup_epochs=0)
 
     torch.manual_seed(0)
-    engine_model = build_model(PRESETS["xcit-n12"], num_classes, img_size, info.in_chans)
+    engine_model = build_model(PRESETS["xcit-n12"], info.shape)
     batches = TensorBatches(data.train, info, device, batch_size=batch_size, train=True, seed=0,
                             crop_padding=recipe.crop_padding, hflip=recipe.hflip, channels_last=cuda)
     training = build_training(engine_model, recipe, num_classes, device, steps_per_epoch=len(batches),

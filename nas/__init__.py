@@ -6,8 +6,8 @@ from qkvnas_core.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "SearchSettings": "search", "run_search": "search", "resume_search": "search",
-    "BudgetedSearcher": "searcher", "Budget": "budget", "check_feasible": "budget",
-    "TrialTable": "results", "Run": "results", "read_run": "results", "load_trials": "results",
+    "SearchResult": "search", "BudgetedSearcher": "searcher", "render_trials": "searcher", "Budget": "budget",
+    "check_feasible": "budget", "Run": "results", "read_run": "results", "load_trials": "results",
     "find_run": "results", "pareto_front": "pareto", "write_pareto": "pareto", "plot_front": "pareto",
     "Progress": "progress", "RetrainRequest": "retrain", "retrain_run": "retrain",
 })

@@ -9,26 +9,27 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.units import format_count
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
+from search_spaces.shape import DataShape
 from search_spaces.spaces import Space, draw
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The limits (params, optional FLOPs per image) and the data shape a model's cost is measured at."""
+    """The limits (params, optional FLOPs per image) and the data shape a model's cost is measured at; the
+    shape's patch size is the one the space builds with."""
 
     params: int
     max_flops: int | None
-    num_classes: int
-    img_size: int
-    in_chans: int
+    shape: DataShape
 
     def measure(self, arch: ArchConfig) -> tuple[int, int | None]:
-        """Params always; FLOPs only when they are limited (the trial measures them otherwise)."""
-        params = count_params(arch, self.num_classes, self.img_size, self.in_chans)
-        flops = None
-        if self.max_flops is not None and params <= self.params:
-            flops = count_flops(arch, self.num_classes, self.img_size, self.in_chans)
-        return params, flops
+        """Params always; FLOPs of a model within the params budget. Counting them runs the model at the
+        shape on the meta device (cost.check_buildable): one that cannot run is a UsageError here, not a
+        failed trial."""
+        params = count_params(arch, self.shape)
+        if params > self.params:
+            return params, None
+        return params, count_flops(arch, self.shape)
 
     def violation(self, params: int, flops: int | None) -> dict[str, float]:
         """Optuna's constraint values by name: each <= 0 when met."""
@@ -46,7 +47,7 @@ def _draw_error(error: Exception) -> str:
     return f"the space raised {type(error).__name__}: {lines[0] if lines else ''}"
 
 
-def smallest_model(space: Space, patch_size: int, budget: Budget, cost: str = "params", draws: int = 200,
+def smallest_model(space: Space, budget: Budget, cost: str = "params", draws: int = 200,
                    seed: int = 0) -> tuple[int, ArchConfig] | None:
     """The model of least `cost` (params or flops) the space builds, found by an Optuna study minimising it."""
     count = count_params if cost == "params" else count_flops
@@ -55,8 +56,8 @@ def smallest_model(space: Space, patch_size: int, budget: Budget, cost: str = "p
     for _ in range(draws):
         trial = study.ask()
         try:
-            arch = draw(space, trial, patch_size)
-            value = count(arch, budget.num_classes, budget.img_size, budget.in_chans)
+            arch = draw(space, trial, budget.shape)
+            value = count(arch, budget.shape)
         except Exception:  # a draw that builds nothing, invalid or raising, is no candidate
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
@@ -66,9 +67,8 @@ def smallest_model(space: Space, patch_size: int, budget: Budget, cost: str = "p
     return best
 
 
-def smallest_description(space_name: str, space: Space, patch_size: int, budget: Budget,
-                         cost: str = "params") -> str:
-    found = smallest_model(space, patch_size, budget, cost)
+def smallest_description(space_name: str, space: Space, budget: Budget, cost: str = "params") -> str:
+    found = smallest_model(space, budget, cost)
     if found is None:
         return f"space {space_name!r} built no valid architecture"
     value, arch = found
@@ -78,7 +78,7 @@ def smallest_description(space_name: str, space: Space, patch_size: int, budget:
             f"({format_count(value)})")
 
 
-def check_feasible(space_name: str, space: Space, patch_size: int, budget: Budget, draws: int) -> None:
+def check_feasible(space_name: str, space: Space, budget: Budget, draws: int) -> None:
     """Before any trial: a space that builds no valid model, or a limit no model meets, is one clear error
     naming what binds (the architecture rule, the parameter budget or the FLOPs limit)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -86,7 +86,7 @@ def check_feasible(space_name: str, space: Space, patch_size: int, budget: Budge
     for _ in range(draws):
         trial = study.ask()
         try:
-            params, flops = budget.measure(draw(space, trial, patch_size))
+            params, flops = budget.measure(draw(space, trial, budget.shape))
         except Exception as error:  # a user's space is user code: any error of a draw is reported, not raised
             first_error = first_error or _draw_error(error)
             continue
@@ -97,14 +97,14 @@ def check_feasible(space_name: str, space: Space, patch_size: int, budget: Budge
         within_params += violation["params"] <= 0
     if not measured:
         raise UsageError(f"space {space_name!r} built no valid architecture in {draws} draws at patch size "
-                         f"{patch_size}: {first_error}")
+                         f"{budget.shape.patch_size}: {first_error}")
     if within_params:
         raise UsageError(f"max {format_count(budget.max_flops)} FLOPs ({budget.max_flops:,}) admits no model of space "
                          f"{space_name!r} within the budget: "
-                         f"{smallest_description(space_name, space, patch_size, budget, 'flops')}; expected a FLOPs "
+                         f"{smallest_description(space_name, space, budget, 'flops')}; expected a FLOPs "
                          "limit of at least that")
     raise UsageError(f"budget {format_count(budget.params)} ({budget.params:,} params) admits no model of space "
-                     f"{space_name!r}: {smallest_description(space_name, space, patch_size, budget)}; "
+                     f"{space_name!r}: {smallest_description(space_name, space, budget)}; "
                      "expected a budget of at least that")
 
 

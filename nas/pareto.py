@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
 from nas.results import Run, read_run, state_counts
 from search_spaces.arch import QKVConfig, structure_name
+from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.shape import DataShape
 
 SCORE = "val_acc"
 SCORED_STATES = ("complete", "stopped")
@@ -182,29 +184,35 @@ def parse_costs(values: Iterable[str] | None) -> list[str]:
     return list(dict.fromkeys(costs)) or ["params"]
 
 
-def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str) -> pd.DataFrame:
+def _run_shape(run: Run, why: str) -> DataShape:
+    """The data shape the run's trials were built for, from its search.json."""
+    return DataShape(img_size=int(run.setting("img_size", why)), in_chans=int(run.settings.get("in_chans", 3)),
+                     num_classes=int(run.setting("num_classes", why)))
+
+
+def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str,
+                  say: Callable[[str], None]) -> pd.DataFrame:
     """`table` plus latency columns, measured for `rows` (one measurement per distinct architecture)."""
     from search_spaces.arch import ArchConfig
     from search_spaces.build import build_model
-    from search_spaces.latency import device_name, measure_latency, resolve_device
+    from search_spaces.device import parse_device
+    from search_spaces.latency import device_name, measure_latency
 
-    torch_device = resolve_device(device)
+    torch_device = parse_device(device)
     why = "to build the models whose latency is measured"
-    num_classes = int(run.setting("num_classes", why))
-    img_size = int(run.setting("img_size", why))
-    in_chans = int(run.settings.get("in_chans", 3))
+    shape = _run_shape(run, why)
     if "arch" not in table.columns:
         raise UsageError(f"{run.path / 'trials.csv'} has no arch column: expected it {why}")
     table = table.copy()
     for column in LATENCY_COLUMNS:
         table[column] = pd.Series(dtype=str if column == "latency_device" else float)
-    print(f"measuring latency of {table.loc[rows, 'arch'].nunique()} architectures on {device}")
+    say(f"measuring latency of {table.loc[rows, 'arch'].nunique()} architectures on {device}")
     measured: dict[str, dict[str, float]] = {}
     for index in rows:
         arch_json = table.at[index, "arch"]
         if arch_json not in measured:
-            model = build_model(ArchConfig.from_json(str(arch_json)), num_classes, img_size, in_chans)
-            measured[arch_json] = measure_latency(model, img_size, in_chans, torch_device)
+            model = build_model(ArchConfig.from_json(str(arch_json)), shape)
+            measured[arch_json] = measure_latency(model, shape, torch_device)
         table.loc[index, ["latency_ms", "throughput"]] = [measured[arch_json]["latency_ms"],
                                                           measured[arch_json]["throughput"]]
         table.loc[index, "latency_device"] = device_name(torch_device)
@@ -212,20 +220,18 @@ def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str) ->
 
 
 def reference_points(run: Run) -> pd.DataFrame | None:
-    """The published models at the run's image size and classes, or None (said why) off ImageNet."""
-    dataset = run.settings.get("dataset", "an unknown dataset")
-    if dataset != "imagenet":
-        print(f"references left out: their accuracies are ImageNet top-1, not comparable with {dataset}")
+    """The published models at the run's image size and classes, or None off ImageNet (their accuracies are
+    ImageNet top-1, comparable with no other dataset)."""
+    if run.settings.get("dataset") != "imagenet":
         return None
     from search_spaces.cost import count_flops, count_params
     from search_spaces.presets import get_preset
 
     why = "to count the reference models' parameters and FLOPs"
-    shape = (int(run.setting("num_classes", why)), int(run.setting("img_size", why)),
-             int(run.settings.get("in_chans", 3)))
+    shape = _run_shape(run, why)
     rows = [{"name": name, "preset": preset, SCORE: accuracy,
-             "params": published or count_params(get_preset(preset), *shape),
-             "flops": count_flops(get_preset(preset), *shape)}
+             "params": published or count_params(get_preset(preset), shape),
+             "flops": count_flops(get_preset(preset), shape)}
             for name, preset, accuracy, published in REFERENCE_MODELS]
     return pd.DataFrame(rows)
 
@@ -240,14 +246,32 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, temporary)
 
 
+@dataclass
+class ParetoOutcome:
+    """What `write_pareto` computed and wrote: the front over `costs`, out of `scored` trials, and its files (the
+    csv first); references are the published models drawn, None when not asked for or off ImageNet."""
+
+    front: pd.DataFrame
+    costs: list[str]
+    scored: int
+    dataset: str | None
+    out: Path
+    written: list[Path]
+    references: pd.DataFrame | None
+
+    @property
+    def csv_path(self) -> Path:
+        return self.written[0]
+
+
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
-                 measure_latency: bool = False, device: str = "auto", out_dir: str | Path | None = None,
-                 name: str = "pareto") -> Path:
+                 measure_latency: bool = False, device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None,
+                 name: str = "pareto", say: Callable[[str], None] = print) -> ParetoOutcome:
     """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
 
     With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg.
-    Returns the path of the csv. `nas search` writes its own front as `search_front.*`, so a front a user drew
-    with `nas pareto` (pareto.*) is never overwritten by a resumed search.
+    `nas search` writes its own front as `search_front.*`, so a front a user drew with `nas pareto` (pareto.*)
+    is never overwritten by a resumed search. `say` gets the progress lines (latency being measured).
     """
     run = read_run(run_dir)
     costs = parse_costs(costs)
@@ -264,10 +288,10 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
                              f"expected a {column} column to use cost {cost!r}")
     if "latency" in costs:
         # Any scored trial may be on a front that includes latency, so all of them are measured.
-        table = _with_latency(table, scored.index, run, device)
+        table = _with_latency(table, scored.index, run, device, say)
     front = pareto_front(table, [COST_COLUMNS[cost] for cost in costs])
     if measure_latency and "latency" not in costs:
-        front = _with_latency(front, front.index, run, device)
+        front = _with_latency(front, front.index, run, device, say)
     references = reference_points(run) if reference else None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -284,10 +308,5 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
             for plot in plots:
                 _copy(plot, out / f"{name}{plot.suffix}")
                 written.append(out / f"{name}{plot.suffix}")
-    if references is not None:
-        print("references: " + "; ".join(f"{row.name} {getattr(row, SCORE) * 100:.1f}% top-1, "
-                                          f"{row.params / 1e6:.2f}M params, {row.flops / 1e9:.2f} GFLOPs"
-                                          for row in references.itertuples(index=False)))
-    print(f"front over {' + '.join(costs)}: {len(front)} of {len(scored)} scored trials; "
-          f"wrote {', '.join(path.name for path in written)} to {out}")
-    return csv_path
+    return ParetoOutcome(front=front, costs=costs, scored=len(scored), dataset=run.settings.get("dataset"), out=out,
+                         written=written, references=references)

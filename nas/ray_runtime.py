@@ -1,35 +1,28 @@
 """Starting or joining Ray for a search or a retrain: loopback-only when local, resources checked before any work.
 
 Ray has no authentication: whoever reaches its ports can run code on the machine. A Ray this process
-starts itself (no `--address`, or `--address local`) therefore listens on 127.0.0.1 only: Ray's
-single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the mode it uses on macOS and Windows) makes
-the node's address the loopback one, and every Ray server binds to the node's address. The mode is read
-when Ray is imported, so `prefer_loopback` must run first; the `nas` commands call it before they import
-anything that imports Ray. Joining a cluster (`--address host:port`) keeps Ray's own behaviour: see
-docs/search.md for the ports to open, and only to the cluster's machines.
+starts itself (no `--address`, or `--address local`) therefore listens on 127.0.0.1 only, whoever starts
+it (a command, or the library from Python after `import ray`): see `start_ray`. Joining a cluster
+(`--address host:port`) keeps Ray's own behaviour: see docs/search.md for the ports to open, and only to the
+cluster's machines.
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from qkvnas_core.errors import UsageError
 
-LOOPBACK_MODE = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Addresses that start a Ray of this process's own rather than join one.
 LOCAL_ADDRESSES = (None, "local")
 CONNECT_TIMEOUT_S = 5.0
-
-
-def prefer_loopback(address: str | None) -> None:
-    """Before Ray is imported: a Ray started here will listen on loopback only."""
-    if address in LOCAL_ADDRESSES:
-        os.environ.setdefault(*LOOPBACK_MODE)
 
 
 def check_reachable(address: str) -> None:
@@ -47,24 +40,47 @@ def check_reachable(address: str) -> None:
                          "the address of a running `ray start --head`") from None
 
 
-def start_ray(address: str | None, verbose: bool = False) -> bool:
-    """Join the cluster at `address`, or start a local Ray on this machine's cores; True when started here
-    (the caller shuts it down). A local Ray that could not be kept on loopback says so in one line."""
-    import ray
+@contextlib.contextmanager
+def single_machine_mode() -> Iterator[None]:
+    """Ray's single-machine mode (the one it uses on macOS and Windows) while a local Ray starts.
 
+    In it Ray gives the node the address 127.0.0.1, and every Ray server (GCS, raylet, object manager, agents,
+    workers) binds to the node's address; out of it the node takes the machine's external address and the
+    servers listen on every interface. Ray reads the mode from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when
+    it is imported, and has no init argument for it (`ray.init(_node_ip_address="127.0.0.1")` is turned back
+    into the external address), so the flag it read is set here, whenever ray was imported."""
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def start_ray(address: str | None, log_to_driver: bool = False) -> bool:
+    """Join the cluster at `address`, or start a local Ray on this machine's cores, listening on loopback only;
+    True when started here (the caller shuts it down). A Ray already initialized in this process is used as
+    it is. log_to_driver: show the workers' output here."""
     if address not in LOCAL_ADDRESSES:
         check_reachable(address)
+    import ray
+
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=verbose)
-    if address is None:
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=log_to_driver)
+    if address not in LOCAL_ADDRESSES:
+        ray.init(address=address, **kwargs)
+        return True
+    with single_machine_mode():
         # "local" always starts a Ray of our own: without it Ray joins any cluster `ray start` left on this machine.
         ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
-    else:
-        ray.init(address=address, **kwargs)
-    if address in LOCAL_ADDRESSES and not ray.util.get_node_ip_address().startswith("127."):
-        print(f"warning: Ray was imported before {LOOPBACK_MODE[0]}={LOOPBACK_MODE[1]} could be set, so this local "
-              "Ray listens on every interface; set it before importing ray", file=sys.stderr)
+    node_address = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_address).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(f"a local Ray took the node address {node_address}, so its servers would listen on every "
+                           "interface: this Ray version no longer honours single_machine_mode")
     return True
 
 

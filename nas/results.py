@@ -1,19 +1,23 @@
-"""One tidy table per run: `results/<run>/trials.csv`, kept current and written atomically.
+"""One tidy table per run: `results/<run>/trials.csv`, rendered from the run's study and written atomically.
 
-Every later command (pareto, show, retrain) reads the run back through `load_trials`.
+The search writes it from its Optuna study (`nas.searcher.render_trials`) after every event; every later
+command (pareto, show, retrain) reads the run back through `load_trials`.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
 from search_spaces.arch import ArchConfig
+from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import read_json_object, write_text_atomic
+from qkvnas_core.files import check_json_fields, read_json_object, write_text_atomic
 
 STATES = ("complete", "stopped", "failed", "infeasible", "running", "queued")
 # The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.
@@ -24,71 +28,57 @@ ARCH_COLUMNS = list(ArchConfig().flat())
 COLUMNS = LEAD_COLUMNS + ARCH_COLUMNS + ["arch"]
 
 
-class TrialTable:
-    """The rows of one run, keyed by trial id (`t0007` = Optuna trial number 7)."""
-
-    def __init__(self, path: Path, read: bool = True) -> None:
-        self.path = path
-        self.rows: dict[str, dict[str, Any]] = {}
-        if read and path.exists():
-            for row in load_trials(path.parent).to_dict("records"):
-                self.rows[str(row["trial_id"])] = {k: (None if _is_missing(v) else v) for k, v in row.items()}
-
-    @staticmethod
-    def trial_id(number: int) -> str:
-        return f"t{number:04d}"
-
-    def start(self, trial_id: str, arch: ArchConfig, params: int, flops: int | None, seed: int | None,
-              state: str = "queued", reason: str = "") -> None:
-        self.rows[trial_id] = {
-            "trial_id": trial_id, "state": state, "reason": reason, "arch_id": arch.arch_id,
-            "structure": arch.structure, "params": params, "flops": flops, "val_acc": None, "last_val_acc": None,
-            "epochs": 0, "seconds": 0.0, "seed": seed, **arch.flat(), "arch": arch.to_json(),
-        }
-
-    def update(self, trial_id: str, **values: Any) -> None:
-        self.rows[trial_id].update(values)
-
-    def record_epoch(self, trial_id: str, epoch: int, val_acc: float, seconds: float) -> None:
-        row = self.rows[trial_id]
-        best = row["val_acc"]
-        row.update(epochs=epoch, last_val_acc=val_acc, seconds=seconds,
-                   val_acc=val_acc if best is None or val_acc > best else best)
-
-    def count(self, *states: str) -> int:
-        return sum(1 for row in self.rows.values() if row["state"] in states)
-
-    def best(self) -> dict[str, Any] | None:
-        scored = [r for r in self.rows.values() if r["state"] in ("complete", "stopped", "running")
-                  and r.get("val_acc") is not None]
-        return max(scored, key=lambda r: (r["val_acc"], -r["params"]), default=None)
-
-    def trained(self) -> int:
-        """Trials that went through Ray and ended (interrupted ones are not counted: a resume replaces them)."""
-        return sum(1 for row in self.rows.values()
-                   if row["state"] in ("complete", "stopped", "failed") and row.get("seed") is not None
-                   and row.get("reason") != INTERRUPTED)
-
-    def close_running(self) -> None:
-        """Rows a stopped session left queued or running become failed (interrupted): a resume trains them again."""
-        for row in self.rows.values():
-            if row["state"] in ("queued", "running"):
-                row.update(state="failed", reason=INTERRUPTED)
-
-    def interrupted(self) -> int:
-        return sum(1 for row in self.rows.values() if row.get("reason") == INTERRUPTED)
-
-    def frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=COLUMNS)
-        # Counts stay integers in the file (a missing value would make pandas write 5.0 for seed 5).
-        return frame.astype({name: "Int64" for name in INTEGER_COLUMNS})
-
-    def write(self) -> None:
-        write_text_atomic(self.path, self.frame().to_csv(index=False))
+def format_trial_id(number: int) -> str:
+    """The id of Optuna trial `number` in trials.csv: `t0007`."""
+    return f"t{number:04d}"
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+def trial_row(number: int, state: str, reason: str = "", arch: ArchConfig | None = None, params: int | None = None,
+              flops: int | None = None, seed: int | None = None, curve: Sequence[float] = (),
+              seconds: float = 0.0) -> dict[str, Any]:
+    """One row of trials.csv; `curve` is val_acc after each epoch. A draw that built no architecture has only
+    its id, state and reason."""
+    row: dict[str, Any] = {"trial_id": format_trial_id(number), "state": state, "reason": reason}
+    if arch is not None:
+        row.update(params=params, flops=flops, val_acc=max(curve, default=None),
+                   last_val_acc=curve[-1] if curve else None, epochs=len(curve), seconds=seconds, seed=seed,
+                   **_arch_columns(arch))
+    return row
+
+
+@lru_cache(maxsize=4096)
+def _arch_columns(arch: ArchConfig) -> dict[str, Any]:
+    # A search renders its table after every event: each architecture's columns are built once per process.
+    return {"arch_id": arch.arch_id, "structure": arch.structure, **arch.flat(), "arch": arch.to_json()}
+
+
+def trials_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as trials.csv holds them: every column, in order, counts as integers."""
+    frame = pd.DataFrame(list(rows), columns=COLUMNS)
+    # Counts stay integers in the file (a missing value would make pandas write 5.0 for seed 5).
+    return frame.astype({name: "Int64" for name in INTEGER_COLUMNS})
+
+
+def write_trials(path: Path, trials: pd.DataFrame) -> None:
+    write_text_atomic(path, trials.to_csv(index=False))
+
+
+def trained_count(trials: pd.DataFrame) -> int:
+    """Trials that went through Ray and ended (interrupted ones are not counted: a resume replaces them)."""
+    ended = trials["state"].isin(["complete", "stopped", "failed"]) & trials["seed"].notna()
+    return int((ended & (trials["reason"] != INTERRUPTED)).sum())
+
+
+def interrupted_count(trials: pd.DataFrame) -> int:
+    return int((trials["reason"] == INTERRUPTED).sum())
+
+
+def best_trial(trials: pd.DataFrame) -> dict[str, Any] | None:
+    """The row with the best val_acc so far (fewest params on a tie), or None before any score."""
+    scored = trials[trials["state"].isin(["complete", "stopped", "running"]) & trials["val_acc"].notna()]
+    if scored.empty:
+        return None
+    return scored.sort_values(["val_acc", "params"], ascending=[False, True], kind="stable").iloc[0].to_dict()
 
 
 def state_counts(table: pd.DataFrame) -> str:
@@ -129,18 +119,55 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
     raise UsageError(f"run folder {spec}: not found; expected a folder written by `nas search`, e.g. results/<run>")
 
 
+# The fields of search.json that commands read, with their JSON types; each may be absent (a resume checks the rest
+# as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
+SETTINGS_FIELDS = {
+    **dict.fromkeys(("name", "study_name", "dataset", "data_dir", "space", "address", "started", "finished"), str),
+    **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
+                     "epochs", "sessions", "split_version", "seed"), int),
+    **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
+    "ray_processes": list[tuple[int, int]], "versions": dict[str, str], "recipe_overrides": dict,
+}
+POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
+                     "epochs")
+FRACTION_SETTINGS = ("val_fraction", "train_fraction")
+
+
 def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str, Any]:
-    """A run's search.json; missing is an error when `required`, else {}; corrupt is always an error."""
+    """A run's search.json, each field commands read of its JSON type and in range (the data shape as DataShape
+    reads it); missing is an error when `required`, else {}; anything else wrong is one UsageError naming the
+    file and the field."""
     path = Path(run_dir) / "search.json"
     if not path.is_file():
         if required:
             raise UsageError(f"{path}: not found; expected a run folder written by nas search")
         return {}
-    return read_json_object(path, "the settings object `nas search` writes")
+    settings = read_json_object(path, "the settings object `nas search` writes")
+    try:
+        check_json_fields(settings, {name: hint | None for name, hint in SETTINGS_FIELDS.items()})
+        for name, value in settings.items():
+            if name in SETTINGS_FIELDS and isinstance(value, (int, float)) and value < (name in POSITIVE_SETTINGS):
+                raise UsageError(f"{name}={value}: expected a number of at least {int(name in POSITIVE_SETTINGS)}")
+            if name in FRACTION_SETTINGS and value is not None and not 0 < value <= 1:
+                raise UsageError(f"{name}={value}: expected a fraction above 0, at most 1")
+        if settings.get("img_size") is not None and settings.get("num_classes") is not None:
+            DataShape(img_size=settings["img_size"], in_chans=settings.get("in_chans") or 3,
+                      num_classes=settings["num_classes"])
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}") from None
+    return settings
+
+
+# trial_id is t<Optuna trial number>; accuracies are fractions; other numbers finite, from 0, and counts whole
+# numbers a float holds exactly.
+TRIAL_ID_PATTERN = re.compile(r"t[0-9]+")
+FRACTION_COLUMNS = ("val_acc", "last_val_acc")
+LARGEST_COUNT = 2**53
 
 
 def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's trials.csv with its numbers checked; missing, empty or corrupt is one clear UsageError."""
+    """A run's trials.csv with its values checked (ids, states, numbers, architectures); missing, empty or corrupt
+    is one UsageError naming the file, and the column and trial where a value is wrong."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir}: not found; expected a folder written by `nas search`, e.g. results/<run>")
@@ -157,15 +184,34 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
     missing = [name for name in REQUIRED_COLUMNS if name not in table.columns]
     if missing:
         raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
+
+    def refuse(name: str, rows: pd.Series, what: str) -> None:
+        row = table[rows].iloc[0]
+        raise UsageError(f"{path}: column {name} holds {str(row[name])[:60]!r} (trial {str(row['trial_id'])[:20]}): "
+                         f"expected {what}")
+
+    ids = table["trial_id"].fillna("")
+    bad_ids = ~ids.map(lambda text: bool(TRIAL_ID_PATTERN.fullmatch(text)))
+    if bad_ids.any():
+        refuse("trial_id", bad_ids, "t followed by the trial number, e.g. t0007")
+    bad_states = ~table["state"].isin(STATES)
+    if bad_states.any():
+        refuse("state", bad_states, f"one of {', '.join(STATES)}")
     for name in NUMERIC_COLUMNS:
         if name not in table.columns:
             continue
-        numbers = pd.to_numeric(table[name], errors="coerce")
-        bad = numbers.isna() & table[name].notna()
+        numbers = pd.to_numeric(table[name], errors="coerce").astype(float)
+        highest = 1 if name in FRACTION_COLUMNS else LARGEST_COUNT
+        bad = (numbers.isna() & table[name].notna()) | ~numbers.between(0, highest) & numbers.notna()
+        if name in INTEGER_COLUMNS:
+            bad |= (numbers % 1 != 0) & numbers.notna()
         if bad.any():
-            row = table[bad].iloc[0]
-            raise UsageError(f"{path}: column {name} holds {row[name]!r} (trial {row['trial_id']}): expected a number")
-        table[name] = numbers.astype("Int64") if name in INTEGER_COLUMNS and (numbers.dropna() % 1 == 0).all() else numbers
+            refuse(name, bad, f"{'a whole number' if name in INTEGER_COLUMNS else 'a number'} from 0 to {highest:,}")
+        table[name] = numbers.astype("Int64") if name in INTEGER_COLUMNS else numbers
+    if "arch" in table.columns:
+        for index, text in table["arch"].items():
+            if isinstance(text, str):
+                ArchConfig.from_json(text, f"{path}: column arch of trial {table['trial_id'][index]}")
     return table
 
 

@@ -2,13 +2,12 @@
 
 Winners come from the run's Pareto front (`top`), its trial ids (`trials`) or architectures (`archs`);
 `baselines` adds reference models under the very same recipe. Each model trains in
-<out>/retrain/<arch-id>/ (`trainers.retrain`), locally one after another (every torchrun rank runs the same
+<out>/retrain/<arch-id>/ (`trainers.from_scratch`), locally one after another (every torchrun rank runs the same
 code) or all at once as Ray tasks on a cluster; <out>/retrain.csv gets each model's row when it finishes.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +20,17 @@ import torch
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
 from nas.pareto import pareto_front, scored_trials
-from nas.results import TrialTable, find_run, load_settings, load_trials, state_counts
+from nas.ray_runtime import check_resources, start_ray
+from nas.results import find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
+from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.presets import fit_patch_size, load_arch
-from trainers.data import DatasetInfo
+from trainers.data import DataRequest, DatasetInfo
 from trainers.engine import TrainingDiverged
+from trainers.from_scratch import RETRAIN_COLUMNS, RetrainTask, retrain_model
+from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_VERSION
+from trainers.model_folder import plan, results_frame, say_on_main
 from trainers.recipe import Recipe, describe_recipe, full_recipe_name, get_recipe
-from trainers.retrain import (RETRAIN_COLUMNS, DataRequest, RetrainTask, plan, results_frame, retrain_model,
-                              say_on_main)
 from trainers.runtime import Distributed, init_distributed
 
 
@@ -79,7 +81,7 @@ def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searche
     rows = {str(row["trial_id"]): row for _, row in table.iterrows()}
     picked = []
     for trial_id in trial_ids:
-        key = TrialTable.trial_id(int(trial_id)) if trial_id.isdigit() else trial_id
+        key = format_trial_id(int(trial_id)) if trial_id.isdigit() else trial_id
         if key not in rows:
             known = sorted(rows)
             listed = ", ".join(known[:8]) + (f" ... ({len(known)} trials)" if len(known) > 8 else "")
@@ -116,7 +118,7 @@ class RetrainRequest:
     seed: int = 0
     out: str | None = None
     resume: bool = False
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     compile: bool = False
     address: str | None = None
     gpus_per_model: float = 0.0
@@ -190,14 +192,14 @@ def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRe
 
 def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
                on_result: Callable[[RetrainTask, dict[str, Any] | None, BaseException | None], None]) -> None:
-    """Every model as its own Ray task, all submitted at once; on_result runs on the driver as each ends."""
+    """Every model as its own Ray task, all submitted at once; on_result runs on the driver as each ends.
+    The address and the resources are checked as `nas search` checks them, and a local Ray is loopback-only."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # each model's epoch lines look alike; deduplication hides them
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
+    started = start_ray(address, log_to_driver=True)
     try:
+        check_resources(cpus, gpus, f"--cpus-per-model {cpus:g} --gpus-per-model {gpus:g}")
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(retrain_model)
         device = "cuda" if gpus > 0 else "cpu"
         # Ray workers may start elsewhere: they get absolute paths.
@@ -242,10 +244,17 @@ def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_mai
     data_request = DataRequest(
         name=dataset, data_dir=request.data_dir or (settings.get("data_dir") if same_data else None),
         download=request.download, img_size=request.img_size,
-        val_fraction=request.val_fraction if request.val_fraction is not None else settings.get("val_fraction", 0.2),
-        split_seed=request.split_seed if request.split_seed is not None else int(settings.get("seed", 0)))
+        val_fraction=(request.val_fraction if request.val_fraction is not None
+                      else settings.get("val_fraction", DEFAULT_VAL_FRACTION)),
+        split_seed=(request.split_seed if request.split_seed is not None
+                    else int(settings.get("seed", DEFAULT_SPLIT_SEED))))
     data = data_request.load()
     info = data.info
+    data_request = data_request.resolved(info)
+    searched_split = settings.get("split_version", 1)
+    if same_data and searched_split != SPLIT_VERSION:
+        say(f"note: {run_dir} was searched on validation split version {searched_split}; this version draws "
+            f"version {SPLIT_VERSION} (other images{', and another digits test set' if dataset == 'digits' else ''})")
     out = Path(request.out) if request.out is not None else run_dir
     tasks = retrain_tasks(picked, info, request, out, recipe, data_request, say)
     to_train, finished = plan(tasks, info)

@@ -1,9 +1,11 @@
 """One search: Ray Tune runs the trials, the budgeted searcher samples them, ASHA stops the weak early.
 
 `run_search(settings)` owns the run folder `results/<run>/`: search.json (settings, versions, seed),
-trials.csv (kept current, written atomically), study.db (Optuna's SQLite storage) and one Ray experiment
-folder per session (`ray-1`, `ray-2` after a resume). `resume_search(run_dir)` reopens the study and the
-table: finished trials are kept and never rerun; trials a crash left running are closed as failed.
+study.db (Optuna's SQLite storage, the record of truth), trials.csv (rendered from the study after every event,
+written atomically) and one Ray experiment folder per session (`ray-1`, `ray-2` after a resume).
+`resume_search(run_dir)` reopens the study: finished trials are kept and never rerun; trials a crash left
+running are closed as failed (interrupted). Both build one `SearchSession`, run it, and return a `SearchResult`;
+they print nothing (`on_progress` receives the live view's lines).
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import pandas as pd
 import ray
 from ray import tune
-from ray.tune import Callback
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import exclusive_lock, write_json_atomic
@@ -29,13 +31,14 @@ from nas.budget import Budget, check_feasible, smallest_description
 from nas.pareto import write_pareto
 from nas.progress import Progress
 from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
-from nas.results import TrialTable, load_settings
+from nas.results import best_trial, load_settings, trained_count, write_trials
 from nas.scheduler import RungScheduler
-from nas.searcher import (METRIC, BudgetedSearcher, close_interrupted, failure_reason, open_study, table_from_study,
+from nas.searcher import (METRIC, BudgetedSearcher, TrialEvents, close_interrupted, open_study, render_trials,
                           trial_curves)
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
-from trainers.recipe import get_recipe
+from trainers.holdout import DEFAULT_VAL_FRACTION, SPLIT_VERSION
+from trainers.recipe import PROXY, get_recipe
 from trainers.trial import TrialSettings, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,6 +46,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Settings a resume may change; the others define the run and stay as they were.
 RESUMABLE = ("trials", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
 LOCK_FILE = ".lock"
+TRIALS_FILE = "trials.csv"
 SEARCH_FRONT = "search_front"
 
 
@@ -62,14 +66,14 @@ class SearchSettings:
     classes: int | None = None
     train_fraction: float = 1.0
     img_size: int | None = None
-    val_fraction: float = 0.2
+    val_fraction: float = DEFAULT_VAL_FRACTION
     space: str = "qkv"
     patch_size: int | None = None
     trials: int = 16
     epochs: int = 10
     grace_epochs: int = 1
     reduction_factor: int = 4
-    recipe: str = "proxy"
+    recipe: str = PROXY.name
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     max_concurrent: int | None = None
     cpus_per_trial: float = 1.0
@@ -134,96 +138,211 @@ def load_search_data(settings: SearchSettings) -> DatasetSplits:
     return dataclasses.replace(splits, test=None)
 
 
-def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainable: Callable | None = None) -> int:
+def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainable: Callable | None = None,
+                  on_progress: Callable[[str], None] | None = None) -> SearchResult:
     """Continue the run in `run_dir` with its own settings. `changes` are the settings given again: the
     RESUMABLE ones change (validated as for a new run); any other is one UsageError, as it would silently
-    make the run a different search."""
+    make the run a different search. The run folder is locked before its search.json is read."""
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run folder; expected results/<run> from nas search")
-    record = load_settings(run_dir)
-    fixed = sorted(name for name in changes or {} if name not in RESUMABLE)
+    changes = changes or {}
+    fixed = sorted(name for name in changes if name not in RESUMABLE)
     if fixed:
         given = ", ".join(f"{_flag(name)} {changes[name]}" for name in fixed)
         raise UsageError(f"--resume {run_dir} with {given}: a resumed run keeps the settings it was started with; "
                          f"expected only {', '.join(_flag(name) for name in RESUMABLE)}, or a new run (--name)")
-    # The folder may have been moved or renamed since: it is where the run is now.
-    record.update(name=run_dir.name, results_dir=str(run_dir.parent), **(changes or {}))
-    return run_search(SearchSettings.from_dict(record), resume=True, trainable=trainable)
-
-
-def run_search(settings: SearchSettings, resume: bool = False, trainable: Callable | None = None) -> int:
-    """Run (or continue) a search; returns the process exit code. Nothing is written before every check
-    (space, data, budget, Ray and its resources) has passed; a resume holds the run folder's lock."""
-    run_dir = settings.run_dir
-    if run_dir.exists() and not resume:
-        raise UsageError(f"run folder {run_dir} already exists: pass --resume {run_dir} to continue it, "
-                         "or --name NEW for a new run")
-    if resume and not (run_dir / "search.json").is_file():
-        raise UsageError(f"{run_dir}: no search.json; expected a run folder written by nas search")
     with contextlib.ExitStack() as stack:
-        if resume:
-            stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
-        space = load_space(settings.space)
-        splits = load_search_data(settings)
-        info = splits.info
-        patch_size = settings.patch_size or info.patch_size
-        budget = Budget(settings.budget, settings.max_flops, info.num_classes, info.img_size, info.in_chans)
-        if not resume:
-            check_feasible(settings.space, space, patch_size, budget, settings.max_infeasible_streak)
-        started_ray = start_ray(settings.address, settings.verbose)
-        if started_ray:
-            stack.callback(ray.shutdown)
-        check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
-                        f"--cpus-per-trial {settings.cpus_per_trial:g} --gpus-per-trial {settings.gpus_per_trial:g}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
-        return _search(settings, resume, trainable, splits, space, patch_size, budget, started_ray)
+        stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
+        record = load_settings(run_dir)
+        # The folder may have been moved or renamed since: it is where the run is now.
+        settings = SearchSettings.from_dict({**record, "name": run_dir.name, "results_dir": str(run_dir.parent),
+                                             **changes})
+        if record.get("split_version", 1) != SPLIT_VERSION:
+            raise UsageError(f"--resume {run_dir}: its validation split is version {record.get('split_version', 1)} "
+                             f"(an older qkvnas), this version draws {SPLIT_VERSION}, with other images; expected a "
+                             "new run (--name)")
+        return open_session(settings, record, stack, trainable, on_progress).run()
 
 
-def _search(settings: SearchSettings, resume: bool, trainable: Callable | None, splits: DatasetSplits, space: Space,
-            patch_size: int, budget: Budget, started_ray: bool) -> int:
+def run_search(settings: SearchSettings, trainable: Callable | None = None,
+               on_progress: Callable[[str], None] | None = None) -> SearchResult:
+    """Run a new search into `settings.run_dir`; `on_progress` receives the live view's lines (none by default).
+    `trainable` replaces the trial function (tests inject faults with it)."""
+    if settings.run_dir.exists():
+        raise UsageError(f"run folder {settings.run_dir} already exists: pass --resume {settings.run_dir} to "
+                         "continue it, or --name NEW for a new run")
+    with contextlib.ExitStack() as stack:
+        return open_session(settings, None, stack, trainable, on_progress).run()
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """How one session of a search ended: what `run_search` and `resume_search` return, and `nas search` prints.
+
+    ended: finished (--trials trained), already trained (nothing was left to train), exhausted (no new feasible
+    architecture in max_infeasible_streak draws) or interrupted (Ctrl-C; a resume continues it)."""
+
+    run_dir: Path
+    ended: str
+    note: str  # why it ended before --trials were trained, or how to go on; "" when it finished
+    trials: pd.DataFrame  # trials.csv as written last
+    best: dict[str, Any] | None  # its row, None while no trial has a score
+    front: Path | None  # search_front.csv, written when a trial has a score
+    study: optuna.Study
+
+    @property
+    def trained(self) -> int:
+        return trained_count(self.trials)
+
+    @property
+    def exit_code(self) -> int:
+        """130 for an interrupted search (as Ctrl-C), 2 for a space exhausted before any score, else 0."""
+        if self.ended == "interrupted":
+            return 130
+        return 2 if self.ended == "exhausted" and self.best is None else 0
+
+
+@dataclass
+class SearchSession:
+    """One session of a run (a new search, or one resume of it), built once by `open_session`: what its steps
+    share. Its record in search.json, its study and trials.csv are current from the start."""
+
+    settings: SearchSettings
+    resumed: bool
+    space: Space
+    splits: DatasetSplits
+    budget: Budget
+    study: optuna.Study
+    clock: SessionClock
+    progress: Progress
+    trainable: Callable
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_dir
+
+    def run(self) -> SearchResult:
+        settings = self.settings
+        already = self.progress.already
+        if already >= settings.trials:
+            return self.finish("already trained", f"{self.run_dir}: {already} trials already trained "
+                                                  f"(--trials {settings.trials}); raise --trials to extend it")
+        exhausted = self.tune(settings.trials - already)
+        if exhausted:
+            return self.finish("exhausted", exhausted)
+        trained = trained_count(render_trials(self.study))
+        if trained < settings.trials:
+            # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
+            return self.finish("interrupted", f"search interrupted after {trained} of {settings.trials} trials; "
+                                              f"continue it with: nas search --resume {self.run_dir}")
+        return self.finish("finished", "")
+
+    def save_trials(self, ended: bool = False) -> None:
+        """trials.csv rendered from the study, after every event; when a trial `ended`, the session's time too."""
+        trials = render_trials(self.study)
+        write_trials(self.run_dir / TRIALS_FILE, trials)
+        if ended:
+            self.clock.write()
+        self.progress.show(trials, force=ended)
+
+    def tune(self, remaining: int) -> str:
+        """Ray Tune's part: `remaining` trials; returns why the space ran out of feasible draws, or ''."""
+        settings = self.settings
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        if not settings.verbose:
+            # Failed trials are recorded with their reason in trials.csv; Ray's tracebacks would bury the view.
+            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        searcher = BudgetedSearcher(
+            self.space, self.budget, self.study, settings.seed, settings.epochs,
+            settings.max_infeasible_streak, on_record=self.save_trials,
+            initial_points=None if self.resumed else list(getattr(self.space, "initial_points", [])))
+        scheduler = RungScheduler(METRIC, settings.epochs, settings.grace_epochs, settings.reduction_factor)
+        scheduler.seed(trial_curves(self.study))
+        trial_settings = TrialSettings(
+            recipe=get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
+            threads=max(1, int(settings.cpus_per_trial)), device="cuda" if settings.gpus_per_trial > 0 else "cpu")
+        resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(self.trainable, data=self.splits, settings=trial_settings),
+                                resources),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                        max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
+            run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}",
+                                      storage_path=str(self.run_dir.resolve()), verbose=1 if settings.verbose else 0,
+                                      callbacks=[TrialEvents(searcher)], failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        try:
+            tuner.fit()
+        finally:
+            # Trials Ctrl-C left running are failed (interrupted) in the study: a resume trains others instead.
+            close_interrupted(self.study)
+            self.save_trials(ended=True)
+        if searcher.exhausted:
+            return (f"stopped: {settings.max_infeasible_streak} draws in a row gave no new architecture within the "
+                    f"budget (every feasible one tried, or the budget too tight); "
+                    f"{smallest_description(settings.space, self.space, self.budget)}")
+        return ""
+
+    def finish(self, ended: str, note: str) -> SearchResult:
+        """Record the session's end and write the search's own front, search_front.* (params): `nas pareto`
+        writes pareto.*, which a search never touches."""
+        self.clock.write(finished=_now())
+        trials = render_trials(self.study)
+        best = best_trial(trials)
+        front = write_pareto(self.run_dir, name=SEARCH_FRONT).csv_path if best is not None else None
+        return SearchResult(self.run_dir, ended, note, trials, best, front, self.study)
+
+
+def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
+                 trainable: Callable | None, on_progress: Callable[[str], None] | None) -> SearchSession:
+    """Check everything a session needs (space, data, budget, Ray and its resources), then record its start:
+    search.json, the study (trials a stopped session left running closed as interrupted) and trials.csv.
+
+    `record` is the run's search.json on a resume (its folder already locked), None for a new run; nothing is
+    written before every check has passed. `stack` shuts down a Ray started here and releases the lock."""
+    say = on_progress or (lambda line: None)
+    resumed = record is not None
     run_dir = settings.run_dir
+    space = load_space(settings.space)
+    splits = load_search_data(settings)
     info = splits.info
-    record = load_settings(run_dir) if resume else {}
+    shape = dataclasses.replace(info.shape, patch_size=settings.patch_size or info.patch_size)
+    budget = Budget(settings.budget, settings.max_flops, shape)
+    if not resumed:
+        check_feasible(settings.space, space, budget, settings.max_infeasible_streak)
+    started_ray = start_ray(settings.address, settings.verbose)
+    if started_ray:
+        stack.callback(ray.shutdown)
+    check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
+                    f"--cpus-per-trial {settings.cpus_per_trial:g} --gpus-per-trial {settings.gpus_per_trial:g}")
+    if not resumed:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
+
+    record = dict(record or {})
     stopped = stop_leftovers([tuple(process) for process in record.get("ray_processes") or []])
     if stopped:
-        print(f"stopped {stopped} Ray processes the killed session left running")
-    sessions = int(record.get("sessions", 0)) + 1
+        say(f"stopped {stopped} Ray processes the killed session left running")
     record.update(settings.to_dict())
-    record.update(sessions=sessions, versions=versions(), patch_size=patch_size, num_classes=info.num_classes,
-                  img_size=info.img_size, in_chans=info.in_chans, started=record.get("started", _now()),
-                  finished=None, ray_processes=ray_processes() if started_ray else [])
-    write_json_atomic(run_dir / "search.json", record)
+    record.update(sessions=int(record.get("sessions", 0)) + 1, versions=versions(), split_version=SPLIT_VERSION,
+                  patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
+                  in_chans=shape.in_chans, started=record.get("started", _now()), finished=None,
+                  ray_processes=ray_processes() if started_ray else [])
     clock = SessionClock(run_dir / "search.json", record)
-
+    clock.write()
     study = open_study(f"sqlite:///{run_dir.resolve() / 'study.db'}", settings.study_name, settings.seed)
-    if resume:
-        close_interrupted(study)
-    table = TrialTable(run_dir / "trials.csv")
-    table.close_running()
-    if resume:
-        rebuilt = table_from_study(study, table.path)
-        if sorted(rebuilt.rows) != sorted(table.rows) or any(
-                rebuilt.rows[key]["state"] != table.rows[key]["state"] for key in rebuilt.rows):
-            print(f"{table.path} disagrees with study.db ({len(table.rows)} rows, {len(rebuilt.rows)} trials): "
-                  "rebuilt from the study, the record of truth")
-            table = rebuilt
-    table.write()
-    already = table.trained()
-    remaining = settings.trials - already
-    if remaining <= 0:
-        print(f"{run_dir}: {already} trials already trained (--trials {settings.trials}); "
-              f"raise --trials to extend it")
-        return finish(settings, table, clock, exhausted=None)
-    exhausted = _tune(settings, splits, space, patch_size, budget, table, study, remaining, already, sessions,
-                      resume, trainable, clock)
-    return finish(settings, table, clock, exhausted)
+    close_interrupted(study)
+    trials = render_trials(study)
+    write_trials(run_dir / TRIALS_FILE, trials)
+    progress = Progress(settings.trials, trained_count(trials), say)
+    return SearchSession(settings, resumed, space, splits, budget, study, clock, progress,
+                         trainable or run_trial)
 
 
 class SessionClock:
     """Keeps `seconds` in search.json current (a killed session's time is not lost): earlier sessions' total
-    plus this one's elapsed time, written on every trial event and at the end."""
+    plus this one's elapsed time, written at the start, on every trial's end and at the end."""
 
     def __init__(self, path: Path, record: dict[str, Any]) -> None:
         self.path, self.record = path, record
@@ -237,108 +356,3 @@ class SessionClock:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _tune(settings: SearchSettings, splits: DatasetSplits, space: Space, patch_size: int, budget: Budget,
-          table: TrialTable, study: optuna.Study, remaining: int, already: int, sessions: int, resume: bool,
-          trainable: Callable | None, clock: SessionClock) -> str | None:
-    """Ray Tune's part; returns the infeasible-streak message when the space ran out of feasible draws."""
-    run_dir = settings.run_dir.resolve()
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not settings.verbose:
-        # Failed trials are recorded with their reason in trials.csv; Ray's tracebacks would bury the view.
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    try:
-        progress = Progress(table, settings.trials, already)
-        searcher = BudgetedSearcher(
-            space, patch_size, budget, table, study, settings.seed, settings.epochs, settings.max_infeasible_streak,
-            initial_points=None if resume else list(getattr(space, "initial_points", [])), on_draw=progress.show)
-        scheduler = RungScheduler(METRIC, settings.epochs, settings.grace_epochs, settings.reduction_factor)
-        scheduler.seed(trial_curves(study))
-        trial_settings = TrialSettings(
-            recipe=get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
-            threads=max(1, int(settings.cpus_per_trial)), device="cuda" if settings.gpus_per_trial > 0 else "cpu")
-        resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable or run_trial, data=splits, settings=trial_settings),
-                                resources),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
-                                        trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
-            run_config=tune.RunConfig(name=f"ray-{sessions}", storage_path=str(run_dir),
-                                      verbose=1 if settings.verbose else 0,
-                                      callbacks=[ResultsCallback(table, searcher, progress, clock)],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        tuner.fit()
-        close_interrupted(study)
-        progress.show(force=True)
-        if searcher.exhausted:
-            return (f"stopped: {settings.max_infeasible_streak} draws in a row gave no new architecture within the "
-                    f"budget (every feasible one tried, or the budget too tight); "
-                    f"{smallest_description(settings.space, space, patch_size, budget)}")
-        return None
-    finally:
-        table.close_running()
-        table.write()
-
-
-def finish(settings: SearchSettings, table: TrialTable, clock: SessionClock, exhausted: str | None) -> int:
-    """Record the session's end, print the outcome, write the front; the exit code says how it ended.
-
-    The search's own front is search_front.* (params): `nas pareto` writes pareto.*, which a search never touches."""
-    clock.write(finished=_now())
-    run_dir = settings.run_dir
-    best = table.best()
-    code = 0
-    if exhausted:
-        print(exhausted)
-    elif table.trained() < settings.trials:
-        # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
-        print(f"search interrupted after {table.trained()} of {settings.trials} trials; "
-              f"continue it with: nas search --resume {run_dir}")
-        code = 130
-    if best is None:
-        print(f"{run_dir}: no trial has a score yet")
-        return 2 if exhausted else code
-    print(f"best: {best['trial_id']} val_acc {best['val_acc']:.4f} with {best['params']:,} params "
-          f"({best['structure']}); results in {run_dir}")
-    print(f"Pareto front: {write_pareto(run_dir, name=SEARCH_FRONT)}")
-    return code
-
-
-class ResultsCallback(Callback):
-    """Keeps trials.csv current as trials start and report (the searcher records how they end, a failure with
-    the reason read here from Ray's error files); drives the progress view and the session's time."""
-
-    def __init__(self, table: TrialTable, searcher: BudgetedSearcher, progress: Progress, clock: SessionClock) -> None:
-        self.table = table
-        self.searcher = searcher
-        self.progress = progress
-        self.clock = clock
-
-    @staticmethod
-    def _row_id(trial) -> str:
-        return TrialTable.trial_id(trial.config["trial_number"])
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.table.update(self._row_id(trial), state="running")
-        self.table.write()
-        self.progress.show()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        row_id = self._row_id(trial)
-        self.table.record_epoch(row_id, int(result["training_iteration"]), float(result["val_acc"]),
-                                float(result["trial_seconds"]))
-        if self.table.rows[row_id].get("flops") is None:
-            self.table.update(row_id, flops=int(result["flops"]))
-        self.table.write()
-        self.progress.show()
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.clock.write()
-        self.progress.show(force=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.searcher.record_failure(trial.trial_id, failure_reason(trial.pickled_error_file, trial.error_file))
-        self.on_trial_complete(iteration, trials, trial)

@@ -1,36 +1,48 @@
 """The budget-constrained searcher: a Ray Tune `Searcher` that owns an Optuna study and drives it by ask/tell.
 
 What users of NAS tools ask for, and what Ray's own OptunaSearch does not do:
-- every draw is counted on the meta device first; one over the budget is told to Optuna as infeasible
+- every draw is built and counted on the meta device first; one over the budget, or one that cannot be built
+  for the data (an invalid architecture, or a user's space that raised), is told to Optuna as infeasible
   (a complete trial whose constraint value is positive, so constrained TPE learns the boundary), is
-  written to the results as `infeasible`, and never becomes a Ray trial;
+  recorded as `infeasible` with its reason, never becomes a Ray trial and costs no trial of `--trials`;
 - a trial ASHA stopped is told to Optuna as PRUNED (its epochs reported as intermediate values), not as
   complete with a partial score; a failed trial is told as FAIL;
 - an architecture already trained is skipped when drawn again, and once TPE only repeats itself the
   draws turn random.
-The study lives in the run's study.db; `nas search --resume` reopens it from there.
+The study is the record of truth: everything about a trial (state from queued to its end, reason, seed,
+params, FLOPs, seconds, architecture, val_acc per epoch) is recorded there, and trials.csv is rendered from
+it by `render_trials`. The study lives in the run's study.db; `nas search --resume` reopens it from there.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
+from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from qkvnas_core.errors import UsageError
 from nas.budget import Budget, over_budget_reason
-from nas.results import INTERRUPTED, TrialTable
+from nas.results import INTERRUPTED, trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import Space, draw
 
 METRIC = "val_acc"
 # Draws in a row without a new feasible architecture after which the searcher draws at random instead of TPE.
 RANDOM_AFTER_STREAK = 20
+# The constraint value of a draw that cannot be built: above any model's excess params or FLOPs, so TPE ranks
+# it below every over-budget draw.
+UNBUILDABLE = 1e18
+# The state Optuna holds for a trial that recorded none of its own (a study from an older version).
+TOLD_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "stopped", TrialState.FAIL: "failed",
+               TrialState.RUNNING: "running"}
 
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:
@@ -48,83 +60,84 @@ def open_study(storage_url: str, study_name: str, seed: int) -> optuna.Study:
 
 
 class BudgetedSearcher(Searcher):
-    """Asks `study` for points of a define-by-run `space`, rejects over-budget ones, tells Optuna how trials end."""
+    """Asks `study` for points of a define-by-run `space`, rejects infeasible ones, records every trial event in
+    the study; `on_record(ended)` is called after each record (`ended`: a trial ended)."""
 
     def __init__(
             self,
             space: Space,
-            patch_size: int,
             budget: Budget,
-            table: TrialTable,
             study: optuna.Study,
             seed: int,
             epochs: int,
             max_infeasible_streak: int = 300,
             initial_points: list[dict[str, Any]] | None = None,
-            on_draw: Callable[[], None] | None = None,
+            on_record: Callable[[bool], None] | None = None,
             sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space = space
-        self.patch_size = patch_size
         self.budget = budget
-        self.table = table
         self.study = study
         self.seed = seed
         self.epochs = epochs
         self.max_infeasible_streak = max_infeasible_streak
-        self.on_draw = on_draw
+        self.on_record = on_record
         self.make_sampler = sampler or make_sampler
         self.infeasible_streak = 0
         self.exhausted = False
         self.running: dict[str, optuna.Trial] = {}
         self.last_results: dict[str, dict[str, Any]] = {}
         # Architectures already trained (or training): drawn again, they are skipped, not retrained.
-        self.trained_ids = {row["arch_id"] for row in table.rows.values()
-                            if row["state"] != "infeasible" and row.get("arch_id") and row.get("reason") != INTERRUPTED}
+        trials = render_trials(study)
+        trained = (trials["state"] != "infeasible") & trials["arch_id"].notna() & (trials["reason"] != INTERRUPTED)
+        self.trained_ids = set(trials.loc[trained, "arch_id"])
         for point in initial_points or []:
             study.enqueue_trial(point)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        # The streak counts draws in a row that gave nothing new to train: infeasible, invalid or repeated.
+        # The streak counts draws in a row that gave nothing new to train: infeasible, unbuildable or repeated.
         while self.infeasible_streak < self.max_infeasible_streak:
             with self._sampler_for_draw():
                 ot_trial = self.study.ask()
-                try:
-                    arch = draw(self.space, ot_trial, self.patch_size)
-                    params, flops = self.budget.measure(arch)
-                except UsageError as error:
-                    arch, invalid = None, f"invalid architecture: {error}"
-                except Exception as error:  # a user's space is user code: a draw that raises is a bad draw
-                    arch, invalid = None, f"the space raised {type(error).__name__}: {first_line(error)}"
-            row_id = TrialTable.trial_id(ot_trial.number)
-            if arch is None:
-                self._reject(ot_trial, row_id, None, None, None, invalid)
+                arch, cost, unbuildable = self._build(ot_trial)
+            if unbuildable:
+                self._reject(ot_trial, arch, None, None, unbuildable_violation(self.budget), unbuildable)
                 continue
             if arch.arch_id in self.trained_ids:
                 self._skip_duplicate(ot_trial, arch)
                 continue
+            params, flops = cost
             violation = self.budget.violation(params, flops)
-            for key, value in violation.items():
-                ot_trial.set_constraint(key, value)
-            # optuna-dashboard reads only the pre-5.0 list in system attr "constraints" (Optuna has no public setter).
-            ot_trial.storage.set_trial_system_attr(ot_trial._trial_id, "constraints", list(violation.values()))
-            ot_trial.set_user_attr("params", params)
-            ot_trial.set_user_attr("arch", arch.to_json())
             if max(violation.values()) > 0:
-                self._reject(ot_trial, row_id, arch, params, flops, over_budget_reason(self.budget, params, flops))
+                self._reject(ot_trial, arch, params, flops, violation, over_budget_reason(self.budget, params, flops))
                 continue
             self.infeasible_streak = 0
             self.trained_ids.add(arch.arch_id)
             self.running[trial_id] = ot_trial
             seed = self.seed + ot_trial.number
-            ot_trial.set_user_attr("seed", seed)
-            self.table.start(row_id, arch, params, flops, seed)
-            self.table.write()
+            _set_constraints(ot_trial, violation)
+            _set_attrs(ot_trial, arch=arch.to_json(), params=params, flops=flops, seed=seed, state="queued")
+            self._recorded()
             return {"arch": arch.to_dict(), "trial_number": ot_trial.number, "seed": seed, "params": params,
                     "flops": flops}
         self.exhausted = True
         return Searcher.FINISHED
+
+    def _build(self, ot_trial: optuna.Trial) -> tuple[ArchConfig | None, tuple[int, int | None] | None, str]:
+        """(architecture, (params, FLOPs), why it cannot be built: '' when it can)."""
+        try:
+            arch = draw(self.space, ot_trial, self.budget.shape)
+        except UsageError as error:
+            return None, None, f"invalid architecture: {error}"
+        except Exception as error:  # a user's space is user code: a draw that raises is an unbuildable draw
+            return None, None, f"the space raised {type(error).__name__}: {first_line(error)}"
+        try:
+            return arch, self.budget.measure(arch), ""
+        except UsageError as error:
+            return arch, None, f"invalid architecture: {error}"
+        except Exception as error:  # a model the builders reject (timm's own checks) is as unbuildable
+            return arch, None, f"building it raised {type(error).__name__}: {first_line(error)}"
 
     @contextmanager
     def _sampler_for_draw(self) -> Iterator[None]:
@@ -146,31 +159,39 @@ class BudgetedSearcher(Searcher):
         ot_trial.set_user_attr("duplicate_of", arch.arch_id)
         self.study.tell(ot_trial, state=TrialState.FAIL)
 
-    def _reject(self, ot_trial: optuna.Trial, row_id: str, arch: ArchConfig | None, params: int | None,
-                flops: int | None, reason: str) -> None:
+    def _reject(self, ot_trial: optuna.Trial, arch: ArchConfig | None, params: int | None, flops: int | None,
+                violation: dict[str, float], reason: str) -> None:
+        """Over the limits or unbuildable: complete with the worst score and a positive constraint, so constrained
+        TPE ranks it below every feasible trial."""
         self.infeasible_streak += 1
-        ot_trial.set_user_attr("state", "infeasible" if arch is not None else "failed")
-        ot_trial.set_user_attr("reason", reason)
-        if arch is None:
-            self.study.tell(ot_trial, state=TrialState.FAIL)
-            self.table.rows[row_id] = {"trial_id": row_id, "state": "failed", "reason": reason}
-        else:
-            # Complete with the worst score and a positive constraint: constrained TPE ranks it below all feasible.
-            self.study.tell(ot_trial, 0.0)
-            self.table.start(row_id, arch, params, flops, None, state="infeasible", reason=reason)
-        self.table.write()
-        if self.on_draw is not None:
-            self.on_draw()
+        _set_constraints(ot_trial, violation)
+        _set_attrs(ot_trial, arch=arch.to_json() if arch is not None else None, params=params, flops=flops,
+                   state="infeasible", reason=reason)
+        self.study.tell(ot_trial, 0.0)
+        self._recorded()
+
+    def record_start(self, trial_id: str) -> None:
+        """Ray started the trial (its callbacks see this; a Searcher does not)."""
+        ot_trial = self.running.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("state", "running")
+            self._recorded()
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         ot_trial = self.running.get(trial_id)
         if ot_trial is not None:
-            ot_trial.report(float(result[METRIC]), int(result["training_iteration"]))
+            self._record_result(ot_trial, result)
             self.last_results[trial_id] = result
+            self._recorded()
+
+    def _record_result(self, ot_trial: optuna.Trial, result: dict[str, Any]) -> None:
+        """One epoch: val_acc as Optuna's intermediate value at that epoch, and the trial's time so far."""
+        ot_trial.report(float(result[METRIC]), int(result["training_iteration"]))
+        ot_trial.set_user_attr("seconds", float(result["trial_seconds"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        """Tell Optuna how the trial ended and record it (state, reason, time, FLOPs) in the study, the record
-        of truth, and in the table. A trial that raised waits for `record_failure`, which knows why."""
+        """Tell Optuna how the trial ended and record it. A trial that raised waits for `record_failure`, which
+        knows why."""
         if error:
             return
         self._end(trial_id, trial_state(result, error, self.epochs), result, "")
@@ -184,27 +205,59 @@ class BudgetedSearcher(Searcher):
         if ot_trial is None:
             return
         reported = self.last_results.pop(trial_id, {})
-        last = result or reported
         if result and METRIC in result and result.get("training_iteration") != reported.get("training_iteration"):
             # Ray does not pass the result that made ASHA stop a trial to on_trial_result: its epoch counts too.
-            ot_trial.report(float(result[METRIC]), int(result["training_iteration"]))
+            self._record_result(ot_trial, result)
         if state == "stopped":
-            reason = f"stopped by ASHA after {last.get('training_iteration')} epochs"
-        for key, value in (("state", state), ("reason", reason), ("seconds", last.get("trial_seconds")),
-                           ("flops", last.get("flops"))):
-            if value is not None:
-                ot_trial.set_user_attr(key, value)
+            reason = f"stopped by ASHA after {(result or reported).get('training_iteration')} epochs"
+        _set_attrs(ot_trial, state=state, reason=reason)
         if state == "complete":
             self.study.tell(ot_trial, float(result["best_val_acc"]))
         elif state == "stopped":
             self.study.tell(ot_trial, state=TrialState.PRUNED)
         else:
             self.study.tell(ot_trial, state=TrialState.FAIL)
-        self.table.update(TrialTable.trial_id(ot_trial.number), state=state, reason=reason)
-        self.table.write()
+        self._recorded(ended=True)
+
+    def _recorded(self, ended: bool = False) -> None:
+        if self.on_record is not None:
+            self.on_record(ended)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Nothing to write: the searcher's state is the study in study.db, which every ask and tell updates."""
+
+
+class TrialEvents(Callback):
+    """What only Ray's callbacks see, told to the searcher: a trial started; a trial raised, and why (read from
+    the error files Ray wrote)."""
+
+    def __init__(self, searcher: BudgetedSearcher) -> None:
+        self.searcher = searcher
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.searcher.record_start(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.searcher.record_failure(trial.trial_id, failure_reason(trial.pickled_error_file, trial.error_file))
+
+
+def unbuildable_violation(budget: Budget) -> dict[str, float]:
+    """Every constraint of `budget` violated by UNBUILDABLE: a draw that cannot be built has no cost to compare."""
+    return dict.fromkeys(budget.violation(0, None), UNBUILDABLE)
+
+
+def _set_constraints(ot_trial: optuna.Trial, violation: dict[str, float]) -> None:
+    for key, value in violation.items():
+        ot_trial.set_constraint(key, value)
+    # optuna-dashboard reads only the pre-5.0 list in system attr "constraints" (Optuna has no public setter).
+    ot_trial.storage.set_trial_system_attr(ot_trial._trial_id, "constraints", list(violation.values()))
+
+
+def _set_attrs(ot_trial: optuna.Trial, **attrs: Any) -> None:
+    """The given user attrs of a trial; None means not known, and is not recorded."""
+    for key, value in attrs.items():
+        if value is not None:
+            ot_trial.set_user_attr(key, value)
 
 
 def first_line(error: BaseException) -> str:
@@ -229,33 +282,37 @@ def failure_reason(pickled: str | None, text: str | None) -> str:
     return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
 
 
+def curve_of(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """val_acc after each epoch, as the trial reported it."""
+    return [trial.intermediate_values[epoch] for epoch in sorted(trial.intermediate_values)]
+
+
 def trial_curves(study: optuna.Study) -> list[tuple[int, list[float]]]:
     """(trial number, val_acc per epoch) of every trained trial, for ASHA's rungs after a resume."""
-    return [(trial.number, [trial.intermediate_values[epoch] for epoch in sorted(trial.intermediate_values)])
-            for trial in study.get_trials(deepcopy=False) if trial.intermediate_values]
+    return [(trial.number, curve_of(trial)) for trial in study.get_trials(deepcopy=False) if trial.intermediate_values]
 
 
-def table_from_study(study: optuna.Study, path: Path) -> TrialTable:
-    """trials.csv rebuilt from the study alone (the table a damaged trials.csv should have been)."""
-    table = TrialTable(path, read=False)
+@lru_cache(maxsize=4096)
+def _arch(text: str) -> ArchConfig:
+    # Rendered after every event: each architecture is parsed once per process.
+    return ArchConfig.from_json(text)
+
+
+def render_trials(study: optuna.Study) -> pd.DataFrame:
+    """trials.csv from the study: one row per drawn trial (a skipped repeat and a point enqueued but not drawn
+    yet have none). The one writer of the table: the search writes this after every event."""
+    rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        # Skipped repeats have no row; waiting trials are enqueued points not drawn yet.
         if "duplicate_of" in attrs or trial.state == TrialState.WAITING:
             continue
-        row_id = TrialTable.trial_id(trial.number)
-        if "arch" not in attrs:
-            # An invalid draw says why; a trial with nothing recorded was cut off as it was drawn.
-            table.rows[row_id] = {"trial_id": row_id, "state": "failed", "reason": attrs.get("reason", INTERRUPTED)}
-            continue
-        told = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "stopped"}.get(trial.state, "failed")
-        state = attrs.get("state", told)
-        table.start(row_id, ArchConfig.from_json(attrs["arch"]), attrs["params"], attrs.get("flops"),
-                    attrs.get("seed"), state=state, reason=attrs.get("reason", INTERRUPTED if state == "failed" else ""))
-        curve = [trial.intermediate_values[epoch] for epoch in sorted(trial.intermediate_values)]
-        for epoch, val_acc in enumerate(curve, 1):
-            table.record_epoch(row_id, epoch, val_acc, float(attrs.get("seconds") or 0.0))
-    return table
+        state = attrs.get("state", TOLD_STATES[trial.state])
+        # A failure that recorded no reason was cut off as it was drawn (or in a study from an older version).
+        reason = attrs.get("reason", INTERRUPTED if state == "failed" else "")
+        arch = _arch(attrs["arch"]) if "arch" in attrs else None
+        rows.append(trial_row(trial.number, state, reason, arch, attrs.get("params"), attrs.get("flops"),
+                              attrs.get("seed"), curve_of(trial), attrs.get("seconds", 0.0)))
+    return trials_frame(rows)
 
 
 def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
@@ -266,9 +323,11 @@ def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
 
 
 def close_interrupted(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a crash or kill -9 are told FAIL, so the resumed study's history is clean."""
+    """Trials left RUNNING by Ctrl-C, a crash or kill -9 are recorded as failed (interrupted) and told FAIL, so
+    the study's history is clean; they do not count as trained and their architectures may be drawn again."""
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        _set_attrs(optuna.Trial(study, trial._trial_id), state="failed", reason=INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
         numbers.append(trial.number)
     return numbers

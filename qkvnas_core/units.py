@@ -7,6 +7,8 @@ import re
 from qkvnas_core.errors import UsageError
 
 SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
+# A count is written to JSON and read back as a 64-bit integer.
+MAX_COUNT = 2**63
 COUNT_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
 
 
@@ -18,6 +20,8 @@ def parse_count(text: str, what: str = "budget") -> int:
     value = float(match.group(1)) * SUFFIXES[match.group(2).lower()]
     if not math.isfinite(value) or value < 1:
         raise UsageError(f"{what} {text!r}: expected a positive count of at least 1, such as 3.1M")
+    if value >= MAX_COUNT:
+        raise UsageError(f"{what} {text!r}: expected a count below 2**63 (9.2e18), such as 3.1M")
     return int(round(value))
 
 

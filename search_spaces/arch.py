@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from qkvnas_core.errors import UsageError
+from qkvnas_core.files import dataclass_from_json, parse_json
 
 BACKBONES = ("xcit", "vit")
 LAYER_KINDS = ("separate", "shared")
@@ -26,6 +26,23 @@ ATTENTIONS = ("softmax", "performer", "nystrom", "linformer")
 FFNS = ("mlp", "swiglu", "moe")
 STEMS = ("linear", "conv")
 POSITIONS = ("learned", "rope", "none")
+# Upper limits far beyond any model a machine holds: they keep every shape and count within 64 bits and a count
+# on the meta device quick. Whether a model fits is the memory check's question (search_spaces/memory.py).
+MAX_WIDTH = 2**24  # embed_dim, code_size and the attention's sizes
+MAX_DEPTH = 1024  # blocks, experts per stage, Nystrom's pseudo-inverse iterations
+MAX_RATIO = 1024.0  # mlp_ratio, hidden_ratio, last_ratio
+
+
+def check_int(name: str, value: Any, lowest: int = 1, highest: int = MAX_WIDTH) -> None:
+    """One UsageError naming `name` unless `value` is an integer from `lowest` to `highest`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+        raise UsageError(f"{name}={value!r}: expected an integer from {lowest} to {highest}")
+
+
+def check_ratio(name: str, value: Any, highest: float = MAX_RATIO) -> None:
+    """One UsageError naming `name` unless `value` is a finite number above 0, at most `highest`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= highest:
+        raise UsageError(f"{name}={value!r}: expected a number above 0, at most {highest:g}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,9 @@ class QKVConfig:
             object.__setattr__(self, "members", TARGETS)
             object.__setattr__(self, "blocks", None)
         if self.blocks is not None:
-            object.__setattr__(self, "blocks", tuple(sorted(set(int(b) for b in self.blocks))))
+            for block in self.blocks:
+                check_int("qkv.blocks entry", block, 0, MAX_DEPTH - 1)
+            object.__setattr__(self, "blocks", tuple(sorted(set(self.blocks))))
         if not 1 <= len(self.layers) <= 3:
             raise UsageError(f"qkv.layers={list(self.layers)}: expected 1 to 3 layers")
         for kind in self.layers:
@@ -66,10 +85,11 @@ class QKVConfig:
                 raise UsageError(f"qkv.layers entry {kind!r}: expected one of {', '.join(LAYER_KINDS)}")
         if self.activation not in ACTIVATIONS:
             raise UsageError(f"qkv.activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
-        if len(self.layers) > 1 and not self.hidden_ratio > 0:
-            raise UsageError(f"qkv.hidden_ratio={self.hidden_ratio}: expected a positive number")
-        if self.code_size < 0:
-            raise UsageError(f"qkv.code_size={self.code_size}: expected 0 (no codes) or a positive length")
+        if len(self.layers) > 1:
+            check_ratio("qkv.hidden_ratio", self.hidden_ratio)
+        check_int("qkv.code_size", self.code_size, 0)
+        if not isinstance(self.bias, bool):
+            raise UsageError(f"qkv.bias={self.bias!r}: expected true or false")
         if self.layers[-1] == "shared" and self.code_size == 0:
             raise UsageError(
                 f"qkv.layers={list(self.layers)} ends with a shared layer: it needs code_size > 0, "
@@ -78,11 +98,12 @@ class QKVConfig:
             raise UsageError(
                 f"qkv.code_size={self.code_size} but qkv.layers={list(self.layers)} has no shared layer "
                 "for the codes to enter: expected code_size 0")
-        if not self.members or any(t not in TARGETS for t in self.members) or len(set(self.members)) != len(self.members):
+        if (not isinstance(self.members, str) or not self.members or any(t not in TARGETS for t in self.members)
+                or len(set(self.members)) != len(self.members)):
             raise UsageError(f"qkv.members={self.members!r}: expected a non-empty subset of 'qkv', e.g. 'qkv' or 'qk'")
         object.__setattr__(self, "members", "".join(t for t in TARGETS if t in self.members))
-        if self.blocks is not None and (not self.blocks or min(self.blocks) < 0):
-            raise UsageError(f"qkv.blocks={list(self.blocks)}: expected non-negative block indices, or null for all")
+        if self.blocks == ():
+            raise UsageError("qkv.blocks=[]: expected one or more block indices, or null for all")
 
     @property
     def is_linear(self) -> bool:
@@ -126,10 +147,10 @@ class AttentionConfig:
         for name in unused.get(self.kind, ("num_features", "num_landmarks", "pinv_iterations", "residual_kernel",
                                            "proj_len")):
             object.__setattr__(self, name, _default_of(AttentionConfig, name))
-        for name in ("kv_heads", "num_features", "num_landmarks", "pinv_iterations", "residual_kernel", "proj_len"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"attention.{name}={value}: expected a positive integer")
+        for name in ("kv_heads", "num_features", "num_landmarks", "residual_kernel", "proj_len"):
+            if getattr(self, name) is not None:
+                check_int(f"attention.{name}", getattr(self, name))
+        check_int("attention.pinv_iterations", self.pinv_iterations, 1, MAX_DEPTH)
         if self.residual_kernel % 2 == 0:
             raise UsageError(f"attention.residual_kernel={self.residual_kernel}: expected an odd kernel size")
 
@@ -159,15 +180,19 @@ class FFNConfig:
         if self.kind != "moe":
             for name in ("experts", "top_k", "balance_weight"):
                 object.__setattr__(self, name, _default_of(FFNConfig, name))
-        if self.last_ratio is not None and not self.last_ratio > 0:
-            raise UsageError(f"ffn.last_ratio={self.last_ratio}: expected a positive number, or null")
-        if not self.experts or min(self.experts) < 1:
-            raise UsageError(f"ffn.experts={list(self.experts)}: expected one or more positive expert counts")
-        if not 1 <= self.top_k <= min(self.experts):
+        if self.last_ratio is not None:
+            check_ratio("ffn.last_ratio", self.last_ratio)
+        if not 1 <= len(self.experts) <= MAX_DEPTH:
+            raise UsageError(f"ffn.experts={list(self.experts)[:8]}: expected 1 to {MAX_DEPTH} expert counts")
+        for count in self.experts:
+            check_int("ffn.experts entry", count, 1, MAX_DEPTH)
+        check_int("ffn.top_k", self.top_k, 1, MAX_DEPTH)
+        if not self.top_k <= min(self.experts):
             raise UsageError(f"ffn.top_k={self.top_k} with experts {list(self.experts)}: expected 1 to "
                              f"{min(self.experts)} (no stage may have fewer experts than a token is routed to)")
-        if not self.balance_weight >= 0:
-            raise UsageError(f"ffn.balance_weight={self.balance_weight}: expected a non-negative number")
+        if (isinstance(self.balance_weight, bool) or not isinstance(self.balance_weight, (int, float))
+                or not 0 <= self.balance_weight <= MAX_RATIO):
+            raise UsageError(f"ffn.balance_weight={self.balance_weight!r}: expected a number from 0 to {MAX_RATIO:g}")
 
 
 def _default_of(cls: type, name: str) -> Any:
@@ -204,10 +229,9 @@ class ArchConfig:
                 object.__setattr__(self, name, config(**getattr(self, name)))
         if self.backbone not in BACKBONES:
             raise UsageError(f"backbone={self.backbone!r}: expected one of {', '.join(BACKBONES)}")
-        for name in ("embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name}={value!r}: expected a positive integer")
+        check_int("embed_dim", self.embed_dim)
+        check_int("depth", self.depth, 1, MAX_DEPTH)
+        check_int("num_heads", self.num_heads, 1, self.embed_dim)
         if self.embed_dim % self.num_heads:
             raise UsageError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}: "
@@ -215,8 +239,15 @@ class ArchConfig:
         if self.backbone == "xcit" and self.embed_dim % 8:
             raise UsageError(
                 f"embed_dim={self.embed_dim}: XCiT's convolutional patch embedding needs a multiple of 8")
-        if not self.mlp_ratio > 0:
-            raise UsageError(f"mlp_ratio={self.mlp_ratio}: expected a positive number")
+        check_ratio("mlp_ratio", self.mlp_ratio)
+        if self.mlp_ratio * self.embed_dim < 1:
+            raise UsageError(f"mlp_ratio={self.mlp_ratio!r} with embed_dim={self.embed_dim}: expected a hidden width "
+                             "(their product) of at least 1")
+        if isinstance(self.layer_scale, bool) or not isinstance(self.layer_scale, (int, float)) \
+                or not math.isfinite(self.layer_scale):
+            raise UsageError(f"layer_scale={self.layer_scale!r}: expected a finite number")
+        if not isinstance(self.tokens_norm, bool):
+            raise UsageError(f"tokens_norm={self.tokens_norm!r}: expected true or false")
         if self.patch_size not in PATCH_SIZES[self.backbone]:
             sizes = ", ".join(str(p) for p in PATCH_SIZES[self.backbone])
             raise UsageError(f"patch_size={self.patch_size} for {self.backbone}: expected one of {sizes}")
@@ -236,6 +267,10 @@ class ArchConfig:
         if kv_heads is not None and (kv_heads > self.num_heads or self.num_heads % kv_heads):
             raise UsageError(f"attention.kv_heads={kv_heads} with num_heads={self.num_heads}: expected a divisor "
                              "of num_heads (grouped-query attention shares each kv head among a group)")
+        if self.attention.kind == "performer" and self.attention.num_features is None and self.embed_dim < 2 * self.num_heads:
+            raise UsageError(f"attention.kind='performer' with head dim {self.embed_dim // self.num_heads}: its default "
+                             "feature count, head_dim x ln(head_dim), is 0; expected a head dim of at least 2 or "
+                             "attention.num_features")
         if self.pos == "rope" and (self.embed_dim // self.num_heads) % 4:
             raise UsageError(f"pos='rope' with head dim {self.embed_dim // self.num_heads}: 2-D rotary embedding "
                              "needs a head dim divisible by 4")
@@ -254,17 +289,18 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        """An ArchConfig from parsed JSON: unknown fields and values of the wrong type are one UsageError."""
-        return _from_json_object(cls, data, "architecture")
+        """An ArchConfig from parsed JSON: an unknown field, a value of the wrong type or out of range is one
+        UsageError naming the field."""
+        return dataclass_from_json(cls, data)
 
     @classmethod
-    def from_json(cls, text: str) -> ArchConfig:
+    def from_json(cls, text: str | bytes, where: str = "architecture JSON") -> ArchConfig:
+        """An ArchConfig from JSON text (`where` names it in errors: a file, a table cell)."""
+        data = parse_json(text, where, "a JSON object of ArchConfig fields")
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"architecture JSON is malformed ({error.msg} at line {error.lineno}): "
-                             "expected a JSON object of ArchConfig fields") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except UsageError as error:
+            raise UsageError(f"{where}: {error}") from None
 
     @property
     def arch_id(self) -> str:
@@ -331,51 +367,6 @@ VIT_FIELDS = ("stem", "pos", "attention", "ffn")
 def _default_of_field(name: str) -> Any:
     arch_field = next(f for f in dataclasses.fields(ArchConfig) if f.name == name)
     return arch_field.default_factory() if arch_field.default_factory is not dataclasses.MISSING else arch_field.default
-
-
-def _type_text(hint: Any) -> str:
-    """How a JSON value of this annotation is described in an error: 'an integer', 'a list of integers or null'."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_text(arg) for arg in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return f"a list of {_type_text(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, (list, tuple)) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _from_json_object(cls: type, data: Any, where: str) -> Any:
-    """A config dataclass from a JSON object, its nested configs too; unknown fields and values of the wrong
-    JSON type are one UsageError naming the field (`where` is the path to it, e.g. 'architecture qkv')."""
-    if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UsageError(f"{where} has unknown fields {unknown}: expected only {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _from_json_object(hint, value, f"{where} {name}")
-        elif not _matches(value, hint):
-            path = where.split(" ", 1)[1] + "." + name if " " in where else name
-            raise UsageError(f"{path}={json.dumps(value)}: expected {_type_text(hint)}")
-        else:
-            values[name] = value
-    return cls(**values)
 
 
 def structure_name(qkv: QKVConfig) -> str:

@@ -19,6 +19,7 @@ from search_spaces.attention import (LinformerAttention, NystromAttention, Perfo
                                      SoftmaxAttention, attention_class)
 from search_spaces.ffn import SwiGLUMoE, experts_per_block, ffn_hidden_sizes
 from search_spaces.qkv import QKVEmbedding
+from search_spaces.shape import DataShape
 
 ATTENTION_CLASSES: dict[str, type[QKVAttention]] = {
     "softmax": SoftmaxAttention, "performer": PerformerAttention, "nystrom": NystromAttention,
@@ -91,24 +92,24 @@ def _check_image(arch: ArchConfig, img_size: int) -> None:
             f"of the patch size (pick a patch size that fits the images, e.g. 2 for 8 px digits, 4 for 32 px)")
 
 
-def _backbone_kwargs(arch: ArchConfig, num_classes: int, in_chans: int, drop_path_rate: float) -> dict:
+def _backbone_kwargs(arch: ArchConfig, shape: DataShape, drop_path_rate: float) -> dict:
     """What timm's Xcit and VisionTransformer both take, under the same names."""
-    return dict(in_chans=in_chans, num_classes=num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
+    return dict(in_chans=shape.in_chans, num_classes=shape.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
                 num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv.bias,
                 drop_path_rate=drop_path_rate)
 
 
-def _build_xcit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int, drop_path_rate: float) -> Xcit:
+def _build_xcit(arch: ArchConfig, shape: DataShape, drop_path_rate: float) -> Xcit:
     timm_patch = arch.patch_size if arch.patch_size in (16, 8) else 8
     model = Xcit(
-        img_size=img_size if arch.patch_size in (16, 8) else timm_patch,
+        img_size=shape.img_size if arch.patch_size in (16, 8) else timm_patch,
         patch_size=timm_patch,
-        **_backbone_kwargs(arch, num_classes, in_chans, drop_path_rate),
+        **_backbone_kwargs(arch, shape, drop_path_rate),
         eta=arch.layer_scale,
         tokens_norm=arch.tokens_norm,
     )
     if arch.patch_size not in (16, 8):
-        model.patch_embed = SmallConvPatchEmbed(arch.patch_size, in_chans, arch.embed_dim)
+        model.patch_embed = SmallConvPatchEmbed(arch.patch_size, shape.in_chans, arch.embed_dim)
     return model
 
 
@@ -149,17 +150,16 @@ def _vit_block_fn(arch: ArchConfig, grid: int) -> Callable[..., Block]:
     return block
 
 
-def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int,
-               drop_path_rate: float) -> VisionTransformer:
-    grid = img_size // arch.patch_size
+def _build_vit(arch: ArchConfig, shape: DataShape, drop_path_rate: float) -> VisionTransformer:
+    grid = shape.grid(arch.patch_size)
     tokens = grid * grid + 1
     if arch.attention.kind == "linformer" and arch.attention.proj_len > tokens:
-        raise UsageError(f"attention.proj_len={arch.attention.proj_len} but {img_size} px images at patch "
+        raise UsageError(f"attention.proj_len={arch.attention.proj_len} but {shape.img_size} px images at patch "
                          f"{arch.patch_size} give {tokens} tokens: expected a projected length of at most {tokens}")
     return VisionTransformer(
-        img_size=img_size,
+        img_size=shape.img_size,
         patch_size=arch.patch_size,
-        **_backbone_kwargs(arch, num_classes, in_chans, drop_path_rate),
+        **_backbone_kwargs(arch, shape, drop_path_rate),
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         embed_layer=ConvStem if arch.stem == "conv" else PatchEmbed,
         pos_embed="learn" if arch.pos == "learned" else "none",
@@ -167,18 +167,16 @@ def _build_vit(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int,
     )
 
 
-def build_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int = 3,
-                drop_path_rate: float = 0.0) -> nn.Module:
-    """Build the timm backbone `arch` names and give the chosen blocks its QKV embedding.
+def build_model(arch: ArchConfig, shape: DataShape, drop_path_rate: float = 0.0) -> nn.Module:
+    """Build the timm backbone `arch` names, for images and labels of `shape`, and give the chosen blocks its
+    QKV embedding. (`shape.patch_size` is the data's suggestion; the model's patch is `arch.patch_size`.)
 
     drop_path_rate: stochastic depth, timm's rule per backbone (XCiT: the same rate in every block; ViT: rising
     linearly to the rate in the last block).
     """
-    if num_classes < 1:
-        raise UsageError(f"num_classes={num_classes}: expected a positive integer")
-    _check_image(arch, img_size)
+    _check_image(arch, shape.img_size)
     builders = {"xcit": _build_xcit, "vit": _build_vit}
-    model = builders[arch.backbone](arch, num_classes, img_size, in_chans, drop_path_rate)
+    model = builders[arch.backbone](arch, shape, drop_path_rate)
     if arch.backbone == "xcit" and not arch.qkv.is_linear:
         # timm's XCiT has no attention hook: its XCA blocks get the embedding as their `qkv` after construction.
         for index, block in enumerate(model.blocks):

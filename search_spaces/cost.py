@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
+from search_spaces.shape import IMAGENET, DataShape
 
 
 class SkipMetaWrites(TorchFunctionMode):
@@ -26,24 +27,34 @@ class SkipMetaWrites(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def meta_model(arch: ArchConfig, num_classes: int, img_size: int, in_chans: int) -> torch.nn.Module:
+def meta_model(arch: ArchConfig, shape: DataShape) -> torch.nn.Module:
     """The model with every tensor on the meta device: shapes only, built in a few milliseconds."""
     with torch.device("meta"), SkipMetaWrites():
-        return build_model(arch, num_classes, img_size, in_chans)
+        return build_model(arch, shape)
 
 
 # Searches and feasibility checks draw the same architectures again and again: each is counted once.
 @functools.lru_cache(maxsize=4096)
-def count_params(arch: ArchConfig, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3) -> int:
-    return sum(p.numel() for p in meta_model(arch, num_classes, img_size, in_chans).parameters())
+def count_params(arch: ArchConfig, shape: DataShape = IMAGENET) -> int:
+    return sum(p.numel() for p in meta_model(arch, shape).parameters())
 
 
 @functools.lru_cache(maxsize=4096)
-def count_flops(arch: ArchConfig, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3) -> int:
+def count_flops(arch: ArchConfig, shape: DataShape = IMAGENET) -> int:
     """FLOPs of one forward pass on one image, counted on meta tensors (shapes only, no arithmetic)."""
-    model = meta_model(arch, num_classes, img_size, in_chans).eval()
-    image = torch.empty(1, in_chans, img_size, img_size, device="meta")
+    model = meta_model(arch, shape).eval()
+    image = torch.empty(1, shape.in_chans, shape.img_size, shape.img_size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(image)
     return int(counter.get_total_flops())
+
+
+def check_buildable(arch: ArchConfig, shape: DataShape) -> None:
+    """Build `arch` for `shape` and run one image through it on the meta device, before any trial trains it.
+
+    What cannot be built at this shape (a patch that does not tile the image, a Linformer projecting to more
+    tokens than the images give) is a UsageError saying why. The pass is the FLOPs count's, cached: checking
+    and then counting runs the model once.
+    """
+    count_flops(arch, shape)

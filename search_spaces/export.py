@@ -27,13 +27,55 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
+from search_spaces.memory import INFERENCE_COPIES, check_fits
+from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import atomic_path, read_json_object, write_bytes_atomic
+from qkvnas_core.files import atomic_path, check_json_fields, read_json_object, user_path, write_bytes_atomic
 
 EXPORT_FORMAT = "qkvnas-export/1"
 WEIGHTS_FILE, ARCH_FILE, MODEL_FILE, ONNX_FILE = "model.safetensors", "arch.json", "model.json", "model.onnx"
-MODEL_FIELDS = ("num_classes", "img_size", "in_chans", "mean", "std")
 ONNX_OPSET = 17
+# What model.json (and a checkpoint's dataset record) says of a model's inputs, with the JSON types.
+INPUT_FIELDS = {"img_size": int, "in_chans": int, "num_classes": int, "patch_size": int | None,
+                "mean": tuple[float, ...], "std": tuple[float, ...], "class_names": tuple[str, ...] | None}
+
+
+def read_inputs(data: Any, path: str = "") -> DataShape:
+    """The data shape a description of a model's inputs holds (`path` names it in errors): each field of
+    INPUT_FIELDS of its JSON type, a valid DataShape, mean and std one per channel (std positive), class names
+    one per class. Anything else is one UsageError naming the field."""
+    prefix = f"{path}." if path else ""
+    check_json_fields(data, INPUT_FIELDS, path)
+    patch_size = {"patch_size": data["patch_size"]} if data.get("patch_size") is not None else {}
+    try:
+        shape = DataShape(img_size=data["img_size"], in_chans=data["in_chans"], num_classes=data["num_classes"],
+                          **patch_size)
+    except UsageError as error:
+        raise UsageError(f"{prefix}{error}") from None
+    for name in ("mean", "std"):
+        if len(data[name]) != shape.in_chans:
+            raise UsageError(f"{prefix}{name} has {len(data[name])} values: expected one per channel ({shape.in_chans})")
+    if min(data["std"]) <= 0:
+        raise UsageError(f"{prefix}std={list(data['std'])}: expected positive numbers")
+    if data.get("class_names") is not None and len(data["class_names"]) != shape.num_classes:
+        raise UsageError(f"{prefix}class_names has {len(data['class_names'])} names: expected one per class "
+                         f"({shape.num_classes})")
+    return shape
+
+
+def supported_opsets() -> range:
+    """The ONNX opsets torch's TorchScript-based exporter supports, as this torch records them."""
+    from torch.onnx import _constants
+
+    return range(_constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1)
+
+
+def check_opset(opset: int) -> None:
+    """An opset torch's exporter does not support is one UsageError, before anything is built or written."""
+    supported = supported_opsets()
+    if opset not in supported:
+        raise UsageError(f"ONNX opset {opset}: torch {torch.__version__}'s exporter supports opsets {supported.start} "
+                         f"to {supported.stop - 1}; expected one of those (default {ONNX_OPSET})")
 
 
 def model_description(arch: ArchConfig, *, num_classes: int, img_size: int, in_chans: int, mean: tuple[float, ...],
@@ -66,14 +108,23 @@ def export_safetensors(model: nn.Module, arch: ArchConfig, description: dict[str
 
 def export_onnx(model: nn.Module, path: Path, *, img_size: int, in_chans: int, opset: int = ONNX_OPSET) -> Path:
     """model.onnx with a dynamic batch axis, through torch's TorchScript-based exporter: the torch.export-based
-    one needs onnxscript, which this project does not depend on."""
+    one needs onnxscript, which this project does not depend on. An opset at which torch cannot export one of
+    the model's operators is one UsageError naming the opset and torch's reason."""
+    check_opset(opset)
     model = model.eval()
     example = torch.randn(1, in_chans, img_size, img_size)
     with atomic_path(path) as temporary, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings are not the user's
-        torch.onnx.export(model, (example,), str(temporary), dynamo=False, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=opset)
+        try:
+            torch.onnx.export(model, (example,), str(temporary), dynamo=False, input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset)
+        except torch.onnx.OnnxExporterError as error:
+            if opset == ONNX_OPSET:
+                raise  # the default opset must export every model: a failure there is this project's bug
+            raise UsageError(f"ONNX opset {opset}: torch cannot export this model at it ("
+                             f"{str(error).strip().splitlines()[0][:200]}); expected a later opset, e.g. "
+                             f"{ONNX_OPSET}") from None
     return path
 
 
@@ -108,29 +159,35 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path)
+    path = user_path(path, "export")
     folder = path if path.is_dir() else path.parent
     if not folder.is_dir():
         raise UsageError(f"export {path}: not found; expected a folder written by `nas export --format safetensors`")
-    arch = ArchConfig.from_dict(_read_json(folder / ARCH_FILE, "the model's ArchConfig"))
+    arch_data = _read_json(folder / ARCH_FILE, "the model's ArchConfig")
     description = _read_json(folder / MODEL_FILE, "the model's inputs (num_classes, img_size, ...)")
-    absent = [name for name in MODEL_FIELDS if name not in description]
-    if absent:
-        raise UsageError(f"{folder / MODEL_FILE}: lacks {', '.join(absent)}; expected the fields "
-                         f"{', '.join(MODEL_FIELDS)}")
+    try:
+        arch = ArchConfig.from_dict(arch_data)
+    except UsageError as error:
+        raise UsageError(f"{folder / ARCH_FILE}: {error}") from None
+    try:
+        shape = read_inputs(description)
+    except UsageError as error:
+        raise UsageError(f"{folder / MODEL_FILE}: {error}") from None
     weights_path = folder / WEIGHTS_FILE
     try:
         weights = load(weights_path.read_bytes())
     except (OSError, SafetensorError, ValueError) as error:
         raise UsageError(f"{weights_path}: not a readable safetensors file ({str(error).splitlines()[0]}); expected "
                          "the weights `nas export` writes") from None
-    model = build_model(arch, int(description["num_classes"]), int(description["img_size"]),
-                        int(description["in_chans"]))
+    try:
+        check_fits(arch, shape, torch.device("cpu"), INFERENCE_COPIES)
+    except UsageError as error:
+        raise UsageError(f"export {folder}: {error}") from None
+    model = build_model(arch, shape)
     load_weights(model, weights, f"{weights_path} (for {folder / ARCH_FILE}, {arch.arch_id})")
     model.pretrained_cfg = {
-        "input_size": (int(description["in_chans"]), int(description["img_size"]), int(description["img_size"])),
-        "mean": tuple(description["mean"]), "std": tuple(description["std"]),
-        "num_classes": int(description["num_classes"]), "interpolation": "bicubic", "crop_pct": 0.875,
-        "label_names": description.get("class_names"),
+        "input_size": (shape.in_chans, shape.img_size, shape.img_size), "mean": tuple(description["mean"]),
+        "std": tuple(description["std"]), "num_classes": shape.num_classes, "interpolation": "bicubic",
+        "crop_pct": 0.875, "label_names": description.get("class_names"),
     }
     return model.eval()

@@ -8,23 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from qkvnas_core.errors import UsageError
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N (the one device vocabulary of every command) -> a device; a CUDA request on a
-    machine without one is a UsageError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r}: no CUDA device is visible here; expected auto or cpu")
-    return device
+from search_spaces.device import parse_device
+from search_spaces.shape import DataShape
 
 
 def device_name(device: torch.device) -> str:
@@ -50,22 +35,22 @@ def _median_seconds(model: nn.Module, images: torch.Tensor, warmup: int, repeats
     return statistics.median(times)
 
 
-def measure_latency(model: nn.Module, img_size: int, in_chans: int, device: str | torch.device = "cpu",
+def measure_latency(model: nn.Module, shape: DataShape, device: str | torch.device = "cpu",
                     batch_sizes: Sequence[int] = (1, 64), warmup: int = 3, repeats: int = 10) -> dict[str, float]:
     """Time inference in eval mode: latency_ms at batch_sizes[0], throughput (images/s) at batch_sizes[-1].
 
-    Each is the median of `repeats` timed passes after `warmup` untimed ones, on random images.
+    Each is the median of `repeats` timed passes after `warmup` untimed ones, on random images of `shape`.
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_sizes={list(batch_sizes)}: expected one or more positive batch sizes")
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup={warmup}, repeats={repeats}: expected warmup >= 0 and repeats >= 1")
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = parse_device(device) if isinstance(device, str) else device
     model = model.to(device).eval()
     seconds = {}
     with torch.inference_mode():
         for batch_size in dict.fromkeys((batch_sizes[0], batch_sizes[-1])):
-            images = torch.randn(batch_size, in_chans, img_size, img_size, device=device)
+            images = torch.randn(batch_size, shape.in_chans, shape.img_size, shape.img_size, device=device)
             seconds[batch_size] = _median_seconds(model, images, warmup, repeats)
     return {
         "latency_ms": seconds[batch_sizes[0]] * 1000.0,

@@ -2,10 +2,12 @@
 and mLiT's smallest size (PAPERS.md), each with the data shape it was published at."""
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
+from search_spaces.shape import IMAGENET, DataShape
 from qkvnas_core.errors import UsageError
+from qkvnas_core.files import read_json_object, user_path
 
 XCIT_N12 = ArchConfig(backbone="xcit", embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, patch_size=16)
 # ViX's CIFAR-10 models: a token per pixel of 32 px images, dim 128, depth 4, 4 heads of 32, MLP 256, no qkv bias.
@@ -30,20 +32,22 @@ PRESETS: dict[str, ArchConfig] = {
                            ffn=FFNConfig(kind="moe", last_ratio=0.25, experts=(3, 4, 5), top_k=2)),
 }
 
-# (img_size, num_classes, in_chans) a preset was published at, where that is not ImageNet's (224, 1000, 3).
-PRESET_SHAPES: dict[str, tuple[int, int, int]] = {
-    **{name: (32, 10, 3) for name in ("vix-vit", "vix-nystrom", "vix-performer", "vix-linformer", "vix-vit-conv")},
-    "mlit-xxs": (36, 100, 3),
+# The data shape a preset was published at, where that is not ImageNet's; patch_size is the preset's own.
+PRESET_SHAPES: dict[str, DataShape] = {
+    **{name: DataShape(img_size=32, in_chans=3, num_classes=10, patch_size=1)
+       for name in ("vix-vit", "vix-nystrom", "vix-performer", "vix-linformer", "vix-vit-conv")},
+    "mlit-xxs": DataShape(img_size=36, in_chans=3, num_classes=100, patch_size=3),
 }
-IMAGENET_SHAPE = (224, 1000, 3)
 
 
 def shape_of(spec: str, img_size: int | None = None, num_classes: int | None = None,
-             in_chans: int | None = None) -> tuple[int, int, int]:
-    """(img_size, num_classes, in_chans) to count `spec` at: the values given, else the preset's own shape
-    (ImageNet's for arch files and ImageNet presets)."""
-    native = PRESET_SHAPES.get(spec, IMAGENET_SHAPE)
-    return img_size or native[0], num_classes or native[1], in_chans or native[2]
+             in_chans: int | None = None) -> DataShape:
+    """The shape to count `spec` at: the values given, else the preset's own (ImageNet's for arch files and
+    ImageNet presets)."""
+    given = {"img_size": img_size, "num_classes": num_classes, "in_chans": in_chans}
+    return replace(PRESET_SHAPES.get(spec, IMAGENET), **{name: value for name, value in given.items()
+                                                         if value is not None})
+
 
 PRESET_NOTES: dict[str, str] = {
     "xcit-n12": "timm xcit_nano_12_p16_224",
@@ -73,18 +77,21 @@ MIN_TOKEN_GRID = 7
 
 
 def load_arch(spec: str) -> ArchConfig:
-    """A preset name, or the path of an arch JSON file (as `nas search` writes them)."""
+    """A preset name, or the path of an arch JSON file (as `nas search` writes them). A file that is not one
+    (unreadable, not UTF-8, not strict JSON, a field of the wrong type or out of range) is one UsageError naming
+    the file and the field."""
     if spec in PRESETS:
         return PRESETS[spec]
-    path = Path(spec)
+    path = user_path(spec, "architecture file")
     if spec.endswith(".json") or path.exists():
         if not path.is_file():
             raise UsageError(f"architecture file {spec}: not found; expected a preset ({', '.join(PRESETS)}) "
                              "or an existing arch.json")
+        data = read_json_object(path, "a JSON object of ArchConfig fields")
         try:
-            return ArchConfig.from_json(path.read_text())
+            return ArchConfig.from_dict(data)
         except UsageError as error:
-            raise UsageError(f"{spec}: {error}") from None
+            raise UsageError(f"architecture file {spec}: {error}") from None
     return get_preset(spec)
 
 

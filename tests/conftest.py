@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli import main
-from nas.results import TrialTable
+from nas.results import trial_row, trials_frame, write_trials
 from search_spaces.arch import ArchConfig, QKVConfig
 from trainers.data import DatasetSplits, load_dataset
 
@@ -46,14 +46,10 @@ def write_run(folder: Path, dataset: str = "digits", rows=DEFAULT_ROWS, num_clas
     (folder / "search.json").write_text(json.dumps({
         "name": folder.name, "dataset": dataset, "budget": 100_000, "max_flops": None, "num_classes": num_classes,
         "img_size": img_size, "in_chans": in_chans, "epochs": 3, "trials": 4, "seconds": 12.0}))
-    trials = TrialTable(folder / "trials.csv")
-    for trial_id, arch, state, curve in rows:
-        trials.start(trial_id, arch, 1000 + 100 * len(trials.rows) if state != "infeasible" else 10**6,
-                     2000 + len(trials.rows), seed=0, state="running" if curve else state)
-        for epoch, acc in enumerate(curve, 1):
-            trials.record_epoch(trial_id, epoch, acc, float(epoch))
-        trials.update(trial_id, state=state)
-    trials.write()
+    write_trials(folder / "trials.csv", trials_frame(
+        trial_row(int(trial_id[1:]), state, arch=arch, params=1000 + 100 * index if state != "infeasible" else 10**6,
+                  flops=2000 + index, seed=0, curve=curve, seconds=float(len(curve)))
+        for index, (trial_id, arch, state, curve) in enumerate(rows)))
     return folder
 
 
@@ -71,8 +67,11 @@ def ray_cluster(request):
     import ray
     from ray import cloudpickle
 
-    # "local": a cluster that `ray start` left on this machine is not joined.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from nas.ray_runtime import single_machine_mode
+
+    # "local": a cluster that `ray start` left on this machine is not joined; loopback only, as the project's own.
+    with single_machine_mode():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     cloudpickle.register_pickle_by_value(sys.modules[request.module.__name__])
     yield
     cloudpickle.unregister_pickle_by_value(sys.modules[request.module.__name__])

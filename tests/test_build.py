@@ -9,6 +9,7 @@ from search_spaces.arch import ArchConfig, QKVConfig
 from search_spaces.build import build_model, qkv_modules
 from qkvnas_core.errors import UsageError
 from search_spaces.presets import PRESETS, fit_patch_size, load_arch
+from search_spaces.shape import IMAGENET, DataShape
 
 EQUIVALENT = [("xcit-n12", "xcit_nano_12_p16_224", 3_053_224), ("deit-tiny", "vit_tiny_patch16_224", 5_717_416),
               ("xcit-t12", "xcit_tiny_12_p16_224", None)]
@@ -18,7 +19,7 @@ EQUIVALENT = [("xcit-n12", "xcit_nano_12_p16_224", 3_053_224), ("deit-tiny", "vi
 def test_preset_is_timm_model_to_the_parameter(preset, timm_name, expected_params):
     torch.manual_seed(0)
     reference = timm.create_model(timm_name, num_classes=1000).eval()
-    ours = build_model(PRESETS[preset], num_classes=1000, img_size=224).eval()
+    ours = build_model(PRESETS[preset], IMAGENET).eval()
     ref_state, our_state = reference.state_dict(), ours.state_dict()
     assert list(our_state) == list(ref_state)
     assert {k: v.shape for k, v in our_state.items()} == {k: v.shape for k, v in ref_state.items()}
@@ -33,13 +34,14 @@ def test_preset_is_timm_model_to_the_parameter(preset, timm_name, expected_param
 
 
 def test_xcit_nano_at_ten_classes_matches_papers_figure():
-    assert sum(p.numel() for p in build_model(PRESETS["xcit-n12"], 10, 224).parameters()) == 2_925_514
+    ten_classes = DataShape(img_size=224, in_chans=3, num_classes=10)
+    assert sum(p.numel() for p in build_model(PRESETS["xcit-n12"], ten_classes).parameters()) == 2_925_514
 
 
 @pytest.mark.parametrize("preset", ["xcit-n12-sne", "xcit-n12-psne", "xcit-n12-fsne"])
 def test_paper_structures_swap_every_xca_block(preset):
     arch = PRESETS[preset]
-    model = build_model(arch.replace(depth=3), num_classes=10, img_size=32)
+    model = build_model(arch.replace(depth=3), DataShape(img_size=32, in_chans=3, num_classes=10))
     modules = qkv_modules(model)
     assert len(modules) == 3
     assert all(block.attn.qkv is module for block, module in zip(model.blocks, modules))
@@ -49,7 +51,7 @@ def test_paper_structures_swap_every_xca_block(preset):
 def test_blocks_subset_and_vit_backbone():
     arch = ArchConfig(backbone="vit", embed_dim=48, depth=4, num_heads=3, patch_size=4,
                       qkv=QKVConfig(layers=("shared", "separate"), blocks=(1, 3)))
-    model = build_model(arch, num_classes=5, img_size=16)
+    model = build_model(arch, DataShape(img_size=16, in_chans=3, num_classes=5))
     kinds = [type(block.attn.qkv).__name__ for block in model.blocks]
     assert kinds == ["Linear", "QKVEmbedding", "Linear", "QKVEmbedding"]
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
@@ -59,7 +61,7 @@ def test_blocks_subset_and_vit_backbone():
 def test_xcit_patch_sizes(patch_size, img_size, tokens):
     arch = ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=patch_size,
                       qkv=QKVConfig(layers=("shared", "shared"), code_size=2))
-    model = build_model(arch, num_classes=3, img_size=img_size, in_chans=1)
+    model = build_model(arch, DataShape(img_size=img_size, in_chans=1, num_classes=3))
     x, _ = model.patch_embed(torch.randn(2, 1, img_size, img_size))
     assert x.shape == (2, tokens, 32)
     logits = model(torch.randn(2, 1, img_size, img_size))
@@ -69,13 +71,14 @@ def test_xcit_patch_sizes(patch_size, img_size, tokens):
 
 
 def test_timm_patch_embed_kept_for_16_and_8():
-    model = build_model(ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=8), num_classes=3, img_size=32)
+    model = build_model(ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=8),
+                        DataShape(img_size=32, in_chans=3, num_classes=3))
     assert type(model.patch_embed).__name__ == "ConvPatchEmbed"
 
 
 def test_image_size_must_fit_patch():
     with pytest.raises(UsageError, match="img_size=8 with patch_size=16"):
-        build_model(PRESETS["xcit-n12"], num_classes=10, img_size=8)
+        build_model(PRESETS["xcit-n12"], DataShape(img_size=8, in_chans=1, num_classes=10))
 
 
 def test_presets_fit_small_datasets_through_patch_size():

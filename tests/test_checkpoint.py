@@ -7,13 +7,15 @@ import torch
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
-from trainers.checkpoint import checkpoint_record, load_checkpoint, save_checkpoint
+from search_spaces.shape import DataShape
+from trainers.checkpoint import checkpoint_record, load_checkpoint, save_checkpoint, trained_checkpoint
 from trainers.engine import StopTraining, fit
 from trainers.recipe import get_recipe
 from trainers.runtime import seed_everything
 
 TINY_FSNE = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2,
                        qkv={"layers": ("shared", "shared"), "code_size": 4})
+DIGITS = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def trained(digits, tmp_path_factory):
 
 def new_model(arch=TINY_FSNE, seed=0, drop_path_rate=0.0):
     seed_everything(seed)
-    return build_model(arch, 10, 8, 1, drop_path_rate=drop_path_rate)
+    return build_model(arch, DIGITS, drop_path_rate=drop_path_rate)
 
 
 def same_weights(first, second):
@@ -106,11 +108,11 @@ def one_line_usage_error(call):
 
 def test_wrong_architecture_is_a_one_line_usage_error(trained):
     _, folder = trained
-    other = build_model(TINY_FSNE.replace(embed_dim=48), 10, 8, 1)
+    other = build_model(TINY_FSNE.replace(embed_dim=48), DIGITS)
     message = one_line_usage_error(lambda: load_checkpoint(folder, other))
     assert str(folder / "last.safetensors") in message and "does not match the model" in message
     assert "(48,)" in message or "48" in message
-    plain = build_model(TINY_FSNE.replace(qkv={}), 10, 8, 1)
+    plain = build_model(TINY_FSNE.replace(qkv={}), DIGITS)
     message = one_line_usage_error(lambda: load_checkpoint(folder, plain))
     assert "missing" in message and "unexpected" in message
 
@@ -133,7 +135,7 @@ def test_corrupt_or_missing_record_is_a_one_line_usage_error(trained, tmp_path):
     message = one_line_usage_error(lambda: load_checkpoint(tmp_path))
     assert "last.json" in message and "not found" in message
     (tmp_path / "last.json").write_text('{"format": "qkvnas-checkpoint/1", "epoch": ')
-    assert "corrupt JSON" in one_line_usage_error(lambda: load_checkpoint(tmp_path))
+    assert "malformed JSON" in one_line_usage_error(lambda: load_checkpoint(tmp_path))
 
 
 def test_files_from_an_interrupted_write_are_refused(trained, tmp_path):
@@ -145,9 +147,9 @@ def test_files_from_an_interrupted_write_are_refused(trained, tmp_path):
 
 
 @pytest.mark.parametrize("change, field", [
-    (lambda record: record.pop("dataset"), "field dataset is null"),
-    (lambda record: record["dataset"].pop("img_size"), "field dataset.img_size is null"),
-    (lambda record: record.update(seed="0"), 'field seed is "0"'),
+    (lambda record: record.pop("dataset"), "dataset is missing"),
+    (lambda record: record["dataset"].pop("img_size"), "dataset.img_size is missing"),
+    (lambda record: record.update(seed="0"), 'seed="0"'),
     (lambda record: record["arch"]["qkv"].update(blocks=["a"]), 'qkv.blocks=["a"]'),
 ])
 def test_a_record_missing_or_mistyping_a_field_is_one_line_naming_it(trained, tmp_path, change, field):
@@ -159,3 +161,17 @@ def test_a_record_missing_or_mistyping_a_field_is_one_line_naming_it(trained, tm
     (tmp_path / "last.json").write_text(json.dumps(record))
     message = one_line_usage_error(lambda: load_checkpoint(tmp_path))
     assert str(tmp_path / "last.json") in message and field in message
+
+
+def test_a_trained_model_path_means_its_best_checkpoint(trained, tmp_path):
+    folder = trained[1]
+    assert trained_checkpoint(folder) == folder / "best.json"
+    assert trained_checkpoint(folder / "last.safetensors") == folder / "last.safetensors"
+    only_last = tmp_path / "only-last"
+    only_last.mkdir()
+    (only_last / "last.json").write_text((folder / "last.json").read_text())
+    assert trained_checkpoint(only_last) == only_last / "last.json"
+    for path, expected in ((tmp_path, "holds no best.json or last.json"), (tmp_path / "gone", "gone: not found")):
+        with pytest.raises(UsageError, match=expected) as error:
+            trained_checkpoint(path)
+        assert "\n" not in str(error.value)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli import COMMANDS
+from nas.flags import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def test_presets_table(cli):
     (["describe", "missing.json"], "missing.json: not found"),
     (["describe", "xcit-n12", "--img-size", "8"], "img_size=8 with patch_size=16"),
     (["search", "--budget", "3.1X"], "'3.1X': expected a positive count"),
-    (["search", "--budget", "3.1M", "--trials", "0"], "--trials 0: expected a positive integer"),
+    (["search", "--budget", "3.1M", "--trials", "0"], "argument --trials: 0: expected a positive integer"),
 ])
 def test_errors_are_one_line_exit_2(cli, argv, fragment):
     code, out, err = cli(*argv)
@@ -120,6 +121,6 @@ def test_help_text_speaks_one_vocabulary():
         assert all(helps), f"nas {name}: a flag without help"
         assert len(set(helps)) == len(helps), f"nas {name}: two flags share one description"
     trials = [action for name in COMMANDS for action in command_flags(name) if "--trials" in action.option_strings]
-    assert trials and all(action.type is int for action in trials)
+    assert trials and all(action.type is positive_int for action in trials)
     devices = [action.help for name in COMMANDS for action in command_flags(name) if action.dest == "device"]
     assert len(devices) >= 4 and all("auto (default), cpu, cuda or cuda:N" in text for text in devices)

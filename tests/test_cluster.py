@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -29,6 +30,9 @@ pytestmark = pytest.mark.slow
 CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
 HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"
 RAY = str(Path(sys.executable).with_name("ray"))
+# What `ray start` prints once its node runs; a loaded 2-core machine can take minutes to get there.
+STARTED = "Ray runtime started."
+START_TIMEOUT_S = 300
 
 
 def free_port() -> int:
@@ -38,17 +42,37 @@ def free_port() -> int:
 
 
 def ray_node(ip: str, temp_dir: str, *argv: str) -> subprocess.Popen:
-    """`ray start --block ...` in its own process group: killing the group is the machine going away."""
-    return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats",
-                             "--node-ip-address", ip, "--temp-dir", temp_dir, *argv], env=CLUSTER_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """`ray start --block ...` in its own process group (killing the group is the machine going away); what it
+    prints goes to <temp_dir>/start-<ip>.txt."""
+    with started_output(temp_dir, ip).open("w") as sink:
+        return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats",
+                                 "--node-ip-address", ip, "--temp-dir", temp_dir, *argv], env=CLUSTER_ENV,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def alive_nodes(address: str) -> int:
-    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(sum(node['Alive'] for node in ray.nodes()))" % address)
-    done = subprocess.run([sys.executable, "-c", probe], env=CLUSTER_ENV, capture_output=True, text=True, timeout=60)
-    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+def started_output(temp_dir: str, ip: str) -> Path:
+    return Path(temp_dir, f"start-{ip}.txt")
+
+
+def wait_started(node: subprocess.Popen, ip: str, temp_dir: str) -> None:
+    """Until `ray start` prints that its node runs (it has registered with the GCS by then). Its exit, or
+    START_TIMEOUT_S, fails the test with what it printed and the last lines of Ray's own logs."""
+    output = started_output(temp_dir, ip)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while STARTED not in output.read_text():
+        if node.poll() is not None or time.monotonic() > deadline:
+            ended = (f"exited with status {node.returncode}" if node.returncode is not None else
+                     f"had not started the node after {START_TIMEOUT_S} s")
+            pytest.fail(f"`ray start` for {ip} {ended}:\n{output.read_text()[-3000:]}\n{ray_log_tails(temp_dir)}")
+        time.sleep(0.5)
+
+
+def ray_log_tails(temp_dir: str, lines: int = 20) -> str:
+    """The last lines of each of the session's logs: what Ray itself says went wrong."""
+    logs = Path(temp_dir, "session_latest", "logs")
+    tails = [f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+             for path in sorted(logs.glob("*")) if path.is_file() and path.stat().st_size]
+    return "\n".join(tails) or f"(no logs under {logs})"
 
 
 def node_processes(ip: str) -> list[int]:
@@ -93,9 +117,9 @@ def cluster():
     nodes = {HEAD_IP: ray_node(HEAD_IP, temp_dir, "--head", "--port", address.split(":")[1],
                                "--include-dashboard", "false")}
     try:
-        wait_for(lambda: alive_nodes(address) == 1, 90, "the head")
+        wait_started(nodes[HEAD_IP], HEAD_IP, temp_dir)
         nodes[SECOND_IP] = ray_node(SECOND_IP, temp_dir, "--address", address)
-        wait_for(lambda: alive_nodes(address) == 2, 90, "the second node")
+        wait_started(nodes[SECOND_IP], SECOND_IP, temp_dir)
         yield address, nodes
     finally:
         for ip, node in nodes.items():

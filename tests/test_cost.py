@@ -7,14 +7,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from search_spaces.build import build_model
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params, meta_model
+from qkvnas_core.errors import UsageError
 from search_spaces.presets import PRESETS, shape_of
+from search_spaces.shape import IMAGENET, DataShape
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_meta_count_equals_a_real_build(name):
-    img_size, num_classes, in_chans = shape_of(name)
-    real = build_model(PRESETS[name], num_classes, img_size, in_chans)
-    assert count_params(PRESETS[name], num_classes, img_size, in_chans) == sum(p.numel() for p in real.parameters())
+    real = build_model(PRESETS[name], shape_of(name))
+    assert count_params(PRESETS[name], shape_of(name)) == sum(p.numel() for p in real.parameters())
 
 
 def test_counts_match_timm_and_papers():
@@ -27,13 +28,14 @@ def test_counts_match_timm_and_papers():
 
 def test_meta_flops_equal_flops_of_a_real_forward():
     arch = PRESETS["xcit-n12-fsne"].replace(depth=2, patch_size=4)
-    model = build_model(arch, num_classes=10, img_size=32).eval()
+    shape = DataShape(img_size=32, in_chans=3, num_classes=10)
+    model = build_model(arch, shape).eval()
     counter = FlopCounterMode(display=False)
     # A fused CPU attention kernel is invisible to the flop counter; the math backend is the counted decomposition
     # that the meta device also takes.
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(torch.randn(1, 3, 32, 32))
-    assert count_flops(arch, num_classes=10, img_size=32) == counter.get_total_flops()
+    assert count_flops(arch, shape) == counter.get_total_flops()
 
 
 def test_qkv_structure_changes_the_count_by_its_own_weights():
@@ -50,7 +52,7 @@ def test_qkv_structure_changes_the_count_by_its_own_weights():
 
 def attention_flops(arch, img_size: int) -> int:
     """FLOPs the flop counter gives block 0's attention module of `arch` on the meta device, as count_flops does."""
-    model = meta_model(arch, num_classes=10, img_size=img_size, in_chans=3).eval()
+    model = meta_model(arch, DataShape(img_size=img_size, in_chans=3, num_classes=10)).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.empty(1, 3, img_size, img_size, device="meta"))
@@ -69,3 +71,12 @@ def test_attention_flops_of_one_block_follow_the_hand_formula():
     xcit = ArchConfig(backbone="xcit", embed_dim=dim, depth=1, num_heads=heads, patch_size=patch)
     xca_projections = 2 * patches * dim * 3 * dim + 2 * patches * dim * dim
     assert attention_flops(xcit, img_size) == xca_projections + 2 * (2 * patches * head_dim * dim)
+
+
+def test_a_preset_is_counted_at_its_own_shape_unless_told():
+    assert shape_of("vix-vit") == DataShape(img_size=32, in_chans=3, num_classes=10, patch_size=1)
+    assert shape_of("deit-tiny") == shape_of("path/to/arch.json") == IMAGENET
+    assert shape_of("mlit-xxs", num_classes=10) == DataShape(img_size=36, in_chans=3, num_classes=10, patch_size=3)
+    assert count_params(PRESETS["vix-vit"]) != count_params(PRESETS["vix-vit"], shape_of("vix-vit"))
+    with pytest.raises(UsageError, match="img_size=0: expected a positive integer"):
+        shape_of("xcit-n12", img_size=0)

@@ -8,6 +8,7 @@ from torch import nn
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
+from search_spaces.shape import DataShape
 from trainers.batches import TensorBatches, make_batches
 from trainers.data import DatasetInfo, TensorSplit
 from trainers.engine import EpochMetrics, StopTraining, TrainingDiverged, evaluate, fit
@@ -17,11 +18,12 @@ from trainers.runtime import CrossRankBatchNorm2d, Distributed, seed_everything,
 
 TINY = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2)
 TINY_FSNE = TINY.replace(qkv={"layers": ("shared", "shared"), "code_size": 4})
+DIGITS = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
 
 
 def tiny_model(arch=TINY, seed=0, drop_path_rate=0.0):
     seed_everything(seed)
-    return build_model(arch, 10, 8, 1, drop_path_rate=drop_path_rate)
+    return build_model(arch, DIGITS, drop_path_rate=drop_path_rate)
 
 
 def test_short_training_learns_digits(digits):
@@ -156,7 +158,7 @@ def test_schedule_warms_up_peaks_and_ends_at_min_lr():
 
 
 def small_info(name="synthetic"):
-    return DatasetInfo(name, 10, 6, 2, (0.5, 0.5), (0.25, 0.25), 2)
+    return DatasetInfo(name, DataShape(img_size=6, in_chans=2, num_classes=10, patch_size=2), (0.5, 0.5), (0.25, 0.25))
 
 
 def test_gpu_style_crop_and_flip_match_a_per_image_reference():
@@ -229,7 +231,7 @@ def test_select_device():
     with pytest.raises(UsageError, match="'tpu'"):
         select_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="CUDA is not available"):
+        with pytest.raises(UsageError, match="no CUDA device is visible here"):
             select_device("cuda")
 
 

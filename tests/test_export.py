@@ -14,6 +14,7 @@ from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.export import load_exported
+from search_spaces.shape import DataShape
 from trainers.checkpoint import load_checkpoint
 from trainers.engine import fit
 from trainers.recipe import get_recipe
@@ -21,6 +22,7 @@ from trainers.runtime import seed_everything
 
 TINY_FSNE = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2,
                        qkv={"layers": ("shared", "shared"), "code_size": 4})
+DIGITS = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def trained(tmp_path_factory, digits):
     """A checkpoint folder of a tiny F-SNE model trained one epoch on digits."""
     folder = tmp_path_factory.mktemp("trained")
     seed_everything(0)
-    model = build_model(TINY_FSNE, 10, 8, 1)
+    model = build_model(TINY_FSNE, DIGITS)
     fit(model, digits, get_recipe("proxy", epochs=1), device="cpu", checkpoint_dir=folder, arch=TINY_FSNE)
     return folder
 
@@ -145,7 +147,7 @@ def test_every_vit_part_exports_to_onnx_with_a_dynamic_batch(attention, tmp_path
                       attention=AttentionConfig(kind=attention, kv_heads=2, num_landmarks=8, proj_len=8),
                       ffn=FFNConfig(kind="moe", experts=(3,)))
     seed_everything(0)
-    model = build_model(arch, 10, 8, 1).eval()
+    model = build_model(arch, DIGITS).eval()
     path = export_onnx(model, tmp_path / "model.onnx", img_size=8, in_chans=1)
     # Batch 3 against an export at batch 1: GQA, rope and expert routing must not be frozen by the tracer.
     assert onnx_difference(model, path, img_size=8, in_chans=1, batch=3) < 1e-4

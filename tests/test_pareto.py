@@ -4,14 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.colors import to_rgb
 from PIL import Image
 
 from nas.cli import main
 from conftest import TINY, write_run
 from nas.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
+from qkvnas_core.errors import UsageError
 from search_spaces.build import build_model
+from search_spaces.device import parse_device
 from search_spaces.latency import measure_latency
+from search_spaces.shape import DataShape
+from trainers.runtime import select_device
 
 
 def table(*rows) -> pd.DataFrame:
@@ -60,15 +65,20 @@ def test_all_infeasible_gives_an_empty_front():
 
 def test_write_pareto_files(tmp_path, capsys):
     run = write_run(tmp_path / "run")
-    csv_path = write_pareto(run)
-    front = pd.read_csv(csv_path)
-    assert list(front["trial_id"]) == ["t0000", "t0001"]
+    outcome = write_pareto(run)
+    assert capsys.readouterr().out == ""  # the library returns what it did; `nas pareto` prints it
+    assert outcome.written == [run / "pareto.csv", run / "pareto.png", run / "pareto.svg"]
+    assert (outcome.scored, outcome.costs, outcome.references) == (3, ["params"], None)
+    front = pd.read_csv(outcome.csv_path)
+    assert list(front["trial_id"]) == ["t0000", "t0001"] == list(outcome.front["trial_id"])
     assert {"arch", "structure", "params", "val_acc", "qkv_layers"} <= set(front.columns)
     for name in ("pareto.png", "pareto.svg"):
         assert (run / name).stat().st_size > 2_000
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "pareto.png").stat().st_size < 150_000
-    assert "2 of 3 scored trials" in capsys.readouterr().out
+    assert main(["pareto", str(run)]) == 0
+    assert f"front over params: 2 of 3 scored trials; wrote pareto.csv, pareto.png, pareto.svg to {run}" in (
+        capsys.readouterr().out)
     # The trials are drawn: F-SNE's colour fills its marker inside the axes (the legend is to the right).
     image = np.asarray(Image.open(run / "pareto.png").convert("RGB")).astype(int)
     axes_area = image[:, : image.shape[1] * 6 // 10]
@@ -108,9 +118,35 @@ def test_latency_columns(tmp_path):
 
 
 def test_measure_latency_on_a_tiny_model():
-    model = build_model(TINY, num_classes=10, img_size=8, in_chans=1)
-    figures = measure_latency(model, img_size=8, in_chans=1, device="cpu", batch_sizes=(1, 16), warmup=1, repeats=3)
+    shape = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
+    figures = measure_latency(build_model(TINY, shape), shape, device="cpu", batch_sizes=(1, 16), warmup=1, repeats=3)
     assert figures["latency_ms"] > 0 and figures["throughput"] > 0
+
+
+def test_one_device_vocabulary_for_latency_and_training(tmp_path, capsys):
+    cuda = torch.cuda.is_available()
+    assert parse_device("cpu") == select_device("cpu") == torch.device("cpu")
+    assert parse_device("auto").type == select_device("auto").type == select_device(None).type == (
+        "cuda" if cuda else "cpu")
+    for name in ("tpu", "cuda:x", "", "mps", "CPU"):
+        for parse in (parse_device, select_device):
+            with pytest.raises(UsageError, match=f"device {name!r}: expected auto, cpu, cuda or cuda:N$"):
+                parse(name)
+    missing = "cuda:99" if cuda else "cuda"
+    with pytest.raises(UsageError) as by_latency:
+        parse_device(missing)
+    with pytest.raises(UsageError) as by_training:
+        select_device(missing)
+    assert str(by_latency.value) == str(by_training.value) and "\n" not in str(by_latency.value)
+    if cuda:
+        assert select_device("cuda") == torch.device("cuda", 0)  # a bare cuda: this rank's GPU
+
+    run = write_run(tmp_path / "run")
+    assert main(["pareto", str(run), "--measure-latency", "--device", "tpu"]) == 2
+    assert main(["train", "deit-tiny", "--device", "tpu"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"nas {command}: error: device 'tpu': expected auto, cpu, cuda or cuda:N"
+                     for command in ("pareto", "train")]
 
 
 def run_with_table(folder, content: bytes):

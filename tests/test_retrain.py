@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -14,16 +15,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import trainers.retrain as retrain
+import trainers.model_folder as model_folder
 from qkvnas_core.files import write_json_atomic
 from nas.cli import main
-from nas.results import TrialTable
+from nas.results import trial_row, trials_frame, write_trials
 from nas.retrain import Candidate, fitted_arch
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
+from search_spaces.shape import DataShape
 from trainers.checkpoint import load_checkpoint
-from trainers.data import load_dataset
+from trainers.data import DataRequest, load_dataset
 from trainers.engine import evaluate
+from trainers.from_scratch import RetrainTask
+from trainers.holdout import SPLIT_VERSION
+from trainers.recipe import get_recipe
+from trainers.transfer import TransferTask
 
 TINY_LINEAR = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
 TINY_FSNE = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=2,
@@ -36,23 +42,22 @@ FAST_XCIT = ["--recipe", "xcit", "--epochs", "2", "--batch-size", "64", "--lr", 
              "--cutmix", "0", "--no-ema", "--warmup-epochs", "0", "--drop-path", "0.05", "--device", "cpu"]
 FAST_PROXY = ["--recipe", "proxy", "--device", "cpu"]
 DIGITS_TEST_IMAGES = 359
+DIGITS = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
 
 
 def write_run(folder: Path, trials=((TINY_LINEAR, 0.80, "complete"), (TINY_FSNE, 0.95, "complete"),
-                                    (WIDER_LINEAR, None, "failed"))) -> Path:
-    """A run folder as `nas search` leaves it: search.json and trials.csv (trial t0001 leads the front)."""
+                                    (WIDER_LINEAR, None, "failed")), split_version: int | None = SPLIT_VERSION) -> Path:
+    """A run folder as `nas search` leaves it: search.json and trials.csv (trial t0001 leads the front);
+    split_version None: as an older qkvnas left it."""
     folder.mkdir(parents=True)
-    write_json_atomic(folder / "search.json", {"name": folder.name, "dataset": "digits", "data_dir": None, "budget": 60_000,
-                                        "img_size": 8, "num_classes": 10, "in_chans": 1, "patch_size": 2,
-                                        "val_fraction": 0.2, "seed": 0})
-    table = TrialTable(folder / "trials.csv")
-    for number, (arch, val_acc, state) in enumerate(trials):
-        trial_id = TrialTable.trial_id(number)
-        table.start(trial_id, arch, count_params(arch, 10, 8, 1), count_flops(arch, 10, 8, 1), seed=number)
-        if val_acc is not None:
-            table.record_epoch(trial_id, 3, val_acc, 1.0)
-        table.update(trial_id, state=state, reason="injected" if state == "failed" else "")
-    table.write()
+    settings = {"name": folder.name, "dataset": "digits", "data_dir": None, "budget": 60_000, "img_size": 8,
+                "num_classes": 10, "in_chans": 1, "patch_size": 2, "val_fraction": 0.2, "seed": 0}
+    write_json_atomic(folder / "search.json",
+                      settings if split_version is None else {**settings, "split_version": split_version})
+    rows = [trial_row(number, state, "injected" if state == "failed" else "", arch, count_params(arch, DIGITS),
+                      count_flops(arch, DIGITS), seed=number, curve=[val_acc] if val_acc is not None else [])
+            for number, (arch, val_acc, state) in enumerate(trials)]
+    write_trials(folder / "trials.csv", trials_frame(rows))
     return folder
 
 
@@ -66,7 +71,7 @@ def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, cli, monkeyp
     baseline = tmp_path / "baseline.json"
     baseline.write_text(BASELINE_P16.to_json())
     tested, fitted = [], []
-    real_evaluate, real_fit = retrain.evaluate, retrain.fit
+    real_evaluate, real_fit = model_folder.evaluate, model_folder.fit
 
     def spy_evaluate(model, split, info, **kwargs):
         tested.append(len(split))
@@ -76,8 +81,8 @@ def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, cli, monkeyp
         fitted.append(data.test)
         return real_fit(model, data, recipe, **kwargs)
 
-    monkeypatch.setattr(retrain, "evaluate", spy_evaluate)
-    monkeypatch.setattr(retrain, "fit", spy_fit)
+    monkeypatch.setattr(model_folder, "evaluate", spy_evaluate)
+    monkeypatch.setattr(model_folder, "fit", spy_fit)
     code, out, err = cli("retrain", run, "--top", "1", "--baseline", baseline, *FAST_XCIT)
     assert code == 0, err
     assert tested == [DIGITS_TEST_IMAGES, DIGITS_TEST_IMAGES] and fitted == [None, None]
@@ -94,10 +99,10 @@ def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, cli, monkeyp
         assert {"arch.json", "metrics.csv", "result.json", "best.json", "best.safetensors", "last.json",
                 "last.safetensors", "last-state.safetensors"} <= {path.name for path in folder.iterdir()}
         assert ArchConfig.from_json((folder / "arch.json").read_text()) == arch
-        assert row.params == count_params(arch, 10, 8, 1) and row.flops == count_flops(arch, 10, 8, 1)
+        assert row.params == count_params(arch, DIGITS) and row.flops == count_flops(arch, DIGITS)
         metrics = read_metrics(folder)
         assert [int(m["epoch"]) for m in metrics] == [1, 2]
-        assert list(metrics[0]) == retrain.METRICS_COLUMNS and not any("test" in name for name in metrics[0])
+        assert list(metrics[0]) == model_folder.METRICS_COLUMNS and not any("test" in name for name in metrics[0])
         result = json.loads((folder / "result.json").read_text())
         assert result["top1"] == pytest.approx(row.top1) and result["top1"] <= result["top5"] <= 1
         assert result["test_images"] == DIGITS_TEST_IMAGES and result["epochs"] == 2 == row.epochs
@@ -105,6 +110,8 @@ def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, cli, monkeyp
         assert result["recipe_fields"]["ema"] is False and result["recipe_fields"]["randaugment"] is None
         assert result["recipe_fields"]["weight_decay"] == 0.05  # not given: the xcit recipe's own value
         assert (result["dataset"], result["val_fraction"], result["split_seed"]) == ("digits", 0.2, 0)
+        assert result["split_version"] == SPLIT_VERSION and result["pretrained"] is None
+        assert json.loads((folder / "settings.json").read_text()).items() <= result.items()  # the resume key
         # The score is the best-by-validation checkpoint's on the test split.
         best = load_checkpoint(folder / "best.json")
         assert best.epoch == result["best_epoch"]
@@ -115,7 +122,7 @@ def test_winner_and_baseline_are_trained_then_tested_once(tmp_path, cli, monkeyp
 
 def interrupt_at(monkeypatch, target: ArchConfig, epoch: int) -> None:
     """Ctrl-C after `epoch` of `target` (its checkpoint and metrics already written), as a user would."""
-    real_fit = retrain.fit
+    real_fit = model_folder.fit
 
     def fit_then_interrupt(model, data, recipe, *, on_epoch, arch: ArchConfig, **kwargs):
         def maybe_interrupt(metrics):
@@ -125,7 +132,7 @@ def interrupt_at(monkeypatch, target: ArchConfig, epoch: int) -> None:
 
         return real_fit(model, data, recipe, on_epoch=maybe_interrupt, arch=arch, **kwargs)
 
-    monkeypatch.setattr(retrain, "fit", fit_then_interrupt)
+    monkeypatch.setattr(model_folder, "fit", fit_then_interrupt)
 
 
 def test_interrupted_retrain_resumes_exactly_and_skips_finished_models(tmp_path, cli, monkeypatch):
@@ -218,7 +225,7 @@ def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(t
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--top", "0"], "--top 0: expected a positive number of winners"),
+    (["--top", "0"], "argument --top: 0: expected a positive integer"),
     (["--trial-ids", "t0099"], "--trial-ids t0099: no such trial in"),
     ([], "nothing to retrain: expected --top K"),
     (["--arch", "missing.json"], "architecture file missing.json: not found"),
@@ -264,4 +271,55 @@ def test_searched_patch_size_meets_the_retrain_images(tmp_path, cli):
     assert "patch size 2 -> 4 for t0001 on digits at 16 px (searched at 8 px; override with --patch-size)" in out
     result = json.loads((run / "retrain" / TINY_FSNE.replace(patch_size=4).arch_id / "result.json").read_text())
     assert (result["img_size"], result["patch_size"]) == (16, 4)
-    assert result["flops"] == count_flops(TINY_FSNE.replace(patch_size=4), 10, 16, 1)
+    assert result["flops"] == count_flops(TINY_FSNE.replace(patch_size=4), DataShape(16, 1, 10, 4))
+
+
+# Task fields that say where or how a model runs, or what it is called, but not what it learns: the only ones a
+# resume may change. A new field must go into the resume key (trainers.model_folder.resume_key) or here.
+RUN_ONLY = {"role", "source", "folder", "overrides", "resume", "device", "compile", "threads", "data.data_dir",
+            "data.download"}
+OTHER_VALUES = {"arch": WIDER_LINEAR, "recipe": get_recipe("proxy", epochs=2), "seed": 1, "checkpoint": Path("b.json"),
+                "data.name": "synthetic", "data.val_fraction": 0.3, "data.split_seed": 1, "data.img_size": 16}
+
+
+@pytest.mark.parametrize("task", [
+    RetrainTask(arch=TINY_LINEAR, role="winner", source="t0000", folder=Path("out"), recipe=get_recipe("proxy"),
+                overrides={}, data=DataRequest("digits", img_size=8)),
+    TransferTask(checkpoint=Path("a.json"), arch=TINY_LINEAR, role="winner", source="t0000", folder=Path("out"),
+                 recipe=get_recipe("transfer"), overrides={}, data=DataRequest("cifar10", img_size=8)),
+], ids=["retrain", "transfer"])
+def test_every_setting_that_changes_the_model_changes_the_resume_key(task):
+    """Both kinds of task get their key from the one builder; each field is in it or declared run-only."""
+    key = model_folder.resume_key(task)
+    fields = [field.name for field in dataclasses.fields(task) if field.name != "data"]
+    fields += [f"data.{field.name}" for field in dataclasses.fields(task.data)]
+    for name in fields:
+        if name in RUN_ONLY:
+            continue
+        assert name in OTHER_VALUES, f"{type(task).__name__}.{name}: put it in the resume key or in RUN_ONLY"
+        if name.startswith("data."):
+            changed = dataclasses.replace(task, data=dataclasses.replace(task.data, **{name[5:]: OTHER_VALUES[name]}))
+        else:
+            changed = dataclasses.replace(task, **{name: OTHER_VALUES[name]})
+        assert model_folder.resume_key(changed) != key, name
+    assert model_folder.resume_key(dataclasses.replace(task, device="cuda", folder=Path("x"))) == key
+
+
+def test_a_model_resumes_only_with_the_settings_it_started_with(tmp_path, cli):
+    run = write_run(tmp_path / "run", split_version=None)
+    args = ["--trial-ids", "t0000", "--epochs", "1", *FAST_PROXY]
+    code, out, err = cli("retrain", run, *args)
+    assert code == 0, err
+    assert f"note: {run} was searched on validation split version 1; this version draws version {SPLIT_VERSION}" in out
+    folder = run / "retrain" / TINY_LINEAR.arch_id
+    code, _, err = cli("retrain", run, *args, "--resume", "--val-fraction", "0.3")
+    assert code == 2 and err.count("\n") == 1 and f"{folder} finished with another val_fraction" in err
+
+    (folder / "result.json").unlink()  # as if killed after its last epoch: resumable
+    code, _, err = cli("retrain", run, *args, "--resume", "--split-seed", "4")
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot resume {folder}: it was started with another split_seed" in err
+    (folder / "settings.json").unlink()  # as an older qkvnas left an interrupted run
+    code, _, err = cli("retrain", run, *args, "--resume")
+    assert code == 2 and err.count("\n") == 1 and "without settings.json (started by an older qkvnas" in err
+    assert not (folder / "result.json").exists()

@@ -14,11 +14,12 @@ from qkvnas_core.files import exclusive_lock
 from nas.budget import Budget
 from nas.cli import main
 from nas.progress import Progress
-from nas.results import INTERRUPTED, TrialTable, load_trials
+from nas.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
 from nas.scheduler import RungScheduler, rung_epochs
 from nas.search import SearchSettings, SessionClock, resume_search, run_search
-from nas.searcher import BudgetedSearcher, open_study
+from nas.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
 from search_spaces.arch import ArchConfig
+from search_spaces.shape import DataShape
 from search_spaces.spaces import load_space
 from trainers.trial import run_trial
 
@@ -26,12 +27,12 @@ TINY_SPACE = '''
 from search_spaces.arch import ArchConfig, QKVConfig
 
 
-def tiny(trial, patch_size):
+def tiny(trial, shape):
     embed_dim = trial.suggest_categorical("embed_dim", [16, 32, 128])
     structure = trial.suggest_categorical("structure", ["linear", "SNE", "F-SNE"])
     qkv = {"linear": QKVConfig(), "SNE": QKVConfig(layers=("separate", "separate")),
            "F-SNE": QKVConfig(layers=("shared", "shared"), code_size=4)}[structure]
-    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=patch_size, qkv=qkv)
+    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=shape.patch_size, qkv=qkv)
 
 
 # Tried first, in this order: trial numbers 0-4 are known (2 is over the budget).
@@ -40,6 +41,7 @@ tiny.initial_points = [{"embed_dim": 16, "structure": "linear"}, {"embed_dim": 3
                        {"embed_dim": 32, "structure": "F-SNE"}]
 '''
 BUDGET = 60_000  # embed_dim 128 (about 0.2M params) is over it; 16 and 32 are under
+DIGITS = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
 
 
 @pytest.fixture()
@@ -102,7 +104,7 @@ def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
 @pytest.mark.slow
 def test_over_budget_draws_never_reach_ray(ray_cluster, tmp_path, space_file):
     settings = settings_for(tmp_path, space_file, name="budget", trials=3)
-    assert run_search(settings) == 0
+    assert run_search(settings).exit_code == 0
     run_dir = settings.run_dir
     table = load_trials(run_dir)
     ray_trials = sorted(path.name for path in (run_dir / "ray-1").glob("trial_*"))
@@ -111,11 +113,82 @@ def test_over_budget_draws_never_reach_ray(ray_cluster, tmp_path, space_file):
     assert (table["state"] == "infeasible").sum() >= 1
 
 
-def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
-    table = TrialTable(tmp_path / "trials.csv")
-    budget = Budget(BUDGET, None, num_classes=10, img_size=8, in_chans=1)
+UNBUILDABLE_SPACE = '''
+from search_spaces.arch import ArchConfig, AttentionConfig
+
+
+def patchy(trial, shape):
+    embed_dim = trial.suggest_categorical("embed_dim", [15, 16, 32])  # 15 does not split into 2 heads
+    proj_len = trial.suggest_categorical("proj_len", [8, 32])  # 32 is more than the 17 tokens of 8 px at patch 2
+    if embed_dim == 32 and proj_len == 32:
+        raise ValueError("no room for 32 x 32")
+    return ArchConfig(backbone="vit", embed_dim=embed_dim, depth=1, num_heads=2, patch_size=shape.patch_size,
+                      attention=AttentionConfig(kind="linformer", proj_len=proj_len))
+
+
+# Drawn first, in this order: three draws that cannot be built, each for another reason, around the two that can.
+patchy.initial_points = [{"embed_dim": 16, "proj_len": 32}, {"embed_dim": 15, "proj_len": 8},
+                         {"embed_dim": 16, "proj_len": 8}, {"embed_dim": 32, "proj_len": 32},
+                         {"embed_dim": 32, "proj_len": 8}]
+'''
+# Why each unbuildable draw of UNBUILDABLE_SPACE's initial points cannot be built, by trial id.
+UNBUILDABLE_REASONS = {"t0000": "invalid architecture: attention.proj_len=32 but 8 px images at patch 2 give 17 tokens",
+                       "t0001": "invalid architecture: embed_dim=15 is not divisible by num_heads=2",
+                       "t0003": "the space raised ValueError: no room for 32 x 32"}
+
+
+@pytest.fixture()
+def unbuildable_space(tmp_path):
+    path = tmp_path / "patchy.py"
+    path.write_text(UNBUILDABLE_SPACE)
+    return f"{path}:patchy"
+
+
+def test_a_draw_that_cannot_be_built_is_infeasible_and_costs_no_trial(tmp_path, unbuildable_space):
+    space = load_space(unbuildable_space)
     study = open_study(f"sqlite:///{tmp_path}/study.db", "unit", seed=0)
-    searcher = BudgetedSearcher(load_space(space_file), 2, budget, table, study, seed=0, epochs=3,
+    searcher = BudgetedSearcher(space, Budget(BUDGET, None, DIGITS), study, seed=0, epochs=1,
+                                initial_points=space.initial_points)
+    suggested = [searcher.suggest("ray0"), searcher.suggest("ray1")]
+    assert [config["trial_number"] for config in suggested] == [2, 4]
+    trials = render_trials(study).set_index("trial_id")
+    assert list(trials["state"]) == ["infeasible", "infeasible", "queued", "infeasible", "queued"]
+    for trial_id, reason in UNBUILDABLE_REASONS.items():
+        assert trials.loc[trial_id, "reason"].startswith(reason), trials.loc[trial_id, "reason"]
+        trial = study.trials[int(trial_id[1:])]
+        # Told as an over-budget draw is, ranked below every one: complete, worst score, constraint violated.
+        assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.0
+        assert trial.constraints["params"] == UNBUILDABLE
+    # One built but could not run at this shape: its architecture is kept with its reason, its cost is not.
+    assert trials.loc["t0000", "arch_id"] == ArchConfig.from_json(trials.loc["t0000", "arch"]).arch_id
+    assert trials.loc[["t0000", "t0001", "t0003"], "params"].isna().all()
+
+
+@pytest.mark.slow
+def test_draws_that_cannot_be_built_never_reach_the_trainable(ray_cluster, tmp_path, unbuildable_space):
+    reached = tmp_path / "reached"
+    reached.mkdir()
+
+    def recording_trainable(config, data, settings):
+        (reached / f"t{config['trial_number']:04d}").touch()
+        run_trial(config, data, settings)
+
+    settings = settings_for(tmp_path, unbuildable_space, name="unbuildable", trials=2, epochs=1)
+    result = run_search(settings, trainable=recording_trainable)
+    assert result.exit_code == 0 and result.trained == 2
+    table = load_trials(settings.run_dir).set_index("trial_id")
+    assert sorted(path.name for path in reached.iterdir()) == ["t0002", "t0004"]
+    assert table.loc[["t0002", "t0004"], "state"].isin(["complete", "stopped"]).all()
+    assert (table.drop(index=["t0002", "t0004"])["state"] == "infeasible").all()
+    for trial_id, reason in UNBUILDABLE_REASONS.items():
+        assert table.loc[trial_id, "reason"].startswith(reason)
+    study = optuna.load_study(study_name="unbuildable", storage=f"sqlite:///{settings.run_dir / 'study.db'}")
+    assert all(study.trials[int(trial_id[1:])].constraints["params"] > 0 for trial_id in UNBUILDABLE_REASONS)
+
+
+def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
+    study = open_study(f"sqlite:///{tmp_path}/study.db", "unit", seed=0)
+    searcher = BudgetedSearcher(load_space(space_file), Budget(BUDGET, None, DIGITS), study, seed=0, epochs=3,
                                 max_infeasible_streak=50)
     suggested = []
     for index in range(6):
@@ -137,7 +210,7 @@ def test_searcher_suggests_only_configs_within_budget(tmp_path, space_file):
 @pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_path, space_file):
     settings = settings_for(tmp_path, space_file, name="faults", trials=4)
-    assert run_search(settings, trainable=failing_trainable) == 0
+    assert run_search(settings, trainable=failing_trainable).exit_code == 0
     table = load_trials(settings.run_dir).set_index("trial_id")
     assert table.loc["t0001", "state"] == "failed"
     assert "RuntimeError: injected failure in trial 1" in table.loc["t0001", "reason"]
@@ -152,17 +225,18 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_pat
 @pytest.mark.slow
 def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, tmp_path, space_file):
     settings = settings_for(tmp_path, space_file, name="resume", trials=2, budget=10**6)
-    assert run_search(settings) == 0
+    assert run_search(settings).exit_code == 0
     run_dir = settings.run_dir
     first = load_trials(run_dir)
-    # What a kill -9 leaves behind: an Optuna trial still RUNNING and its row still `running`.
+    # What a kill -9 leaves behind: an Optuna trial still RUNNING, recorded as running, and its row so.
     storage = f"sqlite:///{run_dir / 'study.db'}"
     study = optuna.load_study(study_name="resume", storage=storage)
     crashed = study.ask()
-    table = TrialTable(run_dir / "trials.csv")
     arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
-    table.start(TrialTable.trial_id(crashed.number), arch, 1000, None, seed=crashed.number)
-    table.write()
+    for key, value in dict(arch=arch.to_json(), params=1000, seed=crashed.number, state="running").items():
+        crashed.set_user_attr(key, value)
+    write_trials(run_dir / "trials.csv", render_trials(study))
+    assert load_trials(run_dir)["state"].iloc[-1] == "running"
 
     moved = run_dir.with_name("resume-moved")  # a renamed run folder keeps its study
     run_dir.rename(moved)
@@ -175,7 +249,7 @@ def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, t
     for row in first.itertuples():
         assert after.loc[row.trial_id, "state"] == row.state
         assert after.loc[row.trial_id, "val_acc"] == pytest.approx(row.val_acc, nan_ok=True)
-    crashed_id = TrialTable.trial_id(crashed.number)
+    crashed_id = format_trial_id(crashed.number)
     assert after.loc[crashed_id, "state"] == "failed" and after.loc[crashed_id, "reason"] == INTERRUPTED
     finished = after[after["state"].isin(["complete", "stopped"])]
     assert len(finished) == 3
@@ -187,7 +261,7 @@ def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, t
 @pytest.mark.slow
 def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
     settings = settings_for(tmp_path, space_file, name="done", trials=1, budget=10**6)
-    assert run_search(settings) == 0
+    assert run_search(settings).exit_code == 0
     before = (settings.run_dir / "trials.csv").read_text()
     assert main(["search", "--resume", str(settings.run_dir)]) == 0
     assert "raise --trials to extend it" in capsys.readouterr().out
@@ -199,8 +273,8 @@ def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
     (["--dataset", "mnist"], "mnist"),
     (["--budget", "1K"], "admits no model"),
     (["--budget", "3.1X"], "'3.1X': expected a positive count"),
-    (["--trials", "0"], "--trials 0"),
-    (["--max-concurrent", "0"], "--max-concurrent 0: expected a positive integer"),
+    (["--trials", "0"], "argument --trials: 0"),
+    (["--max-concurrent", "0"], "argument --max-concurrent: 0: expected a positive integer"),
     # The limit that binds is named: the architecture rule, or the FLOPs limit rather than the params budget.
     (["--patch-size", "3"], "built no valid architecture in 300 draws at patch size 3: img_size=8 with patch_size=3"),
     (["--max-flops", "1K", "--space", "SPACE"], "max 1K FLOPs (1,000) admits no model of space"),
@@ -235,7 +309,7 @@ def test_lite_space_trials_train_every_vit_part(ray_cluster, tmp_path):
     """The lite space through Ray on digits: sub-1M ViTs (MoE, linear attentions, rope, conv stems) train."""
     settings = SearchSettings(name="lite", budget=300_000, results_dir=str(tmp_path), space="lite", trials=3,
                               epochs=2, grace_epochs=1, reduction_factor=2, seed=1)
-    assert run_search(settings) == 0
+    assert run_search(settings).exit_code == 0
     table = load_trials(settings.run_dir)
     trained = table[table["state"].isin(["complete", "stopped"])]
     assert len(trained) == 3 and (trained["params"] <= 300_000).all() and (trained["backbone"] == "vit").all()
@@ -243,28 +317,34 @@ def test_lite_space_trials_train_every_vit_part(ray_cluster, tmp_path):
 
 
 def finished_run(tmp_path, **changes):
-    """A run folder as a finished search leaves it (search.json and a trials.csv), without training."""
+    """A run folder as a finished search leaves it (search.json, a trials.csv, the lock file), without training."""
     settings = settings_for(tmp_path, "qkv", name="done", **changes)
     settings.run_dir.mkdir(parents=True)
     (settings.run_dir / "search.json").write_text(json.dumps(settings.to_dict()))
-    table = TrialTable(settings.run_dir / "trials.csv")
-    table.start("t0000", ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2), 11_772, None, 5)
-    table.write()
+    arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
+    write_trials(settings.run_dir / "trials.csv", trials_frame([trial_row(0, "complete", arch=arch, params=11_772,
+                                                                          seed=5, curve=[0.5])]))
+    (settings.run_dir / ".lock").write_text("12345")
     return settings.run_dir
+
+
+def run_files(run_dir):
+    """The run folder's files and their bytes; the lock file holds whoever last held it, and is left out."""
+    return {path.name: path.read_bytes() for path in run_dir.iterdir() if path.name != ".lock"}
 
 
 @pytest.mark.parametrize("argv,fragment", [
     (["--budget", "1M"], "with --budget 1000000: a resumed run keeps the settings it was started with"),
     (["--epochs", "20"], "with --epochs 20: a resumed run keeps"),
-    (["--trials", "-5"], "--trials -5: expected a positive integer"),
-    (["--max-concurrent", "0"], "--max-concurrent 0: expected a positive integer"),
+    (["--trials", "-5"], "argument --trials: -5: expected a positive integer"),
+    (["--max-concurrent", "0"], "argument --max-concurrent: 0: expected a positive integer"),
 ])
 def test_resume_refuses_settings_it_cannot_change_and_validates_the_rest(tmp_path, cli, argv, fragment):
     run_dir = finished_run(tmp_path)
-    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    before = run_files(run_dir)
     code, _, err = cli("search", "--resume", run_dir, *argv)
     assert code == 2 and fragment in err and err.count("\n") == 1
-    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
+    assert run_files(run_dir) == before
 
 
 def test_a_second_resume_of_a_run_is_locked_out(tmp_path, cli):
@@ -279,57 +359,103 @@ RAISING_SPACE = '''
 from search_spaces.arch import ArchConfig
 
 
-def sometimes(trial, patch_size):
+def sometimes(trial, shape):
     embed_dim = trial.suggest_categorical("embed_dim", [16, 32])
     if embed_dim == 32:
         raise ValueError("no room for 32")
-    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=patch_size)
+    return ArchConfig(embed_dim=embed_dim, depth=1, num_heads=2, patch_size=shape.patch_size)
 
 
-def always(trial, patch_size):
+def always(trial, shape):
     trial.suggest_categorical("embed_dim", [16, 32])
     raise ValueError("boom")
 '''
 
 
-def test_a_user_space_that_raises_is_a_bad_draw_or_one_line(tmp_path, cli):
+def test_a_user_space_that_raises_is_an_unbuildable_draw_or_one_line(tmp_path, cli):
     path = tmp_path / "raising.py"
     path.write_text(RAISING_SPACE)
-    table = TrialTable(tmp_path / "trials.csv")
     study = optuna.create_study(direction="maximize")
-    searcher = BudgetedSearcher(load_space(f"{path}:sometimes"), 2, Budget(BUDGET, None, 10, 8, 1), table, study,
-                                seed=0, epochs=1, max_infeasible_streak=20,
+    searcher = BudgetedSearcher(load_space(f"{path}:sometimes"), Budget(BUDGET, None, DIGITS), study, seed=0,
+                                epochs=1, max_infeasible_streak=20,
                                 sampler=lambda seed: optuna.samplers.RandomSampler(seed=seed))
     assert isinstance(searcher.suggest("a"), dict)
-    failed = [row for row in table.rows.values() if row["state"] == "failed"]
-    assert failed and all(row["reason"] == "the space raised ValueError: no room for 32" for row in failed)
+    trials = render_trials(study)
+    raised = trials[trials["state"] == "infeasible"]
+    assert len(raised) and (raised["reason"] == "the space raised ValueError: no room for 32").all()
+    assert len(trials) == len(raised) + 1
     code, _, err = cli("search", "--budget", "1M", "--space", f"{path}:always", "--results-dir", tmp_path / "runs")
     assert code == 2 and err.count("\n") == 1 and "the space raised ValueError: boom" in err
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_study_records_each_trial_from_draw_to_end(tmp_path, space_file):
+    """What Ray tells the searcher (start, epochs, end, failure) is recorded in the study, and trials.csv is
+    rendered from it alone: each event shows in the table, and a trial a stopped session left is interrupted."""
+    study = open_study(f"sqlite:///{tmp_path}/study.db", "unit", seed=0)
+    recorded = []
+    searcher = BudgetedSearcher(load_space(space_file), Budget(BUDGET, None, DIGITS), study, seed=7, epochs=3,
+                                initial_points=load_space(space_file).initial_points, on_record=recorded.append)
+
+    def row(trial_id):
+        return render_trials(study).set_index("trial_id").loc[trial_id]
+
+    assert searcher.suggest("a")["trial_number"] == 0
+    assert (row("t0000")["state"], row("t0000")["seed"], row("t0000")["epochs"]) == ("queued", 7, 0)
+    searcher.record_start("a")
+    assert row("t0000")["state"] == "running"
+    searcher.on_trial_result("a", {"val_acc": 0.4, "training_iteration": 1, "trial_seconds": 2.5})
+    assert (row("t0000")["val_acc"], row("t0000")["epochs"], row("t0000")["seconds"]) == (0.4, 1, 2.5)
+    # The result that made ASHA stop the trial reaches only on_trial_complete: its epoch is recorded too.
+    searcher.on_trial_complete("a", {"val_acc": 0.3, "best_val_acc": 0.4, "training_iteration": 2,
+                                     "trial_seconds": 5.0})
+    stopped = row("t0000")
+    assert (stopped["state"], stopped["reason"], stopped["epochs"]) == ("stopped", "stopped by ASHA after 2 epochs", 2)
+    assert (stopped["val_acc"], stopped["last_val_acc"], stopped["seconds"]) == (0.4, 0.3, 5.0)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert study.trials[0].intermediate_values == {1: 0.4, 2: 0.3}
+
+    assert searcher.suggest("b")["trial_number"] == 1
+    searcher.on_trial_complete("b", None, error=True)
+    searcher.record_failure("b", "RuntimeError: injected")
+    assert (row("t0001")["state"], row("t0001")["reason"]) == ("failed", "RuntimeError: injected")
+    assert searcher.suggest("c")["trial_number"] == 3  # t0002 is over the budget
+    assert row("t0002")["state"] == "infeasible" and row("t0002")["params"] > BUDGET
+    assert recorded.count(True) == 2 and False in recorded  # two trials ended; each draw and event recorded
+
+    assert close_interrupted(study) == [3]
+    trials = render_trials(study).set_index("trial_id")
+    assert (trials.loc["t0003", "state"], trials.loc["t0003", "reason"]) == ("failed", INTERRUPTED)
+    assert list(trials.index) == ["t0000", "t0001", "t0002", "t0003"]
+    # Drawn again, a trained architecture is skipped; an interrupted one may be trained again.
+    again = BudgetedSearcher(load_space(space_file), Budget(BUDGET, None, DIGITS), study, seed=7, epochs=3)
+    assert again.trained_ids == {trials.loc["t0000", "arch_id"], trials.loc["t0001", "arch_id"]}
+
+
 def test_counts_stay_integers_in_trials_csv(tmp_path):
-    table = TrialTable(tmp_path / "trials.csv")
-    table.start("t0000", ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2), 11_772, None, 5)
-    table.start("t0001", ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=2), 41_964, 704_384, None,
-                state="infeasible")
-    table.write()
+    write_trials(tmp_path / "trials.csv", trials_frame([
+        trial_row(0, "complete", arch=ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2), params=11_772,
+                  seed=5),
+        trial_row(1, "infeasible", "over", ArchConfig(embed_dim=32, depth=1, num_heads=2, patch_size=2), 41_964,
+                  704_384),
+        trial_row(2, "infeasible", "the space raised ValueError: no")]))
     rows = list(csv.DictReader(open(tmp_path / "trials.csv")))
     assert (rows[0]["seed"], rows[0]["flops"], rows[1]["flops"], rows[1]["seed"]) == ("5", "", "704384", "")
+    assert (rows[2]["params"], rows[2]["epochs"], rows[2]["reason"]) == ("", "", "the space raised ValueError: no")
     again = load_trials(tmp_path)
     assert int(again.loc[0, "seed"]) == 5 and str(again.loc[0, "seed"]) == "5"
 
 
-def test_progress_tells_queued_running_and_interrupted_apart(tmp_path, capsys):
-    table = TrialTable(tmp_path / "trials.csv")
+def test_progress_tells_queued_running_and_interrupted_apart():
     arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
-    for number, state in enumerate(["queued", "running", "failed", "complete"]):
-        table.start(TrialTable.trial_id(number), arch.replace(depth=number + 1), 1000, None, number, state=state)
-    table.update("t0002", reason=INTERRUPTED)
-    Progress(table, target=4, already=0).show(force=True)
-    line = capsys.readouterr().out
+    trials = trials_frame([trial_row(number, state, INTERRUPTED if number == 2 else "", arch.replace(depth=number + 1),
+                                     1000, None, number, [0.5] if state == "complete" else [])
+                           for number, state in enumerate(["queued", "running", "failed", "complete"])])
+    lines = []
+    Progress(target=4, already=0, say=lines.append).show(trials, force=True)
+    (line,) = lines
     assert "1/4 trained: 1 complete, 0 stopped, 0 failed, 1 in progress, 1 queued" in line
-    assert "1 interrupted (trained again)" in line
+    assert "1 interrupted (trained again)" in line and "best val_acc 0.5000" in line and "t0003" in line
 
 
 def test_a_sessions_time_is_kept_as_it_runs(tmp_path):
@@ -378,10 +504,10 @@ def test_a_search_resumed_at_a_trial_boundary_stops_the_same_trials(ray_cluster,
     experiment, rungs seeded from the study, sampler seeded by the trial count): the same trials, states, scores."""
     run = dict(epochs=3, grace_epochs=1, reduction_factor=2, max_concurrent=1)
     straight = settings_for(tmp_path, space_file, name="straight", trials=6, **run)
-    assert run_search(straight) == 0
+    assert run_search(straight).exit_code == 0
     cut = settings_for(tmp_path, space_file, name="cut", trials=3, **run)
-    assert run_search(cut) == 0
-    assert resume_search(cut.run_dir, {"trials": 6}) == 0
+    assert run_search(cut).exit_code == 0
+    assert resume_search(cut.run_dir, {"trials": 6}).exit_code == 0
     columns = ["trial_id", "state", "arch_id", "epochs", "val_acc", "seed"]
     expected, resumed = load_trials(straight.run_dir)[columns], load_trials(cut.run_dir)[columns]
     assert resumed.equals(expected), f"{expected}\n{resumed}"
@@ -402,14 +528,14 @@ def test_resources_a_trial_cannot_have_are_one_line_and_leave_nothing(ray_cluste
 
 
 @pytest.mark.slow
-def test_a_damaged_table_is_refused_then_rebuilt_from_the_study(ray_cluster, tmp_path, cli, space_file):
+def test_a_damaged_table_is_refused_then_rendered_again_from_the_study(ray_cluster, tmp_path, cli, space_file):
     settings = settings_for(tmp_path, space_file, name="damaged", trials=3)
-    assert run_search(settings) == 0
+    assert run_search(settings).exit_code == 0
     run_dir = settings.run_dir
     assert cli("pareto", run_dir, "--cost", "flops")[0] == 0  # the user's own front
     mine = {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")}
-    original = load_trials(run_dir)[["trial_id", "state", "arch_id", "val_acc", "epochs"]]
-    lines = (run_dir / "trials.csv").read_text().splitlines(keepends=True)
+    original = (run_dir / "trials.csv").read_bytes()
+    lines = original.decode().splitlines(keepends=True)
     (run_dir / "trials.csv").write_text("".join(lines[:3]))  # cut short, as by a full disk or a bad copy
 
     code, _, err = cli("pareto", run_dir)
@@ -417,8 +543,8 @@ def test_a_damaged_table_is_refused_then_rebuilt_from_the_study(ray_cluster, tmp
     assert {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")} == mine
 
     code, out, _ = cli("search", "--resume", run_dir)
-    assert code == 0 and "rebuilt from the study, the record of truth" in out
-    rebuilt = load_trials(run_dir)[["trial_id", "state", "arch_id", "val_acc", "epochs"]]
-    assert rebuilt.equals(original)
+    assert code == 0 and "raise --trials to extend it" in out
+    # The table is rendered from the study, the record of truth: as the search wrote it, byte for byte.
+    assert (run_dir / "trials.csv").read_bytes() == original
     assert {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")} == mine
     assert (run_dir / "search_front.csv").is_file()

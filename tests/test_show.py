@@ -41,7 +41,7 @@ def test_empty_run_and_bad_paths(tmp_path, capsys):
     assert "no trial has a validation accuracy yet" in capsys.readouterr().out
     for argv, fragment in ((["show", str(tmp_path / "nowhere")], "not found"),
                            (["show", "--results-dir", str(tmp_path / "none")], "results folder"),
-                           (["show", str(empty), "--top", "0"], "--top 0")):
+                           (["show", str(empty), "--top", "0"], "argument --top: 0")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-import trainers.retrain as retrain
+import trainers.model_folder as model_folder
 from qkvnas_core.errors import UsageError
 from dataset_files import write_cifar10, write_stl10
 from search_spaces.arch import ArchConfig
 from trainers.checkpoint import load_checkpoint
-from trainers.data import load_dataset
+from trainers.data import DataRequest, load_dataset
+from trainers.from_scratch import RetrainTask, retrain_model
 from trainers.recipe import get_recipe
-from trainers.retrain import DataRequest, RetrainTask, retrain_model
 from trainers.transfer import load_pretrained, transfer_model
 
 WINNER = ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=4, qkv={"layers": ("shared", "shared"),
@@ -57,13 +57,13 @@ def test_fine_tunes_fill_the_paper_table(pretrained, tmp_path, cli, monkeypatch)
     root = pretrained[0]
     run, winner, baseline = copy_run(pretrained, tmp_path)
     tested = []
-    real_evaluate = retrain.evaluate
+    real_evaluate = model_folder.evaluate
 
     def spy_evaluate(model, split, info, **kwargs):
         tested.append((info.name, len(split)))
         return real_evaluate(model, split, info, **kwargs)
 
-    monkeypatch.setattr(retrain, "evaluate", spy_evaluate)
+    monkeypatch.setattr(model_folder, "evaluate", spy_evaluate)
     code, out, err = cli("transfer", winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
                               "--data-dir", root / "data", "--data-dir", f"stl10={root / 'stl'}", *FAST)
     assert code == 0, err
@@ -99,6 +99,10 @@ def test_fine_tunes_fill_the_paper_table(pretrained, tmp_path, cli, monkeypatch)
                               "--data-dir", root / "data", "--data-dir", f"stl10={root / 'stl'}", *FAST, "--resume")
     assert code == 0 and tested == [] and "0 fine-tunes to run, 4 already finished (skipped)" in out
     assert pd.read_csv(run / "transfer.csv").equals(table)
+    code, _, err = cli("transfer", winner, "--baseline", baseline, "--datasets", "cifar10,stl10",
+                       "--data-dir", root / "data", "--data-dir", f"stl10={root / 'stl'}", *FAST, "--resume",
+                       "--split-seed", "1")
+    assert code == 2 and "finished with another split_seed" in err and err.count("\n") == 1
 
 
 def test_new_head_and_every_other_weight_loaded(pretrained):

@@ -6,7 +6,9 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "Recipe": "recipe", "get_recipe": "recipe", "RECIPES": "recipe",
     "fit": "engine", "evaluate": "engine", "EpochMetrics": "engine", "TrainingDiverged": "engine",
     "StopTraining": "engine", "load_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
+    "trained_checkpoint": "checkpoint",
     "seed_everything": "runtime", "select_device": "runtime",
-    "RetrainTask": "retrain", "DataRequest": "retrain", "retrain_model": "retrain", "train_arch": "retrain",
+    "RetrainTask": "from_scratch", "DataRequest": "data", "retrain_model": "from_scratch",
+    "train_arch": "from_scratch",
     "TransferRequest": "transfer", "transfer_run": "transfer",
 })

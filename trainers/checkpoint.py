@@ -11,7 +11,6 @@ every file carries the epoch, so a write cut short is detected on load instead o
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import random
@@ -28,8 +27,11 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
+from search_spaces.export import read_inputs
+from search_spaces.memory import INFERENCE_COPIES, check_fits
+from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import read_json_object, write_bytes_atomic
+from qkvnas_core.files import check_json_fields, dataclass_from_json, parse_json, read_json_object, write_bytes_atomic
 from trainers.recipe import Recipe
 
 FORMAT = "qkvnas-checkpoint/1"
@@ -45,6 +47,23 @@ def checkpoint_files(directory: Path, tag: str) -> tuple[Path, Path, Path]:
 def existing_checkpoints(directory: Path) -> list[Path]:
     """Checkpoint files already in `directory` (empty when it holds none or does not exist)."""
     return [path for tag in TAGS for path in checkpoint_files(directory, tag) if path.exists()]
+
+
+def trained_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a trained-model path means: a folder's `best` (the weights that were tested), else its
+    `last`; a TAG.json / TAG.safetensors file as given. A missing path is a UsageError."""
+    path = Path(path)
+    if path.is_dir():
+        for tag in ("best", "last"):
+            record_path = checkpoint_files(path, tag)[2]
+            if record_path.is_file():
+                return record_path
+        raise UsageError(f"checkpoint folder {path}: holds no best.json or last.json; expected a folder written by "
+                         "nas retrain, nas train or nas transfer")
+    if not path.exists():
+        raise UsageError(f"checkpoint {path}: not found; expected a checkpoint folder (e.g. "
+                         "results/<run>/retrain/<arch-id>) or its best.json")
+    return path
 
 
 def library_versions() -> dict[str, str]:
@@ -71,7 +90,7 @@ def checkpoint_record(*, epoch: int, step: int, seed: int, recipe: Recipe, datas
         "arch": None if arch is None else arch.to_dict(),
         "arch_id": None if arch is None else arch.arch_id,
         "recipe": recipe.to_dict(),
-        "dataset": dataclasses.asdict(dataset),
+        "dataset": dataset.to_dict(),
         "best_val_acc": best_val_acc,
         "weights": scored_weights,
         "history": history,
@@ -155,14 +174,23 @@ class Checkpoint:
         """Copy the weights into `model`; UsageError naming the file and the mismatch if they do not fit."""
         return load_weights(model, self.weights, f"checkpoint {self.weights_path}")
 
-    def build_model(self, drop_path_rate: float = 0.0) -> nn.Module:
-        """The model this checkpoint was trained as (its arch at its dataset's classes and image size)."""
+    @property
+    def shape(self) -> DataShape:
+        """The data shape the model was trained for (its dataset's images and classes)."""
+        return read_inputs(self.record["dataset"], "dataset")
+
+    def build_model(self, drop_path_rate: float = 0.0, device: torch.device = torch.device("cpu"),
+                    copies: int = INFERENCE_COPIES) -> nn.Module:
+        """The model this checkpoint was trained as (its arch at its dataset's classes and image size), refused
+        before it is built when `copies` of its parameters do not fit `device` (search_spaces.memory)."""
         arch = self.arch
         if arch is None:
             raise UsageError(f"checkpoint {self.weights_path}: its record holds no architecture to build")
-        dataset = self.record["dataset"]
-        model = build_model(arch, dataset["num_classes"], dataset["img_size"], dataset["in_chans"],
-                            drop_path_rate=drop_path_rate)
+        try:
+            check_fits(arch, self.shape, device, copies)
+        except UsageError as error:
+            raise UsageError(f"checkpoint {self.weights_path}: {error}") from None
+        model = build_model(arch, self.shape, drop_path_rate=drop_path_rate)
         return self.load_into(model)
 
 
@@ -178,7 +206,8 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
             raise UsageError(f"checkpoint {required}: not found; expected a checkpoint written by `nas train`")
     record = read_json_object(record_path, "a checkpoint record")
     if record.get("format") != FORMAT:
-        raise UsageError(f"checkpoint {record_path}: not a {FORMAT} record")
+        raise UsageError(f"checkpoint {record_path}: format={json.dumps(record.get('format'))[:40]}: expected "
+                         f"{FORMAT!r}, the record `nas train` writes")
     check_record(record, record_path)
     weights, weights_meta = _read_safetensors(weights_path)
     files = [(weights_path, weights_meta)]
@@ -186,7 +215,7 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
     if with_state:
         state, state_meta = _read_safetensors(state_path)
         files.append((state_path, state_meta))
-        scalars = json.loads(state_meta["resume"])
+        scalars = check_resume_scalars(state_meta.get("resume"), state_path)
     for file_path, file_meta in files:
         if file_meta.get("epoch") != str(record["epoch"]):
             raise UsageError(f"checkpoint {file_path}: holds epoch {file_meta.get('epoch')} but {record_path.name} "
@@ -197,41 +226,68 @@ def load_checkpoint(path: Path, model: nn.Module | None = None, *, with_state: b
     return checkpoint
 
 
-# What a record must hold, with its JSON type; `dataset` is a DatasetInfo as JSON.
-RECORD_FIELDS = {"epoch": int, "step": int, "seed": int, "recipe": dict, "dataset": dict, "best_val_acc": (int, float),
-                 "weights": str, "history": list}
-DATASET_FIELDS = {"name": str, "num_classes": int, "img_size": int, "in_chans": int, "mean": list, "std": list}
+# What a record holds, with its JSON type; `dataset` is DatasetInfo.to_dict() (its name and the model's inputs, as
+# search_spaces.export reads them), `history` EpochMetrics as dicts.
+RECORD_FIELDS = {"format": str, "epoch": int, "step": int, "seed": int, "arch": dict | None, "arch_id": str | None,
+                 "recipe": dict, "dataset": dict, "best_val_acc": float, "weights": str, "history": list[dict],
+                 "versions": dict[str, str]}
+WEIGHTS = ("model", "ema")
 
 
 def check_record(record: dict[str, Any], path: Path) -> None:
-    """Every field a later step reads, present and of its type (and the arch buildable): one UsageError naming
-    the file and the field, not a KeyError deep in an export or a transfer."""
-    for fields, where, data in ((RECORD_FIELDS, "", record), (DATASET_FIELDS, "dataset.", record.get("dataset"))):
-        if not isinstance(data, dict):
-            break
-        for name, kind in fields.items():
-            value = data.get(name)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                expected = kind.__name__ if isinstance(kind, type) else "a number"
-                raise UsageError(f"checkpoint {path}: field {where}{name} is {json.dumps(value)}; expected "
-                                 f"{'an object' if kind is dict else 'a list' if kind is list else expected}")
-    if record.get("arch") is not None:
-        try:
+    """Every field a later step reads, present, of its JSON type and in range (the arch, recipe, data shape and
+    epoch history as their classes read them): one UsageError naming the file and the field."""
+    from trainers.engine import EpochMetrics  # the engine imports this module
+
+    try:
+        check_json_fields(record, RECORD_FIELDS)
+        check_json_fields(record["dataset"], {"name": str}, "dataset")
+        read_inputs(record["dataset"], "dataset")
+        for name in ("epoch", "step", "seed"):
+            if record[name] < 0:
+                raise UsageError(f"{name}={record[name]}: expected a non-negative integer")
+        if record["weights"] not in WEIGHTS:
+            raise UsageError(f"weights={record['weights']!r}: expected one of {', '.join(WEIGHTS)}")
+        if record["arch"] is not None:
             ArchConfig.from_dict(record["arch"])
-        except UsageError as error:
-            raise UsageError(f"checkpoint {path}: {error}") from None
+        Recipe.from_dict(record["recipe"])
+        for index, entry in enumerate(record["history"]):
+            dataclass_from_json(EpochMetrics, entry, f"history[{index}]")
+    except UsageError as error:
+        raise UsageError(f"checkpoint {path}: {error}") from None
+
+
+# The JSON scalars of a resume state (`pack_resume_state`), with their JSON types.
+RESUME_FIELDS = {"epoch": int, "step": int, "best_val_acc": float, "optimizer_param_groups": list[dict],
+                 "optimizer_scalars": dict[str, dict], "scheduler": dict | None,
+                 "rng_numpy": tuple[str, int, int, float], "rng_python": tuple[int, float | None]}
+
+
+def check_resume_scalars(text: str | None, path: Path) -> dict[str, Any]:
+    """The resume scalars a state file's metadata holds, each field present and of its JSON type."""
+    where = f"checkpoint {path}"
+    if text is None:
+        raise UsageError(f"{where}: its metadata holds no resume state; expected a file written by `nas train`")
+    scalars = parse_json(text, f"{where} (resume metadata)", "the resume state `nas train` writes")
+    try:
+        check_json_fields(scalars, RESUME_FIELDS)
+        for index, group in enumerate(scalars["optimizer_param_groups"]):
+            check_json_fields(group, {"params": list[int]}, f"optimizer_param_groups[{index}]")
+        for param_id in scalars["optimizer_scalars"]:
+            if not (param_id.isascii() and param_id.isdigit()):
+                raise UsageError(f"optimizer_scalars key {param_id!r}: expected a parameter index")
+    except UsageError as error:
+        raise UsageError(f"{where} (resume metadata): {error}") from None
+    return scalars
 
 
 def check_resumable(record: dict[str, Any], where: Path, recipe: Recipe, seed: int,
                     dataset: Any = None) -> None:
     """The one "may this run continue" check: the recipe, seed (and dataset, when given: a DatasetInfo) that a
     checkpoint record was started with must be the ones asked for now."""
-    try:
-        saved = Recipe.from_dict(record["recipe"])
-        saved_seed = record["seed"]
-    except (KeyError, UsageError) as error:
-        raise UsageError(f"checkpoint record in {where} is corrupt ({error}); expected one written by nas train, "
-                         "retrain or transfer") from None
+    check_record(record, where)
+    saved = Recipe.from_dict(record["recipe"])
+    saved_seed = record["seed"]
     changed = [f"{name} ({getattr(saved, name)!r} saved, {getattr(recipe, name)!r} now)"
                for name in recipe.to_dict() if getattr(saved, name) != getattr(recipe, name)]
     if changed:
@@ -240,7 +296,7 @@ def check_resumable(record: dict[str, Any], where: Path, recipe: Recipe, seed: i
     if saved_seed != seed:
         raise UsageError(f"cannot resume {where} with seed {seed}: it was started with seed {saved_seed}; expected "
                          "the same seed to continue it, or another output folder")
-    if dataset is not None and record.get("dataset") != json.loads(json.dumps(dataclasses.asdict(dataset))):
+    if dataset is not None and record.get("dataset") != json.loads(json.dumps(dataset.to_dict())):
         raise UsageError(f"cannot resume {where} on dataset {dataset.name!r} as loaded now: it was trained on "
                          f"{(record.get('dataset') or {}).get('name')!r} with other settings")
 
@@ -284,23 +340,80 @@ def pack_resume_state(*, optimizer: torch.optim.Optimizer, scheduler: Any, ema_w
     return tensors, scalars
 
 
+def _check_like(saved: Any, current: Any, path: str) -> None:
+    """`saved` (read from JSON) has the structure of `current`: the same keys, lengths and kinds of value."""
+    if isinstance(current, dict):
+        if not isinstance(saved, dict) or set(saved) != {str(key) for key in current}:
+            raise UsageError(f"{path} holds other fields than this run's")
+        for key, value in current.items():
+            _check_like(saved[str(key)], value, f"{path}.{key}")
+    elif isinstance(current, (list, tuple)):
+        if not isinstance(saved, list) or len(saved) != len(current):
+            raise UsageError(f"{path} holds {len(saved) if isinstance(saved, list) else 'no'} values where this run "
+                             f"has {len(current)}")
+        for index, (saved_item, item) in enumerate(zip(saved, current)):
+            _check_like(saved_item, item, f"{path}[{index}]")
+    elif isinstance(current, (bool, str)) or current is None:
+        if type(saved) is not type(current):
+            raise UsageError(f"{path}={json.dumps(saved)[:40]}: expected {type(current).__name__}")
+    elif isinstance(current, (int, float)) and (isinstance(saved, bool) or not isinstance(saved, (int, float))):
+        raise UsageError(f"{path}={json.dumps(saved)[:40]}: expected a number")
+
+
+def check_state_fits(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], optimizer: torch.optim.Optimizer,
+                     scheduler: Any) -> None:
+    """A resume state matches what it will be loaded into: this optimizer's groups and parameter shapes, this
+    scheduler's state, and random-generator states of the sizes torch, numpy and Python keep."""
+    _check_like(scalars["optimizer_param_groups"], optimizer.state_dict()["param_groups"], "optimizer_param_groups")
+    if scheduler is not None and scalars["scheduler"] is not None:
+        _check_like(scalars["scheduler"], scheduler.state_dict(), "scheduler")
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for name, tensor in _split_tensors("optimizer.", tensors).items():
+        param_id, _, key = name.partition(".")
+        if not (param_id.isascii() and param_id.isdigit()) or int(param_id) >= len(params):
+            raise UsageError(f"tensor optimizer.{name} names no parameter of this model ({len(params)})")
+        if tensor.dim() and tensor.shape != params[int(param_id)].shape:
+            raise UsageError(f"tensor optimizer.{name} has shape {tuple(tensor.shape)}, its parameter "
+                             f"{tuple(params[int(param_id)].shape)}")
+    references = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np.random.get_state()[1]),
+                  "rng.python": torch.tensor(random.getstate()[1])}
+    for name, reference in references.items():
+        tensor = tensors.get(name)
+        if tensor is None or tensor.shape != reference.shape:
+            raise UsageError(f"tensor {name} is {'missing' if tensor is None else tuple(tensor.shape)}: expected "
+                             f"{tuple(reference.shape)}")
+    if tensors["rng.torch"].dtype != references["rng.torch"].dtype:
+        raise UsageError(f"tensor rng.torch is {tensors['rng.torch'].dtype}: expected {references['rng.torch'].dtype}")
+    words = len(references["rng.numpy"])
+    for name in ("rng.numpy", "rng.python"):
+        if tensors[name].is_floating_point() or tensors[name].min() < 0 or tensors[name].max() >= 2**32:
+            raise UsageError(f"tensor {name}: expected 32-bit unsigned words")
+    numpy_kind, numpy_pos = scalars["rng_numpy"][:2]
+    python_version = scalars["rng_python"][0]
+    if (numpy_kind != np.random.get_state()[0] or not 0 <= numpy_pos <= words
+            or python_version != random.getstate()[0] or not 0 <= tensors["rng.python"][-1] <= words):
+        raise UsageError("the random-generator states are not numpy's and Python's (kind, version or position)")
+
+
 def restore_resume_state(checkpoint: Checkpoint, *, optimizer: torch.optim.Optimizer, scheduler: Any,
                          ema_module: nn.Module | None) -> None:
     """Put the optimizer, schedule, EMA weights and RNGs back as `pack_resume_state` found them."""
     if checkpoint.state is None or checkpoint.state_scalars is None:
         raise UsageError(f"checkpoint {checkpoint.weights_path}: has no resume state; expected a `last` checkpoint")
     tensors, scalars = checkpoint.state, checkpoint.state_scalars
+    state_path = checkpoint_files(checkpoint.weights_path.parent, "last")[1]
+    try:
+        check_state_fits(tensors, scalars, optimizer, scheduler)
+    except UsageError as error:
+        raise UsageError(f"checkpoint {state_path}: {error}; expected the resume state of this architecture and "
+                         "recipe") from None
     param_states: dict[int, dict[str, Any]] = {}
     for name, tensor in _split_tensors("optimizer.", tensors).items():
         param_id, key = name.split(".", 1)
         param_states.setdefault(int(param_id), {})[key] = tensor
     for param_id, values in scalars["optimizer_scalars"].items():
         param_states.setdefault(int(param_id), {}).update(values)
-    groups = scalars["optimizer_param_groups"]
-    if [len(group["params"]) for group in groups] != [len(group["params"]) for group in optimizer.param_groups]:
-        raise UsageError(f"checkpoint {checkpoint.weights_path}: its optimizer state does not match this model's "
-                         "parameter groups; expected a checkpoint of the same architecture and recipe")
-    optimizer.load_state_dict({"state": param_states, "param_groups": groups})
+    optimizer.load_state_dict({"state": param_states, "param_groups": scalars["optimizer_param_groups"]})
     if scheduler is not None and scalars["scheduler"] is not None:
         scheduler.load_state_dict(scalars["scheduler"])
     if ema_module is not None:

@@ -2,17 +2,15 @@
 
 Small datasets come back whole in memory as uint8 tensors (`TensorSplit`); large ones as image paths
 and labels (`FileSplit`) that `FileImageDataset` decodes per step. Validation is always carved from the
-training set with a seeded, stratified split, so a search never touches the test split.
+training set with a seeded, stratified split (`trainers.holdout`), so a search never touches the test split.
 """
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import os
 import pickle
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qkvnas_core.errors import UsageError
+from search_spaces.shape import DataShape
+from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, stratified_sample
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,7 +29,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0  # fixed, so the digits test set is the same whatever seed a search uses
-_VAL_STREAM, _TRAIN_FRACTION_STREAM = 0, 1  # separate random streams per seed: val never moves with train_fraction
+# Separate random streams per seed: val never moves with train_fraction, nor the digits test set with either.
+_VAL_STREAM, _TRAIN_FRACTION_STREAM, _TEST_STREAM = 0, 1, 2
 _SYNTHETIC_NOISE = 0.25
 _IMAGES_PER_CHUNK = 4096  # images held as float at once (resize, synthetic): ~0.2 GB at 64 px
 
@@ -39,13 +40,31 @@ class DatasetInfo:
     """What a model needs to know about a dataset's images and labels."""
 
     name: str
-    num_classes: int
-    img_size: int  # side length in px of the images the splits yield (after any proxy resize)
-    in_chans: int
+    shape: DataShape  # the images the splits yield (after any proxy resize), their classes, a patch size for them
     mean: tuple[float, ...]  # per channel, in [0, 1] units
     std: tuple[float, ...]
-    patch_size: int  # patch size a model should use at this image size
     class_names: tuple[str, ...] | None = None
+
+    @property
+    def img_size(self) -> int:
+        return self.shape.img_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.shape.in_chans
+
+    @property
+    def num_classes(self) -> int:
+        return self.shape.num_classes
+
+    @property
+    def patch_size(self) -> int:
+        return self.shape.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat record a checkpoint keeps of its dataset (its fields as before the shape was one object)."""
+        return {"name": self.name, **asdict(self.shape), "mean": self.mean, "std": self.std,
+                "class_names": self.class_names}
 
 
 @dataclass
@@ -126,7 +145,8 @@ def _patch_size_for(img_size: int) -> int:
 
 def _info(name: str, num_classes: int, img_size: int, in_chans: int, mean: tuple[float, ...],
           std: tuple[float, ...], class_names: tuple[str, ...] | None = None) -> DatasetInfo:
-    return DatasetInfo(name, num_classes, img_size, in_chans, mean, std, _patch_size_for(img_size), class_names)
+    return DatasetInfo(name, DataShape(img_size, in_chans, num_classes, _patch_size_for(img_size)), mean, std,
+                       class_names)
 
 
 def _root(request: SourceRequest, layout: str) -> Path:
@@ -149,28 +169,13 @@ def _tensor_split(images: np.ndarray, labels: np.ndarray) -> TensorSplit:
 # --- digits ---------------------------------------------------------------------------------------------
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as (1797, 8, 8) values 0..16 and labels, the same arrays `load_digits()` gives.
-
-    Reads the CSV scikit-learn ships without importing scikit-learn, whose import costs about a second.
-    """
-    spec = importlib.util.find_spec("sklearn")
-    csv_path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
-    if csv_path is None or not csv_path.is_file():
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return digits.images, digits.target
-    with gzip.open(csv_path, "rt") as csv_file:
-        table = np.loadtxt(csv_file, delimiter=",")
-    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-
-
 def _read_digits(request: SourceRequest) -> SourceData:
-    values, labels = _digits_arrays()
-    images = np.rint(values * (255 / 16)).astype(np.uint8)[:, None]
-    whole = _tensor_split(images, labels)
-    test_index = _stratified_pick(labels, _DIGITS_TEST_FRACTION, np.random.default_rng(_DIGITS_TEST_SEED), min_left=1)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    whole = _tensor_split(images, digits.target)
+    test_index = stratified_sample(digits.target, _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED, _TEST_STREAM)
     info = _info("digits", 10, 8, 1, (0.3053,), (0.3759,), tuple(str(digit) for digit in range(10)))
     return SourceData(info, _subset(whole, _complement(test_index, len(whole))), _subset(whole, test_index))
 
@@ -490,17 +495,6 @@ def _complement(index: np.ndarray, length: int) -> np.ndarray:
     return np.setdiff1d(np.arange(length), index)
 
 
-def _stratified_pick(labels: np.ndarray, fraction: float, rng: np.random.Generator, min_left: int) -> np.ndarray:
-    """Sorted indices of `fraction` of each class drawn at random: at least one, leaving at least `min_left`."""
-    order = np.argsort(labels, kind="stable")
-    _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-    picked = []
-    for start, count in zip(starts, counts):
-        take = min(max(int(fraction * count + 0.5), 1), count - min_left)
-        picked.append(rng.permutation(order[start:start + count])[:max(take, 0)])
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
-
-
 def _resized(split: Split, img_size: int) -> Split:
     """Resize once at load (antialiased bilinear on float, back to uint8); files are resized by the engine."""
     if not isinstance(split, TensorSplit) or split.images.shape[-1] == img_size:
@@ -526,8 +520,8 @@ def _check_arguments(val_fraction: float, seed: int, classes: int | None, train_
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
-                 val_fraction: float = 0.1, seed: int = 0, classes: int | None = None,
-                 train_fraction: float = 1.0, img_size: int | None = None,
+                 val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SPLIT_SEED,
+                 classes: int | None = None, train_fraction: float = 1.0, img_size: int | None = None,
                  synthetic_train: int = 5000, synthetic_classes: int = 10,
                  synthetic_img_size: int = 32) -> DatasetSplits:
     """Read dataset `name` and split it: train / val (seeded, stratified, from the training set) / test.
@@ -545,26 +539,49 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     if classes is not None and classes > info.num_classes:
         raise UsageError(f"classes={classes}: dataset {name} has only {info.num_classes} classes")
 
-    val_index = _stratified_pick(_labels_of(whole_train), val_fraction, np.random.default_rng((seed, _VAL_STREAM)),
-                                 min_left=1)
+    val_index = stratified_sample(_labels_of(whole_train), val_fraction, seed, _VAL_STREAM)
     train, val = _subset(whole_train, _complement(val_index, len(whole_train))), _subset(whole_train, val_index)
 
     if classes is not None and classes < info.num_classes:
         # labels follow the sorted class order, so the first K classes are labels 0..K-1 already
         train, val = (_subset(part, np.flatnonzero(_labels_of(part) < classes)) for part in (train, val))
         test = _subset(test, np.flatnonzero(_labels_of(test) < classes)) if test is not None else None
-        info = replace(info, num_classes=classes,
+        info = replace(info, shape=replace(info.shape, num_classes=classes),
                        class_names=info.class_names[:classes] if info.class_names is not None else None)
 
     if train_fraction < 1:
-        rng = np.random.default_rng((seed, _TRAIN_FRACTION_STREAM))
-        train = _subset(train, _stratified_pick(_labels_of(train), train_fraction, rng, min_left=0))
+        # the complement of a stratified draw of the rest, so a class with one training image keeps it
+        dropped = stratified_sample(_labels_of(train), 1 - train_fraction, seed, _TRAIN_FRACTION_STREAM)
+        train = _subset(train, _complement(dropped, len(train)))
 
     if img_size is not None and img_size != info.img_size:
         train, val = _resized(train, img_size), _resized(val, img_size)
         test = _resized(test, img_size) if test is not None else None
-        info = replace(info, img_size=img_size, patch_size=_patch_size_for(img_size))
+        info = replace(info, shape=replace(info.shape, img_size=img_size, patch_size=_patch_size_for(img_size)))
     return DatasetSplits(info, train, val, test)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """Which dataset to train on and how validation is carved from its training set (plain data: crosses to Ray).
+
+    img_size None: the dataset's own size.
+    """
+
+    name: str
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    split_seed: int = DEFAULT_SPLIT_SEED
+    img_size: int | None = None
+
+    def load(self) -> DatasetSplits:
+        return load_dataset(self.name, self.data_dir, download=self.download, val_fraction=self.val_fraction,
+                            seed=self.split_seed, img_size=self.img_size)
+
+    def resolved(self, info: DatasetInfo) -> DataRequest:
+        """This request with the image size it loads at (`info`'s: the dataset's own when img_size is None)."""
+        return replace(self, img_size=info.img_size)
 
 
 DATASETS: dict[str, DatasetEntry] = {

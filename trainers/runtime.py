@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from qkvnas_core.errors import UsageError
+from search_spaces.device import DEFAULT_DEVICE, parse_device
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,12 @@ def distributed() -> Distributed:
                        int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
-def init_distributed(device: str | None = None) -> Distributed:
-    """Join the job torchrun describes in the environment: nccl on CUDA, gloo on CPU. A no-op without torchrun."""
+def init_distributed(device: str = DEFAULT_DEVICE) -> Distributed:
+    """Join the job torchrun describes in the environment: nccl on CUDA, gloo on CPU. A no-op without torchrun,
+    but for the device, checked first (a bad one is one UsageError before anything is read or written)."""
+    use_cuda = parse_device(device).type == "cuda"
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or (dist.is_available() and dist.is_initialized()):
         return distributed()
-    use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -57,22 +58,11 @@ def init_distributed(device: str | None = None) -> Distributed:
 
 
 def select_device(name: str | torch.device | None = None) -> torch.device:
-    """'auto' or None: CUDA (this rank's GPU under torchrun) when available, else CPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {name!r}: CUDA is not available on this machine; expected auto or cpu")
-        if device.index is None:
-            device = torch.device("cuda", distributed().local_rank if distributed().active else 0)
-    elif device.type != "cpu":
-        raise UsageError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    """The device this process trains on: `name` as `parse_device` reads it (None: auto), a bare CUDA meaning this
+    rank's GPU under torchrun."""
+    device = name if isinstance(name, torch.device) else parse_device(DEFAULT_DEVICE if name is None else name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", distributed().local_rank if distributed().active else 0)
     return device
 
 

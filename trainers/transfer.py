@@ -2,13 +2,12 @@
 
 A checkpoint gets a new classifier head; every other weight is loaded strictly. As in the paper, a model is
 fine-tuned at the resolution it was trained at (224 px after ImageNet): the transfer set is loaded at the
-checkpoint's image size (`pretrained_img_size`), smaller images upsampled once at load. Training,
-checkpoints, metrics.csv and the one test at the end are `train_and_test`'s, in
+checkpoint's image size (`pretrained_img_size`), smaller images upsampled once at load. The folder, its
+resume key, training, checkpoints, metrics.csv and the one test at the end are `trainers.model_folder`'s, in
 <out>/transfer/<arch-id>/<dataset>/; <out>/transfer.csv holds test top-1 per dataset and their average.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,16 @@ import torch
 from torch import nn
 
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import write_json_atomic, write_text_atomic
+from qkvnas_core.files import write_text_atomic
+from search_spaces.device import DEFAULT_DEVICE
 from trainers import checkpoint as ckpt
-from trainers.data import DatasetSplits, dataset_names
+from trainers.data import DataRequest, DatasetSplits, dataset_names
 from trainers.engine import EpochMetrics, TrainingDiverged
-from trainers.recipe import Recipe, describe_recipe, get_recipe
-from trainers.retrain import (ARCH_FILE, RESULT_FILE, DataRequest, plan_folder, read_result, say_on_main,
-                              scores_of, train_and_test, trained_checkpoint)
-from trainers.runtime import distributed, init_distributed, seed_everything
+from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
+from trainers.model_folder import (RESULT_FILE, TrainingTask, describe_test, finish_folder, plan, read_result,
+                                   result_record, say_on_main, start_folder, train_and_test)
+from trainers.recipe import TRANSFER, describe_recipe, get_recipe
+from trainers.runtime import init_distributed, seed_everything
 
 PAPER_DATASETS = ("cifar10", "cifar100", "stanford_cars", "stl10")
 LEAD_COLUMNS = ["arch_id", "role", "source", "structure", "params"]
@@ -38,7 +39,7 @@ HEAD_INIT_STD = 0.02
 def load_pretrained(path: str | Path) -> ckpt.Checkpoint:
     """A trained model to fine-tune: a folder means its `best` checkpoint (else `last`); one-line UsageError for a
     missing, corrupt or arch-less checkpoint."""
-    checkpoint = ckpt.load_checkpoint(trained_checkpoint(path))
+    checkpoint = ckpt.load_checkpoint(ckpt.trained_checkpoint(path))
     if checkpoint.arch is None:
         raise UsageError(f"checkpoint {checkpoint.weights_path}: its record holds no architecture; expected a "
                          "checkpoint written by nas retrain, nas train or nas transfer")
@@ -71,24 +72,17 @@ def transfer_model(checkpoint: ckpt.Checkpoint, num_classes: int, in_chans: int,
     return model
 
 
-@dataclass(frozen=True)
-class TransferTask:
-    """One fine-tune: a pretrained checkpoint on one dataset, into `folder` (results/<run>/transfer/<arch-id>/<name>).
-
-    role is 'winner' or 'baseline'; source says where the pretrained model came from (its retrain source).
-    """
+@dataclass(frozen=True, kw_only=True)
+class TransferTask(TrainingTask):
+    """One fine-tune: a pretrained checkpoint (its weights file; arch is its architecture) on one dataset, into
+    `folder` (results/<run>/transfer/<arch-id>/<name>). role is 'winner' or 'baseline'; source says where the
+    pretrained model came from (its retrain source)."""
 
     checkpoint: Path
-    role: str
-    source: str
-    data: DataRequest
-    folder: Path
-    recipe: Recipe
-    overrides: dict[str, Any]
-    seed: int = 0
-    resume: bool = False
-    device: str = "auto"
-    compile: bool = False
+
+    @property
+    def pretrained(self) -> str:
+        return str(self.checkpoint.resolve())
 
 
 def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplits,
@@ -102,34 +96,20 @@ def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplit
     if info.img_size != pretrained_img_size(checkpoint):
         raise UsageError(f"dataset {info.name} at {info.img_size} px for a checkpoint trained at "
                          f"{pretrained_img_size(checkpoint)} px: expected the checkpoint's image size")
-    arch = checkpoint.arch
     model = transfer_model(checkpoint, info.num_classes, info.in_chans, task.seed, task.recipe.drop_path)
     params = sum(parameter.numel() for parameter in model.parameters())
-    if distributed().is_main:
-        write_text_atomic(task.folder / ARCH_FILE, arch.to_json(indent=2) + "\n")
-    say(f"finetune {arch.arch_id} ({task.role}, {task.source}) on {info.name} at {info.img_size} px, "
+    start_folder(task)
+    say(f"finetune {task.arch.arch_id} ({task.role}, {task.source}) on {info.name} at {info.img_size} px, "
         f"{info.num_classes} classes: {params:,} params -> {task.folder}")
     run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
-                         device=task.device, compile=task.compile, arch=arch, on_epoch=on_epoch, say=say)
+                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say)
     if run is None:
         return None
-    result = {
-        "arch_id": arch.arch_id, "role": task.role, "source": task.source, "structure": arch.structure,
-        "pretrained": str(checkpoint.weights_path.resolve()), "pretrained_on": checkpoint.record["dataset"]["name"],
-        "dataset": info.name, "num_classes": info.num_classes, "img_size": info.img_size,
-        "params": params, "backbone_params": params - head_params(model), **scores_of(run),
-        "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch, "weights": run.weights,
-        "epochs": len(run.history), "recipe": task.recipe.name, "overrides": task.overrides,
-        "recipe_fields": task.recipe.to_dict(), "val_fraction": task.data.val_fraction,
-        "split_seed": task.data.split_seed, "seed": task.seed, "world_size": distributed().world_size,
-        "seconds": round(run.seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "checkpoint": str(task.folder / "best.json"),
-    }
-    if distributed().is_main:
-        write_json_atomic(task.folder / RESULT_FILE, result)
-    scores = ("no test split" if run.test is None else
-              f"top1 {run.test['acc']:.2%}  top5 {run.test['top5']:.2%}  ({run.test['count']:,} images)")
-    say(f"test    {arch.arch_id} on {info.name}: {scores}; best epoch {run.best_epoch}, {run.seconds:.1f}s")
+    result = result_record(task, info, run, params, pretrained_on=checkpoint.record["dataset"]["name"],
+                           backbone_params=params - head_params(model))
+    finish_folder(task, result)
+    say(f"test    {task.arch.arch_id} on {info.name}: {describe_test(run)}; best epoch {run.best_epoch}, "
+        f"{run.seconds:.1f}s")
     return result
 
 
@@ -232,14 +212,14 @@ class TransferRequest:
     datasets: str = ",".join(PAPER_DATASETS)
     data_dirs: tuple[str, ...] = ()
     download: bool = False
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    recipe: str = "transfer"
+    val_fraction: float = TRANSFER_VAL_FRACTION
+    split_seed: int = DEFAULT_SPLIT_SEED
+    recipe: str = TRANSFER.name
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     out: str | None = None
     resume: bool = False
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -268,44 +248,38 @@ def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_m
     world = init_distributed(request.device)
     models = load_models(list(request.checkpoints), list(request.baselines))
     out = Path(request.out) if request.out is not None else default_out(models[0].checkpoint)
-    tasks: list[tuple[Pretrained, TransferTask]] = []
-    results: list[dict[str, Any]] = []
+    tasks: list[TransferTask] = []
     for name in datasets:
         for model in models:
             data = DataRequest(name, folders_of[name], request.download, request.val_fraction, request.split_seed,
                                pretrained_img_size(model.checkpoint))
-            task = TransferTask(model.checkpoint.weights_path, model.role, model.source, data,
-                                out / "transfer" / model.arch_id / name, recipe, request.overrides, request.seed,
-                                request.resume, request.device, request.compile)
-            asked = {"recipe_fields": recipe.to_dict(), "dataset": name, "img_size": data.img_size,
-                     "seed": request.seed, "val_fraction": request.val_fraction, "split_seed": request.split_seed,
-                     "pretrained": str(model.checkpoint.weights_path.resolve())}
-            finished = plan_folder(task.folder, resume=request.resume, recipe=recipe, seed=request.seed,
-                                   source=f"{model.source} on {name}", asked=asked)
-            if finished is None:
-                tasks.append((model, task))
-            else:
-                results.append(finished)
+            tasks.append(TransferTask(
+                checkpoint=model.checkpoint.weights_path, arch=model.checkpoint.arch, role=model.role,
+                source=model.source, folder=out / "transfer" / model.arch_id / name, recipe=recipe,
+                overrides=request.overrides, data=data, seed=request.seed, resume=request.resume,
+                device=request.device, compile=request.compile))
+    to_train, results = plan(tasks)
     if world.active:
         torch.distributed.barrier()  # every rank has read the folders before rank 0 writes to them
     say(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
-    say(f"models  {len(models)} x {len(datasets)} datasets: {len(tasks)} fine-tunes to run"
+    say(f"models  {len(models)} x {len(datasets)} datasets: {len(to_train)} fine-tunes to run"
         + (f", {len(results)} already finished (skipped)" if results else "") + f" -> {out / 'transfer'}")
 
     csv_path = out / "transfer.csv"
     diverged = 0
+    checkpoints = {model.checkpoint.weights_path: model.checkpoint for model in models}
     loaded: dict[tuple[str, int], DatasetSplits] = {}
-    for model, task in tasks:
+    for task in to_train:
         key = (task.data.name, task.data.img_size)
         if key not in loaded:
             loaded.clear()  # one transfer set in memory at a time (CIFAR-10 at 224 px is 7.5 GB as uint8)
             loaded[key] = task.data.load()
         try:
-            result = finetune(task, model.checkpoint, loaded[key], say=say)
+            result = finetune(task, checkpoints[task.checkpoint], loaded[key], say=say)
         except TrainingDiverged as error:
             diverged += 1
             if world.is_main:
-                warn(f"{model.arch_id} on {task.data.name}: {error}")
+                warn(f"{task.arch.arch_id} on {task.data.name}: {error}")
             continue
         results.append(result)
         if world.is_main:

@@ -34,9 +34,9 @@ def run_trial(config: dict[str, Any], data: DatasetSplits, settings: TrialSettin
     torch.set_num_threads(max(1, settings.threads))
     arch = ArchConfig.from_dict(config["arch"])
     info = data.info
-    flops = config.get("flops") or count_flops(arch, info.num_classes, info.img_size, info.in_chans)
+    flops = config.get("flops") or count_flops(arch, info.shape)
     seed_everything(int(config["seed"]))
-    model = build_model(arch, info.num_classes, info.img_size, info.in_chans, drop_path_rate=settings.recipe.drop_path)
+    model = build_model(arch, info.shape, drop_path_rate=settings.recipe.drop_path)
     start = time.perf_counter()
     best = 0.0
 

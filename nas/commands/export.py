@@ -9,18 +9,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nas.flags import argument_type, output_folder, path_argument, positive_int
+
 FORMATS = ("safetensors", "onnx")
 # Largest |ONNX - PyTorch| logit accepted, relative to max(1, largest |logit|): float32 kernels round differently.
 ONNX_TOLERANCE = 1e-4
 
 
+@argument_type
+def opset_argument(text: str) -> int:
+    """An ONNX opset torch's exporter supports (torch is imported only when the flag is given)."""
+    from search_spaces.export import check_opset
+
+    opset = positive_int(text)
+    check_opset(opset)
+    return opset
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+    parser.add_argument("checkpoint", type=path_argument, metavar="CHECKPOINT",
                         help="a trained model folder (its best checkpoint, else last) or a TAG.json")
     parser.add_argument("--format", choices=FORMATS, default="safetensors", help="safetensors (default) or onnx")
-    parser.add_argument("--out", default=None, metavar="DIR",
+    parser.add_argument("--out", type=output_folder, default=None, metavar="DIR",
                         help="output folder (default: CHECKPOINT's folder/export)")
-    parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 17)")
+    parser.add_argument("--opset", type=opset_argument, default=None, metavar="N", help="ONNX opset (default 17)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from search_spaces.export import (MODEL_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx,
                                       export_safetensors, model_description, onnx_difference, write_description)
     from trainers.checkpoint import load_checkpoint
-    from trainers.retrain import trained_checkpoint
+    from trainers.checkpoint import trained_checkpoint
 
     path = trained_checkpoint(args.checkpoint)
     checkpoint = load_checkpoint(path)

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from nas.flags import output_folder, path_argument
+
+from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder (results/<run>) or a run name under results/")
+    parser.add_argument("run", type=path_argument, help="run folder (results/<run>) or a run name under results/")
     parser.add_argument("--cost", action="append", metavar="COST",
                         help="params, flops or latency; repeat or comma-separate for one front over several "
                              "(default params)")
@@ -13,15 +17,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mark XCiT-N12, the paper's F-SNE and DeiT-Tiny (ImageNet runs only)")
     parser.add_argument("--measure-latency", action="store_true",
                         help="time each front member and add latency_ms / throughput to pareto.csv")
-    parser.add_argument("--device", default="auto", help="where latency is measured: auto (default), cpu, cuda or "
-                                                         "cuda:N")
-    parser.add_argument("--out", metavar="DIR", help="folder for the files (default: the run folder)")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"where latency is measured: {DEVICE_HELP}")
+    parser.add_argument("--out", type=output_folder, metavar="DIR",
+                        help="folder for the files (default: the run folder)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.pareto import parse_costs, write_pareto
+    from nas.pareto import SCORE, parse_costs, write_pareto
     from nas.results import find_run
 
-    write_pareto(find_run(args.run), costs=parse_costs(args.cost), reference=args.reference,
-                 measure_latency=args.measure_latency, device=args.device, out_dir=args.out)
+    outcome = write_pareto(find_run(args.run), costs=parse_costs(args.cost), reference=args.reference,
+                           measure_latency=args.measure_latency, device=args.device, out_dir=args.out)
+    if outcome.references is not None:
+        print("references: " + "; ".join(f"{row.name} {getattr(row, SCORE) * 100:.1f}% top-1, "
+                                          f"{row.params / 1e6:.2f}M params, {row.flops / 1e9:.2f} GFLOPs"
+                                          for row in outcome.references.itertuples(index=False)))
+    elif args.reference:
+        print(f"references left out: their accuracies are ImageNet top-1, not comparable with "
+              f"{outcome.dataset or 'an unknown dataset'}")
+    print(f"front over {' + '.join(outcome.costs)}: {len(outcome.front)} of {outcome.scored} scored trials; "
+          f"wrote {', '.join(path.name for path in outcome.written)} to {outcome.out}")
     return 0

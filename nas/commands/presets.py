@@ -24,11 +24,12 @@ def run(args: argparse.Namespace) -> int:
     for name, arch in PRESETS.items():
         shape = shape_of(name, args.img_size, args.num_classes, args.in_chans)
         try:
-            params = count_params(arch, shape[1], shape[0], shape[2])
-            flops = count_flops(arch, shape[1], shape[0], shape[2])
+            params = count_params(arch, shape)
+            flops = count_flops(arch, shape)
         except UsageError as error:
             raise UsageError(f"preset {name}: {error}") from None
-        rows.append((name, f"{shape[0]} px, {shape[1]}", params, flops, arch.structure, PRESET_NOTES[name]))
+        rows.append((name, f"{shape.img_size} px, {shape.num_classes}", params, flops, arch.structure,
+                     PRESET_NOTES[name]))
     if args.markdown:
         flags = " ".join(f"--{flag} {value}" for flag, value in (("img-size", args.img_size),
                          ("num-classes", args.num_classes), ("in-chans", args.in_chans)) if value is not None)

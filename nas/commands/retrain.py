@@ -12,44 +12,50 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nas.flags import add_recipe_arguments, recipe_overrides, split_list
+from nas.flags import (add_recipe_arguments, fraction, non_negative_float, output_folder, path_argument,
+                       positive_float, positive_int, recipe_overrides, seed_argument, split_list)
+from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder (results/<run>) or a run name under results/")
+    parser.add_argument("run", type=path_argument, help="run folder (results/<run>) or a run name under results/")
     picks = parser.add_argument_group("models", "at least one of --top, --trial-ids, --arch, --baseline")
-    picks.add_argument("--top", type=int, default=None, metavar="K",
+    picks.add_argument("--top", type=positive_int, default=None, metavar="K",
                        help="the K best members of the run's Pareto front (params), best val_acc first")
     picks.add_argument("--trial-ids", action="append", metavar="ID,ID", help="trials of the run, by id (t0003 or 3)")
-    picks.add_argument("--arch", action="append", metavar="PRESET|arch.json", help="an architecture (repeatable)")
-    picks.add_argument("--baseline", action="append", metavar="PRESET|arch.json",
+    picks.add_argument("--arch", type=path_argument, action="append", metavar="PRESET|arch.json",
+                       help="an architecture (repeatable)")
+    picks.add_argument("--baseline", type=path_argument, action="append", metavar="PRESET|arch.json",
                        help="a reference model trained under the same recipe, e.g. xcit-n12 (repeatable)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=None, help="dataset to retrain on (default: the run's), e.g. imagenet")
-    data.add_argument("--data-dir", default=None, metavar="DIR",
+    data.add_argument("--data-dir", type=path_argument, default=None, metavar="DIR",
                       help="folder holding the dataset's files (default: the run's when it is the run's dataset)")
     data.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
-    data.add_argument("--img-size", type=int, default=None, metavar="PX", help="resize images (default: native)")
-    data.add_argument("--patch-size", type=int, default=None, metavar="P",
+    data.add_argument("--img-size", type=positive_int, default=None, metavar="PX",
+                      help="resize images (default: native)")
+    data.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
                       help="patch size of every model (default: each arch's, or the dataset's where it does not fit)")
-    data.add_argument("--val-fraction", type=float, default=None, metavar="F",
+    data.add_argument("--val-fraction", type=fraction, default=None, metavar="F",
                       help="share of the training set held out for validation (default: the run's)")
-    data.add_argument("--split-seed", type=int, default=None, metavar="S",
+    data.add_argument("--split-seed", type=seed_argument, default=None, metavar="S",
                       help="seed of the validation split (default: the run's seed)")
     add_recipe_arguments(parser, None, "xcit, or small on digits")
     where = parser.add_argument_group("running")
-    where.add_argument("--seed", type=int, default=0, metavar="S",
+    where.add_argument("--seed", type=seed_argument, default=0, metavar="S",
                        help="seed of initialisation, data order and augmentation (default 0)")
-    where.add_argument("--out", default=None, metavar="DIR", help="output folder instead of the run folder")
+    where.add_argument("--out", type=output_folder, default=None, metavar="DIR",
+                       help="output folder instead of the run folder")
     where.add_argument("--resume", action="store_true",
                        help="continue interrupted models exactly and skip finished ones")
-    where.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    where.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     where.add_argument("--compile", action="store_true", help="torch.compile the models (worth it on CUDA)")
     where.add_argument("--address", default=None, metavar="ADDR",
                        help="run the models at once as Ray tasks on this cluster (auto, ray://host:10001, or local)")
-    where.add_argument("--gpus-per-model", type=float, default=0.0, metavar="G",
+    where.add_argument("--gpus-per-model", type=non_negative_float, default=0.0, metavar="G",
                        help="GPUs per Ray task, at most 1 (default 0: CPU)")
-    where.add_argument("--cpus-per-model", type=float, default=1.0, metavar="C", help="CPUs per Ray task (default 1)")
+    where.add_argument("--cpus-per-model", type=positive_float, default=1.0, metavar="C",
+                       help="CPUs per Ray task (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nas.flags import path_argument, positive_int
+
 from qkvnas_core.errors import UsageError
 
 SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size", "num_classes", "in_chans",
@@ -11,9 +13,11 @@ SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", help="run folder (results/<run>) or a run name; omit to list the runs")
-    parser.add_argument("--results-dir", default="results", help="where runs are listed from (default results)")
-    parser.add_argument("--top", type=int, default=5, help="how many of the best trials to show (default 5)")
+    parser.add_argument("run", type=path_argument, nargs="?",
+                        help="run folder (results/<run>) or a run name; omit to list the runs")
+    parser.add_argument("--results-dir", type=path_argument, default="results",
+                        help="where runs are listed from (default results)")
+    parser.add_argument("--top", type=positive_int, default=5, help="how many of the best trials to show (default 5)")
 
 
 def trials_text(trials) -> str:
@@ -102,8 +106,6 @@ def runs_overview(results_dir: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     from nas.results import find_run, read_run
 
-    if args.top < 1:
-        raise UsageError(f"--top {args.top}: expected a positive number of trials")
     results_dir = Path(args.results_dir)
     if args.run is None:
         print(runs_overview(results_dir))

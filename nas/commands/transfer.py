@@ -12,16 +12,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nas.flags import add_recipe_arguments, recipe_overrides
+from nas.flags import add_recipe_arguments, fraction, output_folder, path_argument, recipe_overrides, seed_argument
+from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
+from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
+from trainers.recipe import TRANSFER
 
 DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stanford_cars": "Stanford Cars", "stl10": "STL-10"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
+    parser.add_argument("checkpoints", type=path_argument, nargs="*", metavar="CHECKPOINT",
                         help="a retrained model's folder (results/<run>/retrain/<arch-id>: its best checkpoint) "
                              "or a TAG.json")
-    parser.add_argument("--baseline", action="append", metavar="CHECKPOINT",
+    parser.add_argument("--baseline", type=path_argument, action="append", metavar="CHECKPOINT",
                         help="a checkpoint whose row is marked baseline (repeatable)")
     data = parser.add_argument_group("data")
     data.add_argument("--datasets", default=None, metavar="NAME,NAME",
@@ -31,17 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "stl10_binary/, stanford_cars/: torchvision's root), and/or NAME=DIR for one dataset "
                            "(repeatable)")
     data.add_argument("--download", action="store_true", help="download missing datasets that can be (torchvision)")
-    data.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                      help="share of each training set held out for validation (default 0.1)")
-    data.add_argument("--split-seed", type=int, default=0, metavar="S", help="seed of the validation split (default 0)")
-    add_recipe_arguments(parser, "transfer")
+    data.add_argument("--val-fraction", type=fraction, default=TRANSFER_VAL_FRACTION, metavar="F",
+                      help=f"share of each training set held out for validation (default {TRANSFER_VAL_FRACTION})")
+    data.add_argument("--split-seed", type=seed_argument, default=DEFAULT_SPLIT_SEED, metavar="S",
+                      help=f"seed of the validation split (default {DEFAULT_SPLIT_SEED})")
+    add_recipe_arguments(parser, TRANSFER.name)
     where = parser.add_argument_group("running")
-    where.add_argument("--seed", type=int, default=0, metavar="S",
+    where.add_argument("--seed", type=seed_argument, default=0, metavar="S",
                        help="seed of the new head, data order and augmentation (default 0)")
-    where.add_argument("--out", default=None, metavar="DIR",
+    where.add_argument("--out", type=output_folder, default=None, metavar="DIR",
                        help="output folder (default: the first checkpoint's run folder)")
     where.add_argument("--resume", action="store_true", help="continue interrupted fine-tunes, skip finished ones")
-    where.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    where.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
     where.add_argument("--compile", action="store_true", help="torch.compile the models (worth it on CUDA)")
 
 

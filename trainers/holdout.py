@@ -1,0 +1,40 @@
+"""How a share of a labelled set is held out: the validation defaults, the version of the rule, and the seeded,
+stratified sample (scikit-learn's) every split of `trainers.data` is drawn with.
+
+Imports neither numpy nor scikit-learn at module level, so command-line parsers can read the defaults.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
+# Transfer sets are large (CIFAR: 50,000 training images): a tenth is validation enough, the rest fine-tunes.
+TRANSFER_VAL_FRACTION = 0.1
+# Which images a fraction and a seed hold out: 1 was a hand-written per-class draw, 2 is scikit-learn's
+# train_test_split. search.json and result.json record it, so a resume never mixes two versions' splits.
+SPLIT_VERSION = 2
+
+
+def stratified_sample(labels: np.ndarray, fraction: float, seed: int, stream: int) -> np.ndarray:
+    """Sorted indices of a seeded, stratified `fraction` of `labels` (scikit-learn's train_test_split).
+
+    Classes are drawn in proportion to their size; a class with one image is never drawn, and the sample
+    holds at least one image per other class and leaves as many (scikit-learn's own minimum). `stream`
+    separates the random streams of one seed (validation, train_fraction), so one never moves the other.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    classes, counts = np.unique(labels, return_counts=True)
+    drawable = np.flatnonzero(np.isin(labels, classes[counts > 1]))
+    drawable_classes = int((counts > 1).sum())
+    if not drawable_classes:
+        return np.zeros(0, dtype=np.int64)
+    size = min(max(int(fraction * len(drawable) + 0.5), drawable_classes), len(drawable) - drawable_classes)
+    random_state = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+    _, sample = train_test_split(drawable, test_size=size, stratify=labels[drawable], random_state=random_state)
+    return np.sort(sample)
