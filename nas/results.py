@@ -122,11 +122,13 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
 # The fields of search.json that commands read, with their JSON types; each may be absent (a resume checks the rest
 # as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
 SETTINGS_FIELDS = {
-    **dict.fromkeys(("name", "study_name", "dataset", "data_dir", "space", "address", "started", "finished"), str),
+    **dict.fromkeys(("name", "study_name", "results_dir", "dataset", "data_dir", "space", "recipe", "address",
+                     "started", "finished"), str),
     **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
-                     "epochs", "sessions", "split_version", "seed"), int),
+                     "epochs", "grace_epochs", "reduction_factor", "max_concurrent", "max_infeasible_streak",
+                     "sessions", "split_version", "seed"), int),
     **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
-    "ray_processes": list[tuple[int, int]], "versions": dict[str, str], "recipe_overrides": dict,
+    "verbose": bool, "ray_processes": list[tuple[int, int]], "versions": dict[str, str], "recipe_overrides": dict,
 }
 POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
                      "epochs")

@@ -26,7 +26,7 @@ import ray
 from ray import tune
 
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import exclusive_lock, write_json_atomic
+from qkvnas_core.files import dataclass_from_json, exclusive_lock, write_json_atomic
 from nas.budget import Budget, check_feasible, smallest_description
 from nas.pareto import write_pareto
 from nas.progress import Progress
@@ -113,8 +113,9 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
+        """The settings search.json records (its other fields are the session's); each of its JSON type."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return dataclass_from_json(cls, {k: v for k, v in data.items() if k in known})
 
 
 def _flag(name: str) -> str:

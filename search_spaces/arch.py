@@ -26,11 +26,12 @@ ATTENTIONS = ("softmax", "performer", "nystrom", "linformer")
 FFNS = ("mlp", "swiglu", "moe")
 STEMS = ("linear", "conv")
 POSITIONS = ("learned", "rope", "none")
-# Upper limits far beyond any model a machine holds: they keep every shape and count within 64 bits and a count
-# on the meta device quick. Whether a model fits is the memory check's question (search_spaces/memory.py).
-MAX_WIDTH = 2**24  # embed_dim, code_size and the attention's sizes
-MAX_DEPTH = 1024  # blocks, experts per stage, Nystrom's pseudo-inverse iterations
-MAX_RATIO = 1024.0  # mlp_ratio, hidden_ratio, last_ratio
+# Upper limits far beyond any model a machine holds: with DataShape's they keep every tensor of a model and of its
+# forward pass below 2**63 elements, and a count on the meta device quick. Whether a model fits in memory is
+# the memory check's question (search_spaces/memory.py).
+MAX_WIDTH = 2**20  # embed_dim, code_size and the attention's sizes
+MAX_DEPTH = 1024  # blocks, heads, experts per stage, Nystrom's pseudo-inverse iterations
+MAX_RATIO = 64.0  # mlp_ratio, hidden_ratio, last_ratio
 
 
 def check_int(name: str, value: Any, lowest: int = 1, highest: int = MAX_WIDTH) -> None:
@@ -231,7 +232,7 @@ class ArchConfig:
             raise UsageError(f"backbone={self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         check_int("embed_dim", self.embed_dim)
         check_int("depth", self.depth, 1, MAX_DEPTH)
-        check_int("num_heads", self.num_heads, 1, self.embed_dim)
+        check_int("num_heads", self.num_heads, 1, min(self.embed_dim, MAX_DEPTH))
         if self.embed_dim % self.num_heads:
             raise UsageError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}: "

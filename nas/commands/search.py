@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="qkv (default), paper, lite, or path/to/file.py:function")
     what.add_argument("--patch-size", type=positive_int, default=None, help="patch size (default: the dataset's)")
     data = parser.add_argument_group("data (search scores on a validation split of the training set)")
-    data.add_argument("--dataset", default=None, help="digits (default, built in), cifar10, cifar100, stl10, "
-                      "stanford_cars, imagenet, folder, synthetic")
+    data.add_argument("--dataset", default=None, help="digits (default, built in), mnist5k (built in), cifar10, "
+                      "cifar100, stl10, stanford_cars, imagenet, folder, synthetic")
     data.add_argument("--data-dir", type=path_argument, default=None,
                       help="folder holding the dataset in its own on-disk format")
     data.add_argument("--classes", type=positive_int, default=None, help="proxy: keep the first N classes")
