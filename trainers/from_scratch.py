@@ -21,8 +21,7 @@ from search_spaces.memory import TRAINING_COPIES, check_fits
 from search_spaces.presets import fit_patch_size
 from trainers.data import DataRequest, DatasetSplits
 from trainers.engine import EpochMetrics
-from trainers.model_folder import (TrainingTask, describe_test, finish_folder, plan, result_record, say_on_main,
-                                   start_folder, train_and_test)
+from trainers.model_folder import (TrainingTask, describe_test, plan, say_on_main, train_in_folder)
 from trainers.recipe import Recipe, describe_recipe
 from trainers.runtime import init_distributed, seed_everything, select_device
 
@@ -60,17 +59,13 @@ def retrain_model(task: RetrainTask, data: DatasetSplits | None = None,
     check_fits(task.arch, info.shape, select_device(task.device), TRAINING_COPIES)
     model = build_model(task.arch, info.shape, drop_path_rate=task.recipe.drop_path)
     params = sum(parameter.numel() for parameter in model.parameters())
-    start_folder(task)
-    say(f"train   {task.arch.arch_id} ({task.role}, {task.source})  {task.arch.summary()}  {params:,} params  "
-        f"-> {task.folder}")
-    run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
-                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say)
-    if run is None:
-        return None
-    result = result_record(task, info, run, params,
-                           flops=count_flops(task.arch, info.shape),
+    headline = (f"train   {task.arch.arch_id} ({task.role}, {task.source})  {task.arch.summary()}  {params:,} params  "
+                f"-> {task.folder}")
+    done = train_in_folder(task, model, data, headline, on_epoch, say, flops=count_flops(task.arch, info.shape),
                            patch_size=task.arch.patch_size, arch=task.arch.to_dict())
-    finish_folder(task, result)
+    if done is None:
+        return None
+    run, result = done
     say(f"test    {task.arch.arch_id}: {describe_test(run)}; best checkpoint epoch {run.best_epoch} "
         f"({run.weights} weights), val_acc {run.best_val_acc:.2%}, {run.seconds:.1f}s")
     return result

@@ -291,6 +291,25 @@ def finish_folder(task: TrainingTask, result: dict[str, Any]) -> None:
         write_json_atomic(task.folder / RESULT_FILE, result)
 
 
+def train_in_folder(task: TrainingTask, model: nn.Module, data: DatasetSplits, headline: str,
+                    on_epoch: Callable[[EpochMetrics], None] | None = None,
+                    say: Callable[[str], None] = say_on_main, **extra: Any) -> tuple[FinishedRun, dict[str, Any]] | None:
+    """The steps every task shares: open its folder, train and test once, write result.json (with `extra`).
+
+    Returns the run and its result, or None when `on_epoch` stopped training early.
+    """
+    start_folder(task)
+    say(headline)
+    run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
+                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say)
+    if run is None:
+        return None
+    params = sum(parameter.numel() for parameter in model.parameters())
+    result = result_record(task, data.info, run, params, **extra)
+    finish_folder(task, result)
+    return run, result
+
+
 def describe_test(run: FinishedRun) -> str:
     """The one test's scores for the log line."""
     if run.test is None:

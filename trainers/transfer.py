@@ -24,8 +24,8 @@ from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetSplits, dataset_names
 from trainers.engine import EpochMetrics, TrainingDiverged
 from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
-from trainers.model_folder import (RESULT_FILE, TrainingTask, describe_test, finish_folder, plan, read_result,
-                                   result_record, say_on_main, start_folder, train_and_test)
+from trainers.model_folder import (RESULT_FILE, TrainingTask, describe_test, plan, read_result, say_on_main,
+                                   train_in_folder)
 from trainers.recipe import TRANSFER, describe_recipe, get_recipe
 from trainers.runtime import init_distributed, seed_everything
 
@@ -98,16 +98,14 @@ def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplit
                          f"{pretrained_img_size(checkpoint)} px: expected the checkpoint's image size")
     model = transfer_model(checkpoint, info.num_classes, info.in_chans, task.seed, task.recipe.drop_path)
     params = sum(parameter.numel() for parameter in model.parameters())
-    start_folder(task)
-    say(f"finetune {task.arch.arch_id} ({task.role}, {task.source}) on {info.name} at {info.img_size} px, "
-        f"{info.num_classes} classes: {params:,} params -> {task.folder}")
-    run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
-                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say)
-    if run is None:
-        return None
-    result = result_record(task, info, run, params, pretrained_on=checkpoint.record["dataset"]["name"],
+    headline = (f"finetune {task.arch.arch_id} ({task.role}, {task.source}) on {info.name} at {info.img_size} px, "
+                f"{info.num_classes} classes: {params:,} params -> {task.folder}")
+    done = train_in_folder(task, model, data, headline, on_epoch, say,
+                           pretrained_on=checkpoint.record["dataset"]["name"],
                            backbone_params=params - head_params(model))
-    finish_folder(task, result)
+    if done is None:
+        return None
+    run, result = done
     say(f"test    {task.arch.arch_id} on {info.name}: {describe_test(run)}; best epoch {run.best_epoch}, "
         f"{run.seconds:.1f}s")
     return result
