@@ -46,7 +46,8 @@ def _integer(text: str, lowest: int, highest: int, expected: str) -> int:
     except ValueError:
         raise UsageError(f"{text[:40]!r}: expected {expected}") from None
     if not lowest <= value <= highest:
-        raise UsageError(f"{value}: expected {expected}" + (f" (at most {highest})" if value > highest else ""))
+        bound = f" (at most {highest})" if value > highest else ""
+        raise UsageError(f"{text.strip()[:40]}: expected {expected}{bound}")
     return value
 
 

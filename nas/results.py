@@ -148,9 +148,12 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
     try:
         check_json_fields(settings, {name: hint | None for name, hint in SETTINGS_FIELDS.items()})
         for name, value in settings.items():
-            if name in SETTINGS_FIELDS and isinstance(value, (int, float)) and value < (name in POSITIVE_SETTINGS):
-                raise UsageError(f"{name}={value}: expected a number of at least {int(name in POSITIVE_SETTINGS)}")
-            if name in FRACTION_SETTINGS and value is not None and not 0 < value <= 1:
+            if value is None or SETTINGS_FIELDS.get(name) not in (int, float):
+                continue
+            lowest = 1 if name in POSITIVE_SETTINGS else 0
+            if value < lowest:
+                raise UsageError(f"{name}={value}: expected a number of at least {lowest}")
+            if name in FRACTION_SETTINGS and not 0 < value <= 1:
                 raise UsageError(f"{name}={value}: expected a fraction above 0, at most 1")
         if settings.get("img_size") is not None and settings.get("num_classes") is not None:
             DataShape(img_size=settings["img_size"], in_chans=settings.get("in_chans") or 3,

@@ -122,9 +122,11 @@ def read_json_object(path: str | os.PathLike, expected: str) -> dict[str, Any]:
 
 def user_path(text: str | os.PathLike, what: str) -> Path:
     """A path a user named, refused (one UsageError naming `what`) when no file system could hold it: empty, with
-    a NUL byte, not encodable, or with a name longer than the file system allows. Whether it exists is the
-    caller's question."""
+    a NUL byte or a character no file name can hold, or with a name longer than the file system allows. Whether
+    it exists is the caller's question."""
     shown = repr(os.fspath(text))[:80]
+    if not os.fspath(text):
+        raise UsageError(f"{what}: empty; expected a path")
     try:
         os.stat(text)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -133,11 +135,9 @@ def user_path(text: str | os.PathLike, what: str) -> Path:
         if error.errno == errno.ENAMETOOLONG:
             raise UsageError(f"{what} {shown}: a name longer than the file system allows; expected a shorter "
                              "path") from None
-    except (ValueError, UnicodeError):
+    except ValueError:  # a NUL byte, or a character the file system's encoding lacks
         raise UsageError(f"{what} {shown}: holds a NUL byte or a character no file name can hold; expected a "
                          "path") from None
-    if not os.fspath(text):
-        raise UsageError(f"{what}: empty; expected a path")
     return Path(text)
 
 

@@ -232,20 +232,21 @@ class ArchConfig:
             raise UsageError(f"backbone={self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         check_int("embed_dim", self.embed_dim)
         check_int("depth", self.depth, 1, MAX_DEPTH)
-        check_int("num_heads", self.num_heads, 1, min(self.embed_dim, MAX_DEPTH))
+        check_int("num_heads", self.num_heads, 1, MAX_DEPTH)
         if self.embed_dim % self.num_heads:
             raise UsageError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}: "
                 "expected embed_dim to be a multiple of num_heads")
         if self.backbone == "xcit" and self.embed_dim % 8:
             raise UsageError(
-                f"embed_dim={self.embed_dim}: XCiT's convolutional patch embedding needs a multiple of 8")
+                f"embed_dim={self.embed_dim} with backbone xcit: XCiT's convolutional patch embedding needs a "
+                "multiple of 8")
         check_ratio("mlp_ratio", self.mlp_ratio)
         if self.mlp_ratio * self.embed_dim < 1:
             raise UsageError(f"mlp_ratio={self.mlp_ratio!r} with embed_dim={self.embed_dim}: expected a hidden width "
                              "(their product) of at least 1")
-        if isinstance(self.layer_scale, bool) or not isinstance(self.layer_scale, (int, float)) \
-                or not math.isfinite(self.layer_scale):
+        if (isinstance(self.layer_scale, bool) or not isinstance(self.layer_scale, (int, float))
+                or not math.isfinite(self.layer_scale)):
             raise UsageError(f"layer_scale={self.layer_scale!r}: expected a finite number")
         if not isinstance(self.tokens_norm, bool):
             raise UsageError(f"tokens_norm={self.tokens_norm!r}: expected true or false")
@@ -268,13 +269,15 @@ class ArchConfig:
         if kv_heads is not None and (kv_heads > self.num_heads or self.num_heads % kv_heads):
             raise UsageError(f"attention.kv_heads={kv_heads} with num_heads={self.num_heads}: expected a divisor "
                              "of num_heads (grouped-query attention shares each kv head among a group)")
-        if self.attention.kind == "performer" and self.attention.num_features is None and self.embed_dim < 2 * self.num_heads:
-            raise UsageError(f"attention.kind='performer' with head dim {self.embed_dim // self.num_heads}: its default "
-                             "feature count, head_dim x ln(head_dim), is 0; expected a head dim of at least 2 or "
+        head_dim = self.embed_dim // self.num_heads
+        head_dim_text = f"head dim {head_dim} (embed_dim={self.embed_dim} / num_heads={self.num_heads})"
+        if self.attention.kind == "performer" and self.attention.num_features is None and head_dim < 2:
+            raise UsageError(f"attention.kind='performer' with {head_dim_text}: its default feature count, "
+                             "head_dim x ln(head_dim), is 0; expected a head dim of at least 2, or "
                              "attention.num_features")
-        if self.pos == "rope" and (self.embed_dim // self.num_heads) % 4:
-            raise UsageError(f"pos='rope' with head dim {self.embed_dim // self.num_heads}: 2-D rotary embedding "
-                             "needs a head dim divisible by 4")
+        if self.pos == "rope" and head_dim % 4:
+            raise UsageError(f"pos='rope' with {head_dim_text}: 2-D rotary embedding needs a head dim divisible "
+                             "by 4")
         if self.ffn.kind == "moe" and len(self.ffn.experts) > self.depth:
             raise UsageError(f"ffn.experts={list(self.ffn.experts)} has {len(self.ffn.experts)} stages but "
                              f"depth={self.depth}: expected at most one stage per block")

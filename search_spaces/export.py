@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,8 @@ def read_inputs(data: Any, path: str = "") -> DataShape:
         raise UsageError(f"{prefix}{error}") from None
     for name in ("mean", "std"):
         if len(data[name]) != shape.in_chans:
-            raise UsageError(f"{prefix}{name} has {len(data[name])} values: expected one per channel ({shape.in_chans})")
+            raise UsageError(f"{prefix}{name} has {len(data[name])} values: expected one per channel "
+                             f"({shape.in_chans})")
     if min(data["std"]) <= 0:
         raise UsageError(f"{prefix}std={list(data['std'])}: expected positive numbers")
     if data.get("class_names") is not None and len(data["class_names"]) != shape.num_classes:
@@ -106,6 +111,21 @@ def export_safetensors(model: nn.Module, arch: ArchConfig, description: dict[str
     return [folder / WEIGHTS_FILE, *write_description(folder, arch, description)]
 
 
+@contextmanager
+def _exporter_log_dropped() -> Iterator[None]:
+    """Point standard output (file descriptor 1) at a scratch file for the block: when an export fails, torch's
+    TorchScript exporter prints the whole graph there from C++ (its ONNX log is left on), not the user's to read."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as scratch:
+        os.dup2(scratch.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def export_onnx(model: nn.Module, path: Path, *, img_size: int, in_chans: int, opset: int = ONNX_OPSET) -> Path:
     """model.onnx with a dynamic batch axis, through torch's TorchScript-based exporter: the torch.export-based
     one needs onnxscript, which this project does not depend on. An opset at which torch cannot export one of
@@ -113,7 +133,7 @@ def export_onnx(model: nn.Module, path: Path, *, img_size: int, in_chans: int, o
     check_opset(opset)
     model = model.eval()
     example = torch.randn(1, in_chans, img_size, img_size)
-    with atomic_path(path) as temporary, warnings.catch_warnings(), torch.no_grad():
+    with atomic_path(path) as temporary, warnings.catch_warnings(), torch.no_grad(), _exporter_log_dropped():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings are not the user's
         try:
             torch.onnx.export(model, (example,), str(temporary), dynamo=False, input_names=["images"],

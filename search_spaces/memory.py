@@ -51,6 +51,7 @@ def check_fits(arch: ArchConfig, shape: DataShape, device: torch.device, copies:
         available = available_memory(place)
         if needed > available:
             what = "weights" if place_copies == INFERENCE_COPIES else "weights, gradients and AdamW state"
-            raise UsageError(f"model {arch.arch_id} ({arch.summary()}) has {params:,} parameters: its {what} need {_bytes_text(needed)} but {place} has "
-                             f"{_bytes_text(available)} available; expected a smaller model")
+            raise UsageError(f"model {arch.arch_id} ({arch.summary()}) has {params:,} parameters: its {what} need "
+                             f"{_bytes_text(needed)} but {place} has {_bytes_text(available)} available; expected a "
+                             "smaller model")
     return params

@@ -125,11 +125,23 @@ def test_export_errors_are_one_line_and_overwrite_nothing(cli, trained, tmp_path
     assert code == 2 and err.count("\n") == 1 and "not a readable safetensors file" in err
 
 
+def test_an_opset_torch_cannot_export_the_model_at_is_one_line_and_writes_nothing(trained, tmp_path):
+    """Opset 10 is in the range torch records for its exporter, but scaled dot-product attention needs 14: torch's
+    own refusal becomes one line, and the graph torch prints as it fails stays off the console."""
+    done = subprocess.run([sys.executable, "-m", "nas.cli", "export", str(trained), "--format", "onnx", "--opset", "10",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "ONNX opset 10: torch cannot export this model" in done.stderr and "version 14" in done.stderr
+    assert done.stdout.startswith("model ") and done.stdout.count("\n") == 1, done.stdout[:500]
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
 def test_load_exported_refuses_weights_of_another_architecture(cli, trained, tmp_path):
     out = tmp_path / "export"
     assert cli("export", trained, "--out", out)[0] == 0
     (out / "arch.json").write_text(TINY_FSNE.replace(embed_dim=16).to_json())
-    with pytest.raises(UsageError, match=r"model.safetensors \(for .*arch.json, .*\) does not match the model: .*of another shape"):
+    with pytest.raises(UsageError, match=(r"model.safetensors \(for .*arch.json at .*model.json's inputs, .*\) "
+                                          r"does not match the model: .*of another shape")):
         load_exported(out)
     with pytest.raises(UsageError, match="not found"):
         load_exported(tmp_path / "nothing")

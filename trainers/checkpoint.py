@@ -368,8 +368,11 @@ def check_state_fits(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], 
     if scheduler is not None and scalars.get("scheduler") is not None:
         _check_like(scalars["scheduler"], scheduler.state_dict(), "scheduler")
     params = [param for group in optimizer.param_groups for param in group["params"]]
+    for param_id in scalars["optimizer_scalars"]:
+        if int(param_id) >= len(params):
+            raise UsageError(f"optimizer_scalars.{param_id} names no parameter of this model ({len(params)})")
     for name, tensor in _split_tensors("optimizer.", tensors).items():
-        param_id, _, key = name.partition(".")
+        param_id = name.partition(".")[0]
         if not (param_id.isascii() and param_id.isdigit()) or int(param_id) >= len(params):
             raise UsageError(f"tensor optimizer.{name} names no parameter of this model ({len(params)})")
         if tensor.dim() and tensor.shape != params[int(param_id)].shape:
@@ -377,13 +380,17 @@ def check_state_fits(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], 
                              f"{tuple(params[int(param_id)].shape)}")
     references = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np.random.get_state()[1]),
                   "rng.python": torch.tensor(random.getstate()[1])}
+    if torch.cuda.is_available():
+        saved_devices = min(len(_split_tensors("rng.cuda.", tensors)), torch.cuda.device_count())
+        references.update({f"rng.cuda.{index}": torch.cuda.get_rng_state(index) for index in range(saved_devices)})
     for name, reference in references.items():
         tensor = tensors.get(name)
         if tensor is None or tensor.shape != reference.shape:
             raise UsageError(f"tensor {name} is {'missing' if tensor is None else tuple(tensor.shape)}: expected "
                              f"{tuple(reference.shape)}")
-    if tensors["rng.torch"].dtype != references["rng.torch"].dtype:
-        raise UsageError(f"tensor rng.torch is {tensors['rng.torch'].dtype}: expected {references['rng.torch'].dtype}")
+        # torch keeps its generators' states as bytes; numpy's and Python's words are saved as int64.
+        if name not in ("rng.numpy", "rng.python") and tensor.dtype != reference.dtype:
+            raise UsageError(f"tensor {name} is {tensor.dtype}: expected {reference.dtype}")
     words = len(references["rng.numpy"])
     for name in ("rng.numpy", "rng.python"):
         if tensors[name].is_floating_point() or tensors[name].min() < 0 or tensors[name].max() >= 2**32:
