@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "transfer": "fine-tune a retrained checkpoint on the transfer datasets",
     "export": "export a checkpoint as safetensors + arch JSON, or ONNX",
     "describe": "print an architecture with its parameters and FLOPs",
+    "arch": "write one trial's architecture JSON (with its data shape) out of a run",
     "presets": "list the presets with their parameters and FLOPs",
 }
 

@@ -126,6 +126,22 @@ def output_folder(text: str) -> str:
 
 
 @argument_type
+def output_file(text: str) -> str:
+    """A file to write: new, or an existing file it replaces; an existing folder is refused."""
+    if user_path(text, "file").is_dir():
+        raise UsageError(f"{text!r}: an existing folder; expected a file to write (new or existing)")
+    return text
+
+
+@argument_type
+def trial_argument(text: str) -> int:
+    """A trial of a run, as trials.csv names it (t0016) or by its number (16): its number."""
+    from nas.archs import parse_trial_number
+
+    return parse_trial_number(text)
+
+
+@argument_type
 def run_name(text: str) -> str:
     """A run's name: one folder name under the results folder (no separator, not . or ..)."""
     if not text.strip() or text in (".", "..") or "/" in text or "\\" in text:

@@ -2,8 +2,9 @@
 
 Domination rule: trial a dominates b when a's val_acc is at least b's and every cost of a is at most
 b's, and a is strictly better in at least one of them. Equal points dominate neither; they are one
-point, represented by the first of them in trial_id (string) order. Only complete and stopped trials
-with a val_acc take part, and only those with a value for every cost.
+point, represented by the first of them in trial_id (string) order. Only trials scored at full fidelity
+(complete: every epoch ran) take part, unless stopped trials are asked for too (`include_stopped`: ASHA
+scored them after fewer epochs, so they are not comparable); and only those with a value for every cost.
 """
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ STRUCTURE_COLOURS: dict[str, str] = dict(zip(_all_structures(), _PALETTE))
 UNKNOWN_STRUCTURE_COLOUR = "#333333"
 
 
-def scored_trials(table: pd.DataFrame) -> pd.DataFrame:
-    """The trials that have a score to compare: complete or stopped, with a val_acc."""
-    return table[table["state"].isin(SCORED_STATES) & table[SCORE].notna()]
+def scored_trials(table: pd.DataFrame, include_stopped: bool = True) -> pd.DataFrame:
+    """The trials that have a score: complete (scored at full fidelity), and stopped ones unless
+    `include_stopped` is False; each with a val_acc."""
+    states = SCORED_STATES if include_stopped else ("complete",)
+    return table[table["state"].isin(states) & table[SCORE].notna()]
 
 
 def _dominated(points: np.ndarray) -> np.ndarray:
@@ -83,15 +86,16 @@ def _dominated(points: np.ndarray) -> np.ndarray:
     return dominated
 
 
-def pareto_front(table: pd.DataFrame, costs: Sequence[str]) -> pd.DataFrame:
-    """The non-dominated scored trials over max val_acc and min `costs` (one front over all), sorted by costs[0]."""
+def pareto_front(table: pd.DataFrame, costs: Sequence[str], include_stopped: bool = False) -> pd.DataFrame:
+    """The non-dominated trials scored at full fidelity (and stopped ones when `include_stopped`) over max val_acc
+    and min `costs` (one front over all), sorted by costs[0]."""
     costs = list(costs)
     if not costs:
         raise ValueError("pareto front without a cost: expected at least one cost column, e.g. params")
     missing = [name for name in [SCORE, "state", "trial_id", *costs] if name not in table.columns]
     if missing:
         raise UsageError(f"trials table lacks column(s) {', '.join(missing)}: expected them to draw a Pareto front")
-    candidates = scored_trials(table).dropna(subset=costs)
+    candidates = scored_trials(table, include_stopped).dropna(subset=costs)
     candidates = candidates.sort_values("trial_id", kind="stable").drop_duplicates(subset=[SCORE, *costs])
     # Accuracy is negated so every column is minimised.
     points = np.column_stack([-candidates[SCORE].to_numpy(dtype=float),
@@ -134,7 +138,7 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
         handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="#555555",
                               label="hollow: stopped early\n(fewer epochs)"))
 
-    steps = pareto_front(front, [cost]) if len(front) else front
+    steps = pareto_front(front, [cost], include_stopped=True) if len(front) else front
     ax.scatter(front[cost] * axis.scale, front[SCORE] * 100, s=110, facecolors="none", edgecolors="black",
                linewidths=1.0, zorder=4)
     ax.step(steps[cost] * axis.scale, steps[SCORE] * 100, where="post", color="black", lw=1.3, zorder=2)
@@ -173,6 +177,28 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
                 figure.savefig(temporary, format=suffix)
             written.append(path)
     return written
+
+
+def plot_hypervolume(history: pd.DataFrame, out_stem: Path, title: str) -> list[Path]:
+    """The front's hypervolume (column hypervolume) against the search's epochs spent (column epochs_spent) when
+    each trial ended, as a step line; writes <out_stem>.png."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.step(history["epochs_spent"], history["hypervolume"], where="post", color="#1f77b4", lw=1.5)
+    ax.scatter(history["epochs_spent"], history["hypervolume"], s=14, color="#1f77b4", zorder=3)
+    ax.set_xlabel("epochs trained in the search (all trials, stopped ones included)")
+    ax.set_ylabel("hypervolume (val_acc from 0, each cost to its limit)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    path = out_stem.with_name(f"{out_stem.name}.png")
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    return [path]
 
 
 def parse_costs(values: Iterable[str] | None) -> list[str]:
@@ -258,6 +284,9 @@ class ParetoOutcome:
     out: Path
     written: list[Path]
     references: pd.DataFrame | None
+    full_fidelity: int  # trials scored at full fidelity (complete), the front's candidates unless include_stopped
+    epochs: int | None  # the run's full number of epochs
+    include_stopped: bool
 
     @property
     def csv_path(self) -> Path:
@@ -266,10 +295,12 @@ class ParetoOutcome:
 
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
                  measure_latency: bool = False, device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None,
-                 name: str = "pareto", say: Callable[[str], None] = print) -> ParetoOutcome:
+                 name: str = "pareto", say: Callable[[str], None] = print,
+                 include_stopped: bool = False) -> ParetoOutcome:
     """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
 
-    With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg.
+    With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg. The front is
+    drawn from trials scored at the full number of epochs unless `include_stopped`; stopped trials are drawn hollow.
     `nas search` writes its own front as `search_front.*`, so a front a user drew with `nas pareto` (pareto.*)
     is never overwritten by a resumed search. `say` gets the progress lines (latency being measured).
     """
@@ -281,6 +312,12 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
     if scored.empty:
         raise UsageError(f"{run.path / 'trials.csv'} has no scored trial ({state_counts(table)}): "
                          "expected at least one complete or stopped trial with a val_acc")
+    epochs = run.settings.get("epochs")
+    full_fidelity = scored_trials(table, include_stopped=False)
+    if full_fidelity.empty and not include_stopped:
+        raise UsageError(f"{run.path / 'trials.csv'} has no trial scored at full fidelity (every epoch run; "
+                         f"{state_counts(table)}): expected a complete trial, or --include-stopped to draw a front "
+                         "of trials ASHA scored after fewer epochs")
     for cost in costs:
         column = COST_COLUMNS[cost]
         if cost != "latency" and (column not in table.columns or scored[column].isna().all()):
@@ -289,7 +326,7 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
     if "latency" in costs:
         # Any scored trial may be on a front that includes latency, so all of them are measured.
         table = _with_latency(table, scored.index, run, device, say)
-    front = pareto_front(table, [COST_COLUMNS[cost] for cost in costs])
+    front = pareto_front(table, [COST_COLUMNS[cost] for cost in costs], include_stopped)
     if measure_latency and "latency" not in costs:
         front = _with_latency(front, front.index, run, device, say)
     references = reference_points(run) if reference else None
@@ -297,7 +334,9 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{name}.csv"
     _write_csv(front, csv_path)
-    title = f"{run.name} ({run.settings.get('dataset', 'dataset unknown')}, {len(scored)} scored trials)"
+    fidelity = (f"front of {len(full_fidelity)} trials scored at {epochs or 'all'} epochs" if not include_stopped
+                else f"front of {len(scored)} trials, stopped ones scored at fewer epochs")
+    title = f"{run.name} ({run.settings.get('dataset', 'dataset unknown')}): {fidelity}"
     written = [csv_path]
     for cost in costs:
         stem = out / (name if len(costs) == 1 else f"{name}_{cost}")
@@ -309,4 +348,5 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
                 _copy(plot, out / f"{name}{plot.suffix}")
                 written.append(out / f"{name}{plot.suffix}")
     return ParetoOutcome(front=front, costs=costs, scored=len(scored), dataset=run.settings.get("dataset"), out=out,
-                         written=written, references=references)
+                         written=written, references=references, full_fidelity=len(full_fidelity), epochs=epochs,
+                         include_stopped=include_stopped)

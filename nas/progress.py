@@ -11,10 +11,11 @@ from nas.results import best_trial, interrupted_count, trained_count
 
 
 class Progress:
-    """Tells `say` lines a person can read, `[elapsed] trained/target: states | best | time left`, from the
-    trials table as the search renders it."""
+    """Tells `say` lines a person can read, `[elapsed] trained/target: states | best | hypervolume | time left`,
+    from the trials table as the search renders it; `hypervolume` measures the table's full-fidelity front."""
 
-    def __init__(self, target: int, already: int, say: Callable[[str], None], interval: float = 15.0) -> None:
+    def __init__(self, target: int, already: int, say: Callable[[str], None], interval: float = 15.0,
+                 hypervolume: Callable[[pd.DataFrame], float] | None = None) -> None:
         self.target = target
         self.already = already
         self.say = say
@@ -22,6 +23,7 @@ class Progress:
         self.start = time.monotonic()
         self.last = 0.0
         self.last_status = ""
+        self.hypervolume = hypervolume
 
     def show(self, trials: pd.DataFrame, force: bool = False) -> None:
         now = time.monotonic()
@@ -44,7 +46,8 @@ class Progress:
                   f"{counts.get('stopped', 0)} stopped, {counts.get('failed', 0) - interrupted} failed, "
                   f"{counts.get('running', 0)} in progress, {counts.get('queued', 0)} queued, "
                   f"{counts.get('infeasible', 0)} infeasible"
-                  f"{f', {interrupted} interrupted (trained again)' if interrupted else ''} | {best_text}")
+                  f"{f', {interrupted} interrupted (trained again)' if interrupted else ''} | {best_text}"
+                  f"{f' | hypervolume {self.hypervolume(trials):.4f}' if self.hypervolume else ''}")
         if force and status == self.last_status:
             return
         self.last_status = status

@@ -22,8 +22,10 @@ from qkvnas_core.files import check_json_fields, read_json_object, write_text_at
 STATES = ("complete", "stopped", "failed", "infeasible", "running", "queued")
 # The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
+# val_acc is the trial's best validation accuracy, reached after best_epoch of its `epochs`; epochs_spent is the
+# search's total of trained epochs when the trial ended (the x axis of hypervolume.png).
 LEAD_COLUMNS = ["trial_id", "state", "reason", "arch_id", "structure", "params", "flops", "val_acc",
-                "last_val_acc", "epochs", "seconds", "seed"]
+                "best_epoch", "last_val_acc", "epochs", "epochs_spent", "seconds", "seed"]
 ARCH_COLUMNS = list(ArchConfig().flat())
 COLUMNS = LEAD_COLUMNS + ARCH_COLUMNS + ["arch"]
 
@@ -35,14 +37,15 @@ def format_trial_id(number: int) -> str:
 
 def trial_row(number: int, state: str, reason: str = "", arch: ArchConfig | None = None, params: int | None = None,
               flops: int | None = None, seed: int | None = None, curve: Sequence[float] = (),
-              seconds: float = 0.0) -> dict[str, Any]:
+              seconds: float = 0.0, epochs_spent: int | None = None) -> dict[str, Any]:
     """One row of trials.csv; `curve` is val_acc after each epoch. A draw that built no architecture has only
     its id, state and reason."""
     row: dict[str, Any] = {"trial_id": format_trial_id(number), "state": state, "reason": reason}
     if arch is not None:
-        row.update(params=params, flops=flops, val_acc=max(curve, default=None),
-                   last_val_acc=curve[-1] if curve else None, epochs=len(curve), seconds=seconds, seed=seed,
-                   **_arch_columns(arch))
+        best_epoch = max(range(len(curve)), key=lambda index: curve[index]) + 1 if curve else None
+        row.update(params=params, flops=flops, val_acc=max(curve, default=None), best_epoch=best_epoch,
+                   last_val_acc=curve[-1] if curve else None, epochs=len(curve), epochs_spent=epochs_spent,
+                   seconds=seconds, seed=seed, **_arch_columns(arch))
     return row
 
 
@@ -88,8 +91,9 @@ def state_counts(table: pd.DataFrame) -> str:
 
 
 REQUIRED_COLUMNS = ("trial_id", "state", "structure", "params", "val_acc")
-NUMERIC_COLUMNS = ("params", "flops", "val_acc", "last_val_acc", "epochs", "seconds", "seed")
-INTEGER_COLUMNS = ("params", "flops", "epochs", "seed")
+NUMERIC_COLUMNS = ("params", "flops", "val_acc", "best_epoch", "last_val_acc", "epochs", "epochs_spent", "seconds",
+                   "seed")
+INTEGER_COLUMNS = ("params", "flops", "best_epoch", "epochs", "epochs_spent", "seed")
 TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
 
 
@@ -123,15 +127,16 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
 # as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
 SETTINGS_FIELDS = {
     **dict.fromkeys(("name", "study_name", "results_dir", "dataset", "data_dir", "space", "recipe", "address",
-                     "started", "finished"), str),
+                     "started", "finished", "sampler", "early_stopping"), str),
     **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
                      "epochs", "grace_epochs", "reduction_factor", "max_concurrent", "max_infeasible_streak",
-                     "sessions", "split_version", "seed"), int),
+                     "sessions", "split_version", "seed", "epoch_budget"), int),
     **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
     "verbose": bool, "ray_processes": list[tuple[int, int]], "versions": dict[str, str], "recipe_overrides": dict,
+    "objectives": list[str], "hypervolume": float, "hypervolume_reference": dict[str, float],
 }
 POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
-                     "epochs")
+                     "epochs", "epoch_budget")
 FRACTION_SETTINGS = ("val_fraction", "train_fraction")
 
 

@@ -63,12 +63,14 @@ def _trial_arch(row: Any, path: Path) -> ArchConfig:
 
 
 def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | None,
-                  say: Callable[[str], None] = print) -> list[Candidate]:
-    """The best `top` members of the params Pareto front by val_acc (fewer params first among equals)."""
-    if scored_trials(table).empty:
-        raise UsageError(f"{path} has no Pareto front ({state_counts(table)}): expected at least one complete or "
-                         "stopped trial with a val_acc, or pick models with --trial-ids / --arch")
-    front = pareto_front(table, ["params"]).sort_values(["val_acc", "params", "trial_id"],
+                  say: Callable[[str], None] = print, include_stopped: bool = False) -> list[Candidate]:
+    """The best `top` members of the params Pareto front by val_acc (fewer params first among equals), drawn from
+    trials scored at full fidelity unless `include_stopped`."""
+    if scored_trials(table, include_stopped).empty:
+        kind = "scored" if include_stopped else "complete (every epoch run)"
+        raise UsageError(f"{path} has no Pareto front ({state_counts(table)}): expected at least one {kind} trial "
+                         "with a val_acc, --include-stopped, or models picked with --trial-ids / --arch")
+    front = pareto_front(table, ["params"], include_stopped).sort_values(["val_acc", "params", "trial_id"],
                                                         ascending=[False, True, True], kind="stable")
     if len(front) < top:
         say(f"--top {top}: the Pareto front has {len(front)} member(s); retraining all of them")
@@ -103,6 +105,7 @@ class RetrainRequest:
 
     run: str
     top: int | None = None
+    include_stopped: bool = False
     trials: tuple[str, ...] = ()
     archs: tuple[str, ...] = ()
     baselines: tuple[str, ...] = ()
@@ -161,7 +164,7 @@ def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None,
         table = load_trials(run_dir)
         path = run_dir / "trials.csv"
         if request.top is not None:
-            picked += front_winners(table, request.top, path, searched_at, say)
+            picked += front_winners(table, request.top, path, searched_at, say, request.include_stopped)
         picked += trial_winners(table, list(request.trials), path, searched_at, say)
     picked += [Candidate(load_arch(spec), "winner", spec) for spec in request.archs]
     picked += [Candidate(load_arch(spec), "baseline", spec) for spec in request.baselines]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import platform
@@ -24,16 +25,20 @@ import optuna
 import pandas as pd
 import ray
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json, exclusive_lock, write_json_atomic
 from nas.budget import Budget, check_feasible, smallest_description
-from nas.pareto import write_pareto
+from nas.objectives import (DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, SCORE, check_objectives, cost_limits,
+                            reference_limits)
+from nas.hypervolume import front_hypervolume, hypervolume_history
+from nas.pareto import plot_hypervolume, scored_trials, write_pareto
 from nas.progress import Progress
 from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
 from nas.results import best_trial, load_settings, trained_count, write_trials
 from nas.scheduler import RungScheduler
-from nas.searcher import (METRIC, BudgetedSearcher, TrialEvents, close_interrupted, open_study, render_trials,
+from nas.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
                           trial_curves)
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
@@ -44,10 +49,13 @@ from trainers.trial import TrialSettings, run_trial
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Settings a resume may change; the others define the run and stay as they were.
-RESUMABLE = ("trials", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
+RESUMABLE = ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
+# What a run recorded before these settings existed: one objective, TPE, ASHA.
+EARLIER_DEFAULTS = {"objectives": ["val_acc"], "sampler": "tpe", "early_stopping": "asha"}
 LOCK_FILE = ".lock"
 TRIALS_FILE = "trials.csv"
 SEARCH_FRONT = "search_front"
+HYPERVOLUME_PLOT = "hypervolume"
 
 
 @dataclass
@@ -83,12 +91,16 @@ class SearchSettings:
     max_infeasible_streak: int = 300
     verbose: bool = False
     study_name: str | None = None
+    objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    sampler: str = "tpe"
+    early_stopping: str = "asha"
+    epoch_budget: int | None = None
 
     def __post_init__(self) -> None:
         # The Optuna study keeps its first name even if the run folder is renamed or moved later.
         self.study_name = self.study_name or self.name
         for name in ("budget", "max_flops", "classes", "img_size", "patch_size", "trials", "epochs", "grace_epochs",
-                     "max_concurrent"):
+                     "max_concurrent", "epoch_budget"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{_flag(name)} {value}: expected a positive integer")
@@ -103,6 +115,11 @@ class SearchSettings:
         if not self.cpus_per_trial > 0 or not self.gpus_per_trial >= 0:
             raise UsageError(f"--cpus-per-trial {self.cpus_per_trial:g} --gpus-per-trial {self.gpus_per_trial:g}: "
                              "expected a positive CPU count and a GPU count of 0 or more")
+        check_objectives(self.objectives)
+        cost_limits(self.objectives, self.budget, self.max_flops)
+        for name, choices in (("sampler", SAMPLERS), ("early_stopping", EARLY_STOPPING)):
+            if getattr(self, name) not in choices:
+                raise UsageError(f"{_flag(name)} {getattr(self, name)}: expected one of {', '.join(choices)}")
 
     @property
     def run_dir(self) -> Path:
@@ -156,8 +173,8 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainabl
         stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
         record = load_settings(run_dir)
         # The folder may have been moved or renamed since: it is where the run is now.
-        settings = SearchSettings.from_dict({**record, "name": run_dir.name, "results_dir": str(run_dir.parent),
-                                             **changes})
+        settings = SearchSettings.from_dict({**EARLIER_DEFAULTS, **record, "name": run_dir.name,
+                                             "results_dir": str(run_dir.parent), **changes})
         if record.get("split_version", 1) != SPLIT_VERSION:
             raise UsageError(f"--resume {run_dir}: its validation split is version {record.get('split_version', 1)} "
                              f"(an older qkvnas), this version draws {SPLIT_VERSION}, with other images; expected a "
@@ -188,8 +205,9 @@ class SearchResult:
     note: str  # why it ended before --trials were trained, or how to go on; "" when it finished
     trials: pd.DataFrame  # trials.csv as written last
     best: dict[str, Any] | None  # its row, None while no trial has a score
-    front: Path | None  # search_front.csv, written when a trial has a score
+    front: Path | None  # search_front.csv, written when a trial ran every epoch
     study: optuna.Study
+    hypervolume: float  # of the full-fidelity front, reference val_acc 0 and each cost's limit (search.json says)
 
     @property
     def trained(self) -> int:
@@ -217,6 +235,7 @@ class SearchSession:
     clock: SessionClock
     progress: Progress
     trainable: Callable
+    limits: dict[str, float]  # the costs the hypervolume is measured over, and their limits
 
     @property
     def run_dir(self) -> Path:
@@ -228,10 +247,16 @@ class SearchSession:
         if already >= settings.trials:
             return self.finish("already trained", f"{self.run_dir}: {already} trials already trained "
                                                   f"(--trials {settings.trials}); raise --trials to extend it")
-        exhausted = self.tune(settings.trials - already)
-        if exhausted:
-            return self.finish("exhausted", exhausted)
+        searcher = self.tune(settings.trials - already)
+        if searcher.exhausted:
+            return self.finish("exhausted", (
+                f"stopped: {settings.max_infeasible_streak} draws in a row gave no new architecture within the "
+                f"budget (every feasible one tried, or the budget too tight); "
+                f"{smallest_description(settings.space, self.space, self.budget)}"))
         trained = trained_count(render_trials(self.study))
+        if searcher.epoch_budget_spent:
+            return self.finish("finished", f"--epoch-budget {settings.epoch_budget} spent ({searcher.epochs_spent} "
+                                           f"epochs in {trained} trials)")
         if trained < settings.trials:
             # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
             return self.finish("interrupted", f"search interrupted after {trained} of {settings.trials} trials; "
@@ -246,8 +271,8 @@ class SearchSession:
             self.clock.write()
         self.progress.show(trials, force=ended)
 
-    def tune(self, remaining: int) -> str:
-        """Ray Tune's part: `remaining` trials; returns why the space ran out of feasible draws, or ''."""
+    def tune(self, remaining: int) -> BudgetedSearcher:
+        """Ray Tune's part: `remaining` trials; returns the searcher, which knows why it stopped drawing."""
         settings = self.settings
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         if not settings.verbose:
@@ -256,9 +281,15 @@ class SearchSession:
         searcher = BudgetedSearcher(
             self.space, self.budget, self.study, settings.seed, settings.epochs,
             settings.max_infeasible_streak, on_record=self.save_trials,
-            initial_points=None if self.resumed else list(getattr(self.space, "initial_points", [])))
-        scheduler = RungScheduler(METRIC, settings.epochs, settings.grace_epochs, settings.reduction_factor)
-        scheduler.seed(trial_curves(self.study))
+            initial_points=None if self.resumed else list(getattr(self.space, "initial_points", [])),
+            sampler=functools.partial(make_sampler, kind=settings.sampler), objectives=settings.objectives,
+            epoch_budget=settings.epoch_budget)
+        if settings.early_stopping == "asha":
+            scheduler = RungScheduler(settings.objectives, settings.epochs, settings.grace_epochs,
+                                      settings.reduction_factor)
+            scheduler.seed(trial_curves(self.study, settings.objectives))
+        else:
+            scheduler = FIFOScheduler()
         trial_settings = TrialSettings(
             recipe=get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
             threads=max(1, int(settings.cpus_per_trial)), device="cuda" if settings.gpus_per_trial > 0 else "cpu")
@@ -279,20 +310,23 @@ class SearchSession:
             # Trials Ctrl-C left running are failed (interrupted) in the study: a resume trains others instead.
             close_interrupted(self.study)
             self.save_trials(ended=True)
-        if searcher.exhausted:
-            return (f"stopped: {settings.max_infeasible_streak} draws in a row gave no new architecture within the "
-                    f"budget (every feasible one tried, or the budget too tight); "
-                    f"{smallest_description(settings.space, self.space, self.budget)}")
-        return ""
+        return searcher
 
     def finish(self, ended: str, note: str) -> SearchResult:
         """Record the session's end and write the search's own front, search_front.* (params): `nas pareto`
-        writes pareto.*, which a search never touches."""
-        self.clock.write(finished=_now())
+        writes pareto.*, which a search never touches. The front holds trials scored at full fidelity; its
+        hypervolume goes to search.json, and its history against epochs spent to hypervolume.png."""
         trials = render_trials(self.study)
+        hypervolume = run_hypervolume(trials, self.limits)
+        self.clock.write(finished=_now(), hypervolume=hypervolume, hypervolume_reference={SCORE: 0.0, **self.limits})
         best = best_trial(trials)
-        front = write_pareto(self.run_dir, name=SEARCH_FRONT).csv_path if best is not None else None
-        return SearchResult(self.run_dir, ended, note, trials, best, front, self.study)
+        full_fidelity = scored_trials(trials, include_stopped=False)
+        front = write_pareto(self.run_dir, name=SEARCH_FRONT).csv_path if len(full_fidelity) else None
+        if len(full_fidelity):
+            history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
+            plot_hypervolume(history, self.run_dir / HYPERVOLUME_PLOT,
+                             f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
+        return SearchResult(self.run_dir, ended, note, trials, best, front, self.study, hypervolume)
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
@@ -332,13 +366,21 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
                   ray_processes=ray_processes() if started_ray else [])
     clock = SessionClock(run_dir / "search.json", record)
     clock.write()
-    study = open_study(f"sqlite:///{run_dir.resolve() / 'study.db'}", settings.study_name, settings.seed)
+    study = open_study(f"sqlite:///{run_dir.resolve() / 'study.db'}", settings.study_name, settings.seed,
+                       settings.objectives, settings.sampler)
     close_interrupted(study)
     trials = render_trials(study)
     write_trials(run_dir / TRIALS_FILE, trials)
-    progress = Progress(settings.trials, trained_count(trials), say)
+    limits = reference_limits(settings.budget, settings.max_flops)
+    progress = Progress(settings.trials, trained_count(trials), say,
+                        hypervolume=functools.partial(run_hypervolume, limits=limits))
     return SearchSession(settings, resumed, space, splits, budget, study, clock, progress,
-                         trainable or run_trial)
+                         trainable or run_trial, limits)
+
+
+def run_hypervolume(trials: pd.DataFrame, limits: dict[str, float]) -> float:
+    """The hypervolume of the trials scored at full fidelity, over val_acc and the costs in `limits`."""
+    return front_hypervolume(scored_trials(trials, include_stopped=False), [SCORE, *limits], limits)
 
 
 class SessionClock:

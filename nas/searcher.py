@@ -16,7 +16,7 @@ it by `render_trials`. The study lives in the run's study.db; `nas search --resu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +30,7 @@ from ray.tune.search import Searcher
 
 from qkvnas_core.errors import UsageError
 from nas.budget import Budget, over_budget_reason
+from nas.objectives import directions
 from nas.results import INTERRUPTED, trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import Space, draw
@@ -37,6 +38,9 @@ from search_spaces.spaces import Space, draw
 METRIC = "val_acc"
 # Draws in a row without a new feasible architecture after which the searcher draws at random instead of TPE.
 RANDOM_AFTER_STREAK = 20
+NSGA2_POPULATION = 8
+# Per-epoch val_acc of a trial (a multi-objective study cannot hold intermediate values).
+CURVE_ATTR = "val_acc_curve"
 # The constraint value of a draw that cannot be built: above any model's excess params or FLOPs, so TPE ranks
 # it below every over-budget draw.
 UNBUILDABLE = 1e18
@@ -45,23 +49,36 @@ TOLD_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "stopped", Tr
                TrialState.RUNNING: "running"}
 
 
-def make_sampler(seed: int) -> optuna.samplers.TPESampler:
-    """Seeded, multivariate TPE grouping conditional parameters; it reads the trials' constraint values."""
+def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded; each reads the trials' constraint values (Optuna 5's set_constraint).
+
+    tpe: multivariate TPE grouping conditional parameters (its multi-objective mode when there are costs);
+    nsga2: NSGA-II with a population of 8, so a search of tens of trials runs several generations;
+    random: the baseline of benchmarks/search_quality.py."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
 
 
-def open_study(storage_url: str, study_name: str, seed: int) -> optuna.Study:
-    """The run's study (created on first use): maximise val_acc, no Optuna pruner (ASHA decides)."""
-    return optuna.create_study(storage=optuna.storages.RDBStorage(storage_url), sampler=make_sampler(seed),
-                               pruner=optuna.pruners.NopPruner(), study_name=study_name, direction="maximize",
-                               load_if_exists=True)
+def open_study(storage_url: str, study_name: str, seed: int, objectives: Sequence[str] = (METRIC,),
+               sampler: str = "tpe") -> optuna.Study:
+    """The run's study (created on first use): maximise val_acc, minimise each cost objective; no Optuna pruner
+    (ASHA decides)."""
+    return optuna.create_study(storage=optuna.storages.RDBStorage(storage_url), sampler=make_sampler(seed, sampler),
+                               pruner=optuna.pruners.NopPruner(), study_name=study_name,
+                               directions=directions(objectives), load_if_exists=True)
 
 
 class BudgetedSearcher(Searcher):
     """Asks `study` for points of a define-by-run `space`, rejects infeasible ones, records every trial event in
-    the study; `on_record(ended)` is called after each record (`ended`: a trial ended)."""
+    the study; `on_record(ended)` is called after each record (`ended`: a trial ended).
+
+    `objectives`: val_acc, then the costs told to Optuna beside it (the study's directions match). With an
+    `epoch_budget`, no trial is drawn once the trials' epochs add up to it (running trials finish)."""
 
     def __init__(
             self,
@@ -74,6 +91,8 @@ class BudgetedSearcher(Searcher):
             initial_points: list[dict[str, Any]] | None = None,
             on_record: Callable[[bool], None] | None = None,
             sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+            objectives: Sequence[str] = (METRIC,),
+            epoch_budget: int | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space = space
@@ -84,6 +103,9 @@ class BudgetedSearcher(Searcher):
         self.max_infeasible_streak = max_infeasible_streak
         self.on_record = on_record
         self.make_sampler = sampler or make_sampler
+        self.objectives = tuple(objectives)
+        self.epoch_budget = epoch_budget
+        self.epoch_budget_spent = False
         self.infeasible_streak = 0
         self.exhausted = False
         self.running: dict[str, optuna.Trial] = {}
@@ -92,10 +114,14 @@ class BudgetedSearcher(Searcher):
         trials = render_trials(study)
         trained = (trials["state"] != "infeasible") & trials["arch_id"].notna() & (trials["reason"] != INTERRUPTED)
         self.trained_ids = set(trials.loc[trained, "arch_id"])
+        self.epochs_spent = epochs_spent(study)
         for point in initial_points or []:
             study.enqueue_trial(point)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.epoch_budget is not None and self.epochs_spent >= self.epoch_budget:
+            self.epoch_budget_spent = True
+            return Searcher.FINISHED
         # The streak counts draws in a row that gave nothing new to train: infeasible, unbuildable or repeated.
         while self.infeasible_streak < self.max_infeasible_streak:
             with self._sampler_for_draw():
@@ -167,7 +193,7 @@ class BudgetedSearcher(Searcher):
         _set_constraints(ot_trial, violation)
         _set_attrs(ot_trial, arch=arch.to_json() if arch is not None else None, params=params, flops=flops,
                    state="infeasible", reason=reason)
-        self.study.tell(ot_trial, 0.0)
+        self.study.tell(ot_trial, self._values(0.0, params, flops))
         self._recorded()
 
     def record_start(self, trial_id: str) -> None:
@@ -185,9 +211,24 @@ class BudgetedSearcher(Searcher):
             self._recorded()
 
     def _record_result(self, ot_trial: optuna.Trial, result: dict[str, Any]) -> None:
-        """One epoch: val_acc as Optuna's intermediate value at that epoch, and the trial's time so far."""
-        ot_trial.report(float(result[METRIC]), int(result["training_iteration"]))
+        """One epoch: val_acc appended to the trial's curve (also Optuna's intermediate value at that epoch when
+        the study has one objective: a multi-objective study holds none), and the trial's time so far."""
+        curve = list(ot_trial.user_attrs.get(CURVE_ATTR, []))
+        epoch = int(result["training_iteration"])
+        if len(curve) >= epoch:
+            return
+        curve.append(float(result[METRIC]))
+        ot_trial.set_user_attr(CURVE_ATTR, curve)
+        if len(self.objectives) == 1:
+            ot_trial.report(curve[-1], epoch)
         ot_trial.set_user_attr("seconds", float(result["trial_seconds"]))
+        self.epochs_spent += 1
+
+    def _values(self, score: float, params: int | None, flops: int | None) -> float | list[float]:
+        """What Optuna is told: val_acc, then each cost objective (UNBUILDABLE where not measured)."""
+        costs = {"params": params, "flops": flops}
+        values = [score, *(float(UNBUILDABLE if costs[name] is None else costs[name]) for name in self.objectives[1:])]
+        return values if len(values) > 1 else values[0]
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tell Optuna how the trial ended and record it. A trial that raised waits for `record_failure`, which
@@ -210,9 +251,11 @@ class BudgetedSearcher(Searcher):
             self._record_result(ot_trial, result)
         if state == "stopped":
             reason = f"stopped by ASHA after {(result or reported).get('training_iteration')} epochs"
-        _set_attrs(ot_trial, state=state, reason=reason)
+        _set_attrs(ot_trial, state=state, reason=reason, epochs_spent=self.epochs_spent)
         if state == "complete":
-            self.study.tell(ot_trial, float(result["best_val_acc"]))
+            attrs = ot_trial.user_attrs
+            self.study.tell(ot_trial, self._values(float(result["best_val_acc"]), attrs.get("params"),
+                                                   attrs.get("flops")))
         elif state == "stopped":
             self.study.tell(ot_trial, state=TrialState.PRUNED)
         else:
@@ -283,13 +326,28 @@ def failure_reason(pickled: str | None, text: str | None) -> str:
 
 
 def curve_of(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """val_acc after each epoch, as the trial reported it."""
+    """val_acc after each epoch, as the trial reported it (a study from an older version holds it only as
+    intermediate values)."""
+    if CURVE_ATTR in trial.user_attrs:
+        return list(trial.user_attrs[CURVE_ATTR])
     return [trial.intermediate_values[epoch] for epoch in sorted(trial.intermediate_values)]
 
 
-def trial_curves(study: optuna.Study) -> list[tuple[int, list[float]]]:
-    """(trial number, val_acc per epoch) of every trained trial, for ASHA's rungs after a resume."""
-    return [(trial.number, curve_of(trial)) for trial in study.get_trials(deepcopy=False) if trial.intermediate_values]
+def epochs_spent(study: optuna.Study) -> int:
+    """Epochs trained by all the study's trials so far."""
+    return sum(len(curve_of(trial)) for trial in study.get_trials(deepcopy=False))
+
+
+def trial_curves(study: optuna.Study, objectives: Sequence[str] = (METRIC,)) -> list[tuple[int, list[list[float]]]]:
+    """(trial number, the objectives' values after each epoch) of every trained trial, for ASHA's rungs after a
+    resume: val_acc of that epoch, and the trial's costs (fixed for a trial)."""
+    curves = []
+    for trial in study.get_trials(deepcopy=False):
+        costs = [float(trial.user_attrs[name]) for name in objectives[1:] if trial.user_attrs.get(name) is not None]
+        curve = curve_of(trial)
+        if curve and len(costs) == len(objectives) - 1:
+            curves.append((trial.number, [[score, *costs] for score in curve]))
+    return curves
 
 
 @lru_cache(maxsize=4096)
@@ -311,7 +369,8 @@ def render_trials(study: optuna.Study) -> pd.DataFrame:
         reason = attrs.get("reason", INTERRUPTED if state == "failed" else "")
         arch = _arch(attrs["arch"]) if "arch" in attrs else None
         rows.append(trial_row(trial.number, state, reason, arch, attrs.get("params"), attrs.get("flops"),
-                              attrs.get("seed"), curve_of(trial), attrs.get("seconds", 0.0)))
+                              attrs.get("seed"), curve_of(trial), attrs.get("seconds", 0.0),
+                              attrs.get("epochs_spent")))
     return trials_frame(rows)
 
 

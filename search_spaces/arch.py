@@ -4,6 +4,11 @@
 backbone, its attention, feed-forward, stem and position encoding. `build.build_model` turns it into a
 module. Configs validate themselves, round-trip through JSON (types checked, one line naming the field)
 and have a stable short id.
+
+Architecture JSON holds the fields that apply (a softmax attention has no `num_landmarks`, an `mlp` FFN no
+`experts`, XCiT no `attention`); a reader fills the rest with their defaults, which `__post_init__` holds them
+at, so a round trip gives an equal config. A file may record the data shape the architecture was searched or
+trained for under `data_shape` (`read_arch_document` returns it; `ArchConfig.from_dict` accepts and checks it).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json, parse_json
+from search_spaces.shape import DataShape
 
 BACKBONES = ("xcit", "vit")
 LAYER_KINDS = ("separate", "shared")
@@ -32,6 +38,8 @@ POSITIONS = ("learned", "rope", "none")
 MAX_WIDTH = 2**20  # embed_dim, code_size and the attention's sizes
 MAX_DEPTH = 1024  # blocks, heads, experts per stage, Nystrom's pseudo-inverse iterations
 MAX_RATIO = 64.0  # mlp_ratio, hidden_ratio, last_ratio
+# The key under which an architecture JSON object records the data shape it was made for.
+SHAPE_FIELD = "data_shape"
 
 
 def check_int(name: str, value: Any, lowest: int = 1, highest: int = MAX_WIDTH) -> None:
@@ -107,6 +115,15 @@ class QKVConfig:
             raise UsageError("qkv.blocks=[]: expected one or more block indices, or null for all")
 
     @property
+    def unused_fields(self) -> tuple[str, ...]:
+        """Fields this embedding does not read (held at their defaults): one layer's inner width and activation,
+        the plain projection's members and blocks, code_size without a shared layer."""
+        unused = ("hidden_ratio", "activation") if len(self.layers) == 1 else ()
+        if self.is_linear:
+            unused += ("members", "blocks")
+        return unused + (("code_size",) if "shared" not in self.layers else ())
+
+    @property
     def is_linear(self) -> bool:
         """True when this is the plain linear projection timm's blocks already have."""
         return self.layers == ("separate",)
@@ -142,11 +159,7 @@ class AttentionConfig:
     def __post_init__(self) -> None:
         if self.kind not in ATTENTIONS:
             raise UsageError(f"attention.kind={self.kind!r}: expected one of {', '.join(ATTENTIONS)}")
-        unused = {"performer": ("num_landmarks", "pinv_iterations", "residual_kernel", "proj_len"),
-                  "nystrom": ("num_features", "proj_len"), "linformer": ("num_features", "num_landmarks",
-                                                                         "pinv_iterations", "residual_kernel")}
-        for name in unused.get(self.kind, ("num_features", "num_landmarks", "pinv_iterations", "residual_kernel",
-                                           "proj_len")):
+        for name in self.unused_fields:
             object.__setattr__(self, name, _default_of(AttentionConfig, name))
         for name in ("kv_heads", "num_features", "num_landmarks", "residual_kernel", "proj_len"):
             if getattr(self, name) is not None:
@@ -154,6 +167,16 @@ class AttentionConfig:
         check_int("attention.pinv_iterations", self.pinv_iterations, 1, MAX_DEPTH)
         if self.residual_kernel % 2 == 0:
             raise UsageError(f"attention.residual_kernel={self.residual_kernel}: expected an odd kernel size")
+
+    @property
+    def unused_fields(self) -> tuple[str, ...]:
+        """The other kinds' own options: this kind does not read them (build.py's attention options)."""
+        return tuple(name for kind, names in ATTENTION_OPTIONS.items() if kind != self.kind for name in names)
+
+
+# The options each attention kind reads beside kv_heads (search_spaces/build.py hands it exactly these).
+ATTENTION_OPTIONS = {"softmax": (), "performer": ("num_features",),
+                     "nystrom": ("num_landmarks", "pinv_iterations", "residual_kernel"), "linformer": ("proj_len",)}
 
 
 @dataclass(frozen=True)
@@ -178,9 +201,8 @@ class FFNConfig:
         object.__setattr__(self, "experts", tuple(self.experts))
         if self.kind not in FFNS:
             raise UsageError(f"ffn.kind={self.kind!r}: expected one of {', '.join(FFNS)}")
-        if self.kind != "moe":
-            for name in ("experts", "top_k", "balance_weight"):
-                object.__setattr__(self, name, _default_of(FFNConfig, name))
+        for name in self.unused_fields:
+            object.__setattr__(self, name, _default_of(FFNConfig, name))
         if self.last_ratio is not None:
             check_ratio("ffn.last_ratio", self.last_ratio)
         if not 1 <= len(self.experts) <= MAX_DEPTH:
@@ -195,6 +217,11 @@ class FFNConfig:
                 or not 0 <= self.balance_weight <= MAX_RATIO):
             raise UsageError(f"ffn.balance_weight={self.balance_weight!r}: expected a number from 0 to {MAX_RATIO:g}")
 
+    @property
+    def unused_fields(self) -> tuple[str, ...]:
+        """The mixture of experts' options, unused by the other kinds."""
+        return () if self.kind == "moe" else ("experts", "top_k", "balance_weight")
+
 
 def _default_of(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
@@ -207,7 +234,8 @@ class ArchConfig:
     layer_scale and tokens_norm are XCiT's `eta` and `tokens_norm` (timm's names differ per size).
     On the ViT backbone also: stem (`linear` patch embedding, or `conv`: ViX's three 3x3 convolutions),
     pos (`learned` position embedding, `rope`: 2-D axial rotary embedding of q and k, `none`), attention and
-    ffn. XCiT keeps their defaults: it has its own convolutional stem, Fourier encoding and XCA attention.
+    ffn. XCiT keeps their defaults: it has its own convolutional stem, Fourier encoding and XCA attention; ViT
+    keeps layer_scale's and tokens_norm's.
     """
 
     backbone: str = "xcit"
@@ -265,6 +293,11 @@ class ArchConfig:
                 if getattr(self, name) != _default_of_field(name):
                     raise UsageError(f"{name}={getattr(self, name)!r} needs backbone vit: XCiT has its own stem, "
                                      "Fourier position encoding, XCA attention and MLP")
+        else:
+            for name in XCIT_FIELDS:
+                if getattr(self, name) != _default_of_field(name):
+                    raise UsageError(f"{name}={getattr(self, name)!r} needs backbone xcit: it is XCiT's "
+                                     f"{'eta' if name == 'layer_scale' else name}, which timm's ViT does not have")
         kv_heads = self.attention.kv_heads
         if kv_heads is not None and (kv_heads > self.num_heads or self.num_heads % kv_heads):
             raise UsageError(f"attention.kv_heads={kv_heads} with num_heads={self.num_heads}: expected a divisor "
@@ -285,34 +318,51 @@ class ArchConfig:
     def replace(self, **changes: Any) -> ArchConfig:
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
+    def _all_fields(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+    @property
+    def unused_fields(self) -> tuple[str, ...]:
+        """The other backbone's fields (held at their defaults)."""
+        return VIT_FIELDS if self.backbone == "xcit" else XCIT_FIELDS
+
+    def to_dict(self, shape: DataShape | None = None) -> dict[str, Any]:
+        """The JSON object of this architecture: the fields that apply (nested ones too), and under `data_shape`
+        the data shape it was made for, when given."""
+        data = self._all_fields()
+        for name in self.unused_fields:
+            del data[name]
+        for name in ("qkv", "attention", "ffn"):
+            for unused in getattr(self, name).unused_fields if name in data else ():
+                del data[name][unused]
+        if shape is not None:
+            data[SHAPE_FIELD] = dataclasses.asdict(shape)
+        return data
+
+    def to_json(self, indent: int | None = None, shape: DataShape | None = None) -> str:
+        return json.dumps(self.to_dict(shape), indent=indent, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        """An ArchConfig from parsed JSON: an unknown field, a value of the wrong type or out of range is one
-        UsageError naming the field."""
-        return dataclass_from_json(cls, data)
+        """An ArchConfig from parsed JSON (a recorded data shape is checked, then left out): an unknown field, a
+        value of the wrong type or out of range is one UsageError naming the field; absent fields take their
+        defaults."""
+        return read_arch_document(data)[0]
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "architecture JSON") -> ArchConfig:
         """An ArchConfig from JSON text (`where` names it in errors: a file, a table cell)."""
-        data = parse_json(text, where, "a JSON object of ArchConfig fields")
-        try:
-            return cls.from_dict(data)
-        except UsageError as error:
-            raise UsageError(f"{where}: {error}") from None
+        return read_arch_json(text, where)[0]
 
     @property
     def arch_id(self) -> str:
         """Stable short id: the same content always gives the same id, across runs and machines.
 
-        The ViT-only fields added later enter it only when set, so earlier ids (runs, checkpoints) stay valid.
+        It hashes every field (those that do not apply at their defaults), not the shorter JSON `to_dict`
+        writes; the ViT-only fields added later enter it only when set, so earlier ids (runs, checkpoints) stay
+        valid. The data shape never enters it.
         """
-        data = self.to_dict()
+        data = self._all_fields()
         for name in VIT_FIELDS:
             if getattr(self, name) == _default_of_field(name):
                 del data[name]
@@ -366,6 +416,33 @@ class ArchConfig:
 
 # Fields of the ViT backbone only (XCiT keeps their defaults); they enter the arch id only when set.
 VIT_FIELDS = ("stem", "pos", "attention", "ffn")
+# Fields of the XCiT backbone only (ViT keeps their defaults).
+XCIT_FIELDS = ("layer_scale", "tokens_norm")
+
+
+def read_arch_document(data: Any) -> tuple[ArchConfig, DataShape | None]:
+    """The architecture a parsed JSON object holds, and the data shape it records under `data_shape` (None
+    when it records none). Anything wrong is one UsageError naming the field."""
+    shape = None
+    if isinstance(data, dict):
+        recorded = data.get(SHAPE_FIELD)
+        data = {name: value for name, value in data.items() if name != SHAPE_FIELD}
+        if recorded is not None:
+            try:
+                shape = dataclass_from_json(DataShape, recorded, SHAPE_FIELD)
+            except UsageError as error:  # DataShape's own range checks name the field without the prefix
+                message = str(error)
+                raise UsageError(message if message.startswith(SHAPE_FIELD) else f"{SHAPE_FIELD}.{message}") from None
+    return dataclass_from_json(ArchConfig, data), shape
+
+
+def read_arch_json(text: str | bytes, where: str = "architecture JSON") -> tuple[ArchConfig, DataShape | None]:
+    """`read_arch_document` of JSON text; errors name `where` (a file, a table cell)."""
+    data = parse_json(text, where, "a JSON object of ArchConfig fields")
+    try:
+        return read_arch_document(data)
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from None
 
 
 def _default_of_field(name: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
+from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig, read_arch_document
 from search_spaces.shape import IMAGENET, DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import read_json_object, user_path
@@ -80,8 +80,14 @@ def load_arch(spec: str) -> ArchConfig:
     """A preset name, or the path of an arch JSON file (as `nas search` writes them). A file that is not one
     (unreadable, not UTF-8, not strict JSON, a field of the wrong type or out of range) is one UsageError naming
     the file and the field."""
+    return load_arch_and_shape(spec)[0]
+
+
+def load_arch_and_shape(spec: str) -> tuple[ArchConfig, DataShape | None]:
+    """`load_arch`, with the data shape the architecture was made for: a preset's published one, the one an arch
+    JSON file records (`data_shape`), or None where a file records none."""
     if spec in PRESETS:
-        return PRESETS[spec]
+        return PRESETS[spec], PRESET_SHAPES.get(spec, IMAGENET)
     path = user_path(spec, "architecture file")
     if spec.endswith(".json") or path.exists():
         if not path.is_file():
@@ -89,10 +95,10 @@ def load_arch(spec: str) -> ArchConfig:
                              "or an existing arch.json")
         data = read_json_object(path, "a JSON object of ArchConfig fields")
         try:
-            return ArchConfig.from_dict(data)
+            return read_arch_document(data)
         except UsageError as error:
             raise UsageError(f"architecture file {spec}: {error}") from None
-    return get_preset(spec)
+    return get_preset(spec), None
 
 
 def fit_patch_size(arch: ArchConfig, img_size: int, dataset_patch_size: int, patch_size: int | None = None) -> ArchConfig:

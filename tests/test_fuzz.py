@@ -34,7 +34,7 @@ from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_params
 from search_spaces.device import parse_device
-from search_spaces.export import export_safetensors, load_exported, model_description
+from search_spaces.export import hub_layout, load_exported, with_data_cfg
 from search_spaces.memory import TRAINING_COPIES, check_fits
 from search_spaces.presets import load_arch
 from search_spaces.shape import DataShape
@@ -335,12 +335,17 @@ def test_trials_csv_with_any_cell_changed(tmp_path, row, column, value):
 # Exported model folders (search_spaces.export.load_exported)
 
 @pytest.fixture(scope="module")
-def export_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export")
-    description = model_description(XCIT, num_classes=10, img_size=8, in_chans=1, mean=(0.3,), std=(0.4,),
-                                    class_names=tuple("0123456789"), source="test")
-    export_safetensors(build_model(XCIT, DIGITS), XCIT, description, folder)
-    return folder
+def export_folders(tmp_path_factory):
+    """An export of each layout: qkvnas_xcit with the arch as its argument, and timm's own ViT with its sizes."""
+    folders = {}
+    for name, arch in (("qkvnas", XCIT), ("plain", ArchConfig(backbone="vit", embed_dim=16, depth=1, num_heads=2,
+                                                                   patch_size=2))):
+        model = with_data_cfg(build_model(arch, DIGITS), arch, DIGITS, mean=(0.3,), std=(0.4,), dataset="digits",
+                              label_names=tuple("0123456789"))
+        folders[name] = tmp_path_factory.mktemp(name)
+        for file, data in hub_layout(model, arch, DIGITS).items():
+            (folders[name] / file).write_bytes(data)
+    return folders
 
 
 def copy_export(source: Path, target: Path) -> Path:
@@ -351,20 +356,20 @@ def copy_export(source: Path, target: Path) -> Path:
 
 
 @FUZZ
-@given(name=st.sampled_from(["model.json", "arch.json"]), data=st.data())
-def test_export_folder_with_any_field_changed(tmp_path, export_folder, name, data):
-    folder = copy_export(export_folder, tmp_path / "export")
-    _, document = data.draw(changed(json.loads((folder / name).read_text())))
-    (folder / name).write_text(json.dumps(document))
-    # A change the files still accept may leave the weights another shape: then the message names both files.
-    model = read(lambda: load_exported(folder), folder / name)
+@given(layout=st.sampled_from(["qkvnas", "plain"]), data=st.data())
+def test_export_config_with_any_field_changed(tmp_path, export_folders, layout, data):
+    folder = copy_export(export_folders[layout], tmp_path / "export")
+    _, document = data.draw(changed(json.loads((folder / "config.json").read_text())))
+    (folder / "config.json").write_text(json.dumps(document))
+    # A change the config still accepts may leave the weights another shape: then the message names it too.
+    model = read(lambda: load_exported(folder), folder / "config.json")
     assert model is None or not model.training
 
 
 @FUZZ
-@given(name=st.sampled_from(["model.json", "arch.json", "model.safetensors"]), data=st.binary(max_size=300))
-def test_export_file_of_any_bytes(tmp_path, export_folder, name, data):
-    folder = copy_export(export_folder, tmp_path / "export")
+@given(name=st.sampled_from(["config.json", "model.safetensors"]), data=st.binary(max_size=300))
+def test_export_file_of_any_bytes(tmp_path, export_folders, name, data):
+    folder = copy_export(export_folders["qkvnas"], tmp_path / "export")
     (folder / name).write_bytes(data)
     read(lambda: load_exported(folder), folder / name)
 
@@ -383,6 +388,8 @@ TYPES = {flags.positive_int: lambda value: isinstance(value, int) and 1 <= value
          flags.run_name: lambda value: value.strip() and "/" not in value and value not in (".", ".."),
          flags.path_argument: lambda value: value and "\x00" not in value,
          flags.output_folder: lambda value: not Path(value).is_file(),
+         flags.output_file: lambda value: not Path(value).is_dir(),
+         flags.trial_argument: lambda value: isinstance(value, int) and value >= 0,
          flags.space_argument: lambda value: isinstance(value, str)}
 
 
@@ -423,8 +430,8 @@ def test_no_flag_takes_a_bare_int_or_float():
     assert not bare, f"flags typed with bare int/float: {bare}"
 
 
-POSITIONALS = {"describe": ["xcit-n12"], "export": ["checkpoint"], "pareto": ["run"], "retrain": ["run"],
-               "transfer": [], "train": ["xcit-n12"], "search": [], "presets": [], "show": []}
+POSITIONALS = {"describe": ["xcit-n12"], "arch": ["run", "t0000"], "export": ["checkpoint"], "pareto": ["run"],
+               "retrain": ["run"], "transfer": [], "train": ["xcit-n12"], "search": [], "presets": [], "show": []}
 
 
 @FUZZ

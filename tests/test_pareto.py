@@ -52,10 +52,23 @@ def test_several_costs_give_one_front_over_all():
     assert ids(pareto_front(trials, ["params", "flops"])) == ["t0", "t1"]
 
 
-def test_only_scored_complete_and_stopped_trials_take_part():
+def test_fronts_hold_full_fidelity_trials_unless_stopped_ones_are_asked_for():
     trials = table(("t0", "failed", 0.99, 1, 1), ("t1", "infeasible", None, 5, 1), ("t2", "running", 0.99, 1, 1),
                    ("t3", "stopped", 0.60, 50, 1), ("t4", "complete", 0.80, 100, 1), ("t5", "complete", None, 1, 1))
-    assert ids(pareto_front(trials, ["params"])) == ["t3", "t4"]
+    assert ids(pareto_front(trials, ["params"])) == ["t4"]
+    assert ids(pareto_front(trials, ["params"], include_stopped=True)) == ["t3", "t4"]
+
+
+def test_a_run_without_full_fidelity_trials_draws_a_front_only_when_asked(tmp_path, cli):
+    rows = (("t0000", TINY, "stopped", [0.5]), ("t0001", TINY.replace(embed_dim=32), "stopped", [0.4, 0.6]))
+    run = write_run(tmp_path / "stopped", rows=rows)
+    with pytest.raises(UsageError, match="no trial scored at full fidelity.*--include-stopped"):
+        write_pareto(run)
+    code, out, _ = cli("pareto", str(run), "--include-stopped")
+    assert code == 0 and "stopped ones at fewer epochs" in out
+    assert ids(pd.read_csv(run / "pareto.csv")) == ["t0000", "t0001"]
+    code, out, _ = cli("pareto", str(write_run(tmp_path / "mixed")))
+    assert code == 0 and "front over params: 2 of 2 trials scored at 3 epochs" in out
 
 
 def test_all_infeasible_gives_an_empty_front():
@@ -77,7 +90,7 @@ def test_write_pareto_files(tmp_path, capsys):
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "pareto.png").stat().st_size < 150_000
     assert main(["pareto", str(run)]) == 0
-    assert f"front over params: 2 of 3 scored trials; wrote pareto.csv, pareto.png, pareto.svg to {run}" in (
+    assert f"front over params: 2 of 2 trials scored at 3 epochs; wrote pareto.csv, pareto.png, pareto.svg to {run}" in (
         capsys.readouterr().out)
     # The trials are drawn: F-SNE's colour fills its marker inside the axes (the legend is to the right).
     image = np.asarray(Image.open(run / "pareto.png").convert("RGB")).astype(int)

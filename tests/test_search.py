@@ -15,7 +15,6 @@ from nas.budget import Budget
 from nas.cli import main
 from nas.progress import Progress
 from nas.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
-from nas.scheduler import RungScheduler, rung_epochs
 from nas.search import SearchSettings, SessionClock, resume_search, run_search
 from nas.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
 from search_spaces.arch import ArchConfig
@@ -99,14 +98,48 @@ def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
     assert '"budget": 60000' in settings and '"torch"' in settings
     assert (run_dir / "search_front.csv").is_file() and (run_dir / "search_front.png").is_file()
     assert "best: t" in out and "trained:" in out
+    # The default search is multi-objective: Optuna holds (val_acc, params) of each complete trial.
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    for row in table[table["state"] == "complete"].itertuples():
+        assert study.trials[int(row.trial_id[1:])].values == [row.val_acc, row.params]
+    curves = {t.number: t.user_attrs["val_acc_curve"] for t in study.trials if "val_acc_curve" in t.user_attrs}
+    for row in scored.itertuples():
+        curve = curves[int(row.trial_id[1:])]
+        assert row.best_epoch == curve.index(max(curve)) + 1 and len(curve) == row.epochs
+    # Each trial's end records the search's epochs so far: the ends in order add up the curves' lengths.
+    ended = scored.sort_values("epochs_spent")
+    assert ended["epochs_spent"].is_monotonic_increasing and ended["epochs_spent"].iloc[-1] == sum(map(len, curves.values()))
+    record = json.loads(settings)
+    complete = table[table["state"] == "complete"]
+    assert record["objectives"] == ["val_acc", "params"]
+    assert record["hypervolume_reference"] == {"val_acc": 0.0, "params": float(BUDGET)}
+    # Two objectives: the area under the front's staircase, params divided by the budget (a hand computation).
+    staircase = sorted(zip(complete["params"] / BUDGET, complete["val_acc"]))
+    area = 0.0
+    for index, (cost, _) in enumerate(staircase):
+        right = staircase[index + 1][0] if index + 1 < len(staircase) else 1.0
+        area += (right - cost) * max(accuracy for _, accuracy in staircase[:index + 1])
+    assert record["hypervolume"] == pytest.approx(area)
+    assert (run_dir / "hypervolume.png").is_file() and "hypervolume" in out
 
 
 @pytest.mark.slow
 def test_over_budget_draws_never_reach_ray(ray_cluster, tmp_path, space_file):
-    settings = settings_for(tmp_path, space_file, name="budget", trials=3)
-    assert run_search(settings).exit_code == 0
+    """Also the benchmark's random-search baseline: one objective, random draws, no early stopping, and an epoch
+    budget that ends the search before --trials."""
+    settings = settings_for(tmp_path, space_file, name="budget", trials=10, objectives=["val_acc"], sampler="random",
+                            early_stopping="none", epoch_budget=5)
+    result = run_search(settings)
+    assert result.exit_code == 0 and result.ended == "finished" and "--epoch-budget 5 spent" in result.note
     run_dir = settings.run_dir
     table = load_trials(run_dir)
+    trained = table[table["state"].isin(["complete", "stopped", "failed"])]
+    # No trial is drawn once 5 epochs are spent (Ray Tune may have drawn one ahead, queued, before): with 3-epoch
+    # trials, the third ends the search at the latest, the fourth at most queued beside it.
+    assert 2 <= len(trained) <= 4 and (trained["state"] == "complete").all()
+    assert table["epochs_spent"].max() >= 5 and table["epochs_spent"].max() <= 12
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{run_dir / 'study.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     ray_trials = sorted(path.name for path in (run_dir / "ray-1").glob("trial_*"))
     feasible = sorted(f"trial_{int(t[1:]):04d}" for t in table.loc[table["state"] != "infeasible", "trial_id"])
     assert ray_trials == feasible
@@ -464,38 +497,6 @@ def test_a_sessions_time_is_kept_as_it_runs(tmp_path):
     clock.start -= 30  # as if the session had run for 30 s
     clock.write()
     assert json.loads(path.read_text())["seconds"] == pytest.approx(130, abs=1)
-
-
-def test_rungs_end_at_the_full_length():
-    assert rung_epochs(10, 1, 3) == [1, 3, 10]
-    assert rung_epochs(10, 3, 3) == [3, 10]
-    assert rung_epochs(16, 1, 2) == [1, 2, 4, 8, 16]
-    assert rung_epochs(3, 1, 2) == [1, 2, 3]
-
-
-def test_seeded_rungs_decide_as_an_uninterrupted_run():
-    """Trials 0-5 report one curve each; a scheduler that saw 0-2 live and one seeded with their curves decide the
-    same for 3-5."""
-    curves = {0: [0.5, 0.6, 0.7], 1: [0.2, 0.3, 0.4], 2: [0.8, 0.85, 0.9], 3: [0.3, 0.5, 0.6], 4: [0.6, 0.7, 0.8],
-              5: [0.1, 0.2, 0.3]}
-
-    def run(scheduler, numbers):
-        decisions = {}
-        for number in numbers:
-            for epoch, score in enumerate(curves[number], 1):
-                decision = scheduler.decide(number, epoch, score)
-                if decision == "STOP":
-                    decisions[number] = epoch
-                    break
-            decisions.setdefault(number, len(curves[number]))
-        return decisions
-
-    straight = run(RungScheduler("val_acc", 3, 1, 2), range(6))
-    first = run(RungScheduler("val_acc", 3, 1, 2), range(3))
-    resumed = RungScheduler("val_acc", 3, 1, 2)
-    resumed.seed([(number, curves[number][:epochs]) for number, epochs in first.items()])
-    assert {**first, **run(resumed, range(3, 6))} == straight
-    assert any(epochs < 3 for epochs in straight.values())
 
 
 @pytest.mark.slow

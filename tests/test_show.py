@@ -11,7 +11,7 @@ def test_run_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dataset      digits" in out and "budget       100K params" in out
     assert "trials: 4 (2 complete, 1 stopped, 1 infeasible)" in out
-    assert "top 3 by val_acc" in out and "Pareto front over params (2 of 3 scored trials)" in out
+    assert "top 3 by val_acc" in out and "Pareto front over params (2 of the 2 trials scored at full fidelity, 3 epochs)" in out
     assert out.index("t0001") < out.index("t0000")  # best first
     assert f"best: trial t0001 {FSNE.summary()}" in out
     assert "12s wall" in out

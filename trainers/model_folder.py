@@ -3,7 +3,7 @@ the loop that `nas train`, `nas retrain` (`trainers.from_scratch`) and `nas tran
 
     last.* / best.*   the engine's checkpoints (last every epoch, best by validation accuracy)
     metrics.csv       one row per epoch (validation only; rewritten atomically after every epoch)
-    arch.json         the architecture as trained (after the patch size met the dataset)
+    arch.json         the architecture as trained (after the patch size met the dataset), with its data_shape
     settings.json     the resume key, written before the first epoch
     result.json       written once training ends: the test scores of the best checkpoint, the key and the run's facts
 
@@ -34,6 +34,7 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.files import read_json_object, write_json_atomic, write_text_atomic
 from search_spaces.arch import ArchConfig
 from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.shape import DataShape
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetInfo, DatasetSplits
 from trainers.engine import EpochMetrics, describe_epoch, evaluate, fit
@@ -177,10 +178,11 @@ def plan(tasks: list[TrainingTask], info: DatasetInfo | None = None
     return to_train, finished
 
 
-def start_folder(task: TrainingTask) -> None:
-    """arch.json and settings.json, before the first epoch (rank 0 alone writes)."""
+def start_folder(task: TrainingTask, shape: DataShape) -> None:
+    """arch.json (with the data shape trained at) and settings.json, before the first epoch (rank 0 alone
+    writes)."""
     if distributed().is_main:
-        write_text_atomic(task.folder / ARCH_FILE, task.arch.to_json(indent=2) + "\n")
+        write_text_atomic(task.folder / ARCH_FILE, task.arch.to_json(indent=2, shape=shape) + "\n")
         write_json_atomic(task.folder / KEY_FILE, resume_key(task).as_json())
 
 
@@ -298,7 +300,7 @@ def train_in_folder(task: TrainingTask, model: nn.Module, data: DatasetSplits, h
 
     Returns the run and its result, or None when `on_epoch` stopped training early.
     """
-    start_folder(task)
+    start_folder(task, data.info.shape)
     say(headline)
     run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
                          device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say)

@@ -1,4 +1,5 @@
-"""`nas describe PRESET|arch.json`: one architecture with its fields, parameters and FLOPs."""
+"""`nas describe PRESET|arch.json|RUN:TRIAL`: one architecture with its fields, parameters and FLOPs, counted at
+the data shape it records (or is given), and saying which."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,8 @@ from nas.flags import add_size_arguments, path_argument, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("arch", type=path_argument, metavar="PRESET|arch.json",
-                        help="a preset name or an architecture JSON file")
+    parser.add_argument("arch", type=path_argument, metavar="PRESET|arch.json|RUN:TRIAL",
+                        help="a preset name, an architecture JSON file, or a run's trial (results/run:t0016)")
     add_size_arguments(parser)
     parser.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
                         help="override the architecture's patch size (e.g. 2 for 8 px images)")
@@ -16,26 +17,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nas.archs import describe_arch
     from qkvnas_core.units import format_count
-    from search_spaces.build import timm_reference_name
-    from search_spaces.cost import count_flops, count_params
-    from search_spaces.presets import load_arch, shape_of
 
-    arch = load_arch(args.arch)
-    shape = shape_of(args.arch, args.img_size, args.num_classes, args.in_chans)
-    if args.patch_size is not None:
-        arch = arch.replace(patch_size=args.patch_size)
+    described = describe_arch(args.arch, img_size=args.img_size, in_chans=args.in_chans,
+                              num_classes=args.num_classes, patch_size=args.patch_size)
     if args.json:
-        print(arch.to_json(indent=2))
+        print(described.to_json())
         return 0
-    params = count_params(arch, shape)
-    flops = count_flops(arch, shape)
+    arch, shape = described.arch, described.shape
+    params, flops = described.params, described.flops
+    assumed = " (assumed)" if described.assumed else ""
     print(f"arch      {arch.arch_id}  {arch.summary()}")
     print(f"structure {arch.structure}")
-    reference = timm_reference_name(arch)
-    if reference:
-        print(f"timm      {reference} (same parameters, keys and outputs)")
-    print(f"params    {params:,} ({format_count(params)}) at {shape.num_classes} classes")
-    print(f"FLOPs     {flops / 1e9:.3f} G ({flops / 2e9:.3f} G multiply-adds) at {shape.img_size} px")
-    print(arch.to_json(indent=2))
+    if described.timm_reference:
+        print(f"timm      {described.timm_reference} (same parameters, keys and outputs)")
+    channels = "channel" if shape.in_chans == 1 else "channels"
+    print(f"shape     {shape.img_size} px, {shape.in_chans} {channels}, {shape.num_classes} classes "
+          f"({described.shape_source})")
+    print(f"params    {params:,} ({format_count(params)}) at {shape.num_classes} classes{assumed}")
+    print(f"FLOPs     {flops:,} ({flops / 1e9:.3f} G, {flops / 2e9:.3f} G multiply-adds) at {shape.img_size} px"
+          f"{assumed}")
+    print(described.to_json())
     return 0

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--measure-latency", action="store_true",
                         help="time each front member and add latency_ms / throughput to pareto.csv")
     parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"where latency is measured: {DEVICE_HELP}")
+    parser.add_argument("--include-stopped", action="store_true",
+                        help="let trials ASHA stopped early (scored after fewer epochs) onto the front")
     parser.add_argument("--out", type=output_folder, metavar="DIR",
                         help="folder for the files (default: the run folder)")
 
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from nas.results import find_run
 
     outcome = write_pareto(find_run(args.run), costs=parse_costs(args.cost), reference=args.reference,
-                           measure_latency=args.measure_latency, device=args.device, out_dir=args.out)
+                           measure_latency=args.measure_latency, device=args.device, out_dir=args.out,
+                           include_stopped=args.include_stopped)
     if outcome.references is not None:
         print("references: " + "; ".join(f"{row.name} {getattr(row, SCORE) * 100:.1f}% top-1, "
                                           f"{row.params / 1e6:.2f}M params, {row.flops / 1e9:.2f} GFLOPs"
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.reference:
         print(f"references left out: their accuracies are ImageNet top-1, not comparable with "
               f"{outcome.dataset or 'an unknown dataset'}")
-    print(f"front over {' + '.join(outcome.costs)}: {len(outcome.front)} of {outcome.scored} scored trials; "
+    scored = (f"{outcome.scored} scored trials (stopped ones at fewer epochs)" if outcome.include_stopped
+              else f"{outcome.full_fidelity} trials scored at {outcome.epochs or 'all'} epochs")
+    print(f"front over {' + '.join(outcome.costs)}: {len(outcome.front)} of {scored}; "
           f"wrote {', '.join(path.name for path in outcome.written)} to {outcome.out}")
     return 0

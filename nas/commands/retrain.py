@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     picks = parser.add_argument_group("models", "at least one of --top, --trial-ids, --arch, --baseline")
     picks.add_argument("--top", type=positive_int, default=None, metavar="K",
                        help="the K best members of the run's Pareto front (params), best val_acc first")
+    picks.add_argument("--include-stopped", action="store_true",
+                       help="--top: let trials ASHA stopped early (scored after fewer epochs) onto the front")
     picks.add_argument("--trial-ids", action="append", metavar="ID,ID", help="trials of the run, by id (t0003 or 3)")
     picks.add_argument("--arch", type=path_argument, action="append", metavar="PRESET|arch.json",
                        help="an architecture (repeatable)")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from nas.tables import percent, table_text
 
     request = RetrainRequest(
-        run=args.run, top=args.top, trials=tuple(split_list(args.trial_ids)), archs=tuple(args.arch or ()),
+        run=args.run, top=args.top, include_stopped=args.include_stopped, trials=tuple(split_list(args.trial_ids)), archs=tuple(args.arch or ()),
         baselines=tuple(args.baseline or ()), dataset=args.dataset, data_dir=args.data_dir, download=args.download,
         img_size=args.img_size, patch_size=args.patch_size, val_fraction=args.val_fraction,
         split_seed=args.split_seed, recipe=args.recipe, overrides=recipe_overrides(args), seed=args.seed,

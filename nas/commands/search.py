@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 from qkvnas_core.errors import UsageError
-from nas.flags import (count_argument, fraction, non_negative_float, output_folder, path_argument, positive_float,
+from nas.flags import (argument_type, count_argument, fraction, non_negative_float, output_folder, path_argument, positive_float,
                        positive_int, run_name, seed_argument, share, space_argument)
+from nas.objectives import EARLY_STOPPING, SAMPLERS, parse_objectives
 from trainers.holdout import DEFAULT_VAL_FRACTION
 
 
@@ -16,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--budget", type=count_argument, help="parameter budget, e.g. 3.1M, 750K, 3.1e6 (required)")
     what.add_argument("--max-flops", type=count_argument, default=None, metavar="FLOPS",
                       help="optional FLOPs limit per image, e.g. 200M (2 FLOPs per multiply-add)")
+    what.add_argument("--objectives", type=argument_type(parse_objectives), default=None, metavar="val_acc,COST",
+                      help="val_acc, then the costs searched against it: params, flops (needs --max-flops); "
+                           "default val_acc,params (the front); val_acc alone: single-objective")
     what.add_argument("--space", type=space_argument, default=None,
                       help="qkv (default), paper, lite, or path/to/file.py:function")
     what.add_argument("--patch-size", type=positive_int, default=None, help="patch size (default: the dataset's)")
@@ -35,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="trials to train (default 16; infeasible draws do not count)")
     run.add_argument("--epochs", type=positive_int, default=None,
                      help="epochs of a trial that is not stopped early (default 10)")
+    run.add_argument("--epoch-budget", type=positive_int, default=None, metavar="EPOCHS",
+                     help="stop drawing trials once the trials' epochs add up to this (running ones finish)")
+    run.add_argument("--sampler", choices=SAMPLERS, default=None,
+                     help="tpe (default; multi-objective TPE with costs), nsga2, or random")
+    run.add_argument("--early-stopping", choices=EARLY_STOPPING, default=None,
+                     help="asha (default; multi-objective ASHA with costs) or none")
     run.add_argument("--grace-epochs", type=positive_int, default=None,
                      help="ASHA: epochs before a trial may be stopped (default 1)")
     run.add_argument("--reduction-factor", type=positive_int, default=None,
@@ -56,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--verbose", action="store_true", default=None, help="show Ray's own output")
 
 
-SETTINGS_FLAGS = ("budget", "max_flops", "space", "patch_size", "dataset", "data_dir", "classes", "train_fraction",
+SETTINGS_FLAGS = ("budget", "max_flops", "objectives", "sampler", "early_stopping", "epoch_budget", "space", "patch_size", "dataset", "data_dir", "classes", "train_fraction",
                   "img_size", "val_fraction", "trials", "epochs", "grace_epochs", "reduction_factor", "max_concurrent",
                   "cpus_per_trial", "gpus_per_trial", "address", "seed", "name", "results_dir", "verbose")
 

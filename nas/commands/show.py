@@ -8,8 +8,8 @@ from nas.flags import path_argument, positive_int
 
 from qkvnas_core.errors import UsageError
 
-SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "img_size", "num_classes", "in_chans",
-                  "trials", "epochs", "seed", "started", "finished")
+SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "objectives", "sampler", "early_stopping",
+                  "img_size", "num_classes", "in_chans", "trials", "epochs", "seed", "started", "finished")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,8 @@ def run_summary(run, top: int) -> str:
         settings["budget"] = f"{format_count(settings['budget'])} params"
     if "max_flops" in settings:
         settings["max_flops"] = f"{settings['max_flops'] / 1e9:.3g} GFLOPs"
+    if "objectives" in settings:
+        settings["objectives"] = ",".join(settings["objectives"])
     lines = [f"run {run.path}"]
     lines += [f"  {key:<12} {value}" for key, value in settings.items()]
     lines.append(f"trials: {len(table)} ({state_counts(table) if len(table) else 'none yet'})")
@@ -60,9 +62,17 @@ def run_summary(run, top: int) -> str:
         return "\n".join(lines)
     best = scored.sort_values([SCORE, "params", "trial_id"], ascending=[False, True, True], kind="stable")
     lines += [f"top {min(top, len(best))} by {SCORE}:", _indent(trials_text(best.head(top)))]
+    full = scored_trials(table, include_stopped=False)
     front = pareto_front(table, ["params"])
-    lines += [f"Pareto front over params ({len(front)} of {len(scored)} scored trials):",
-              _indent(trials_text(front))]
+    lines.append(f"Pareto front over params ({len(front)} of the {len(full)} trials scored at full fidelity, "
+                 f"{run.settings.get('epochs', 'all')} epochs):")
+    lines += [_indent(trials_text(front))] if len(front) else []
+    hypervolume = run.settings.get("hypervolume")
+    if hypervolume is not None:
+        reference = ", ".join(f"{name} {format_count(value) if name != SCORE else f'{value:g}'}"
+                              for name, value in (run.settings.get("hypervolume_reference") or {}).items())
+        lines.append(f"hypervolume of that front: {hypervolume:.4f} (reference point: {reference}; each cost "
+                     "axis divided by its limit)")
     winner = best.iloc[0]
     if isinstance(winner.get("arch"), str):
         lines.append(f"best: trial {winner['trial_id']} {ArchConfig.from_json(winner['arch']).summary()}")

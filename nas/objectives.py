@@ -1,0 +1,62 @@
+"""What a search optimises: val_acc (maximised) first, then the costs it trades against it (minimised).
+
+`--objectives val_acc,params` (the default) searches the accuracy/params front directly; `val_acc` alone is
+the single-objective search. Each cost has a hard limit (params: the budget; flops: --max-flops), which is
+also the cost's coordinate of the hypervolume's reference point, so a cost objective needs its limit.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qkvnas_core.errors import UsageError
+
+SCORE = "val_acc"
+# Each cost objective and the search setting that limits it.
+COST_LIMIT_SETTINGS = {"params": "budget", "flops": "max_flops"}
+DEFAULT_OBJECTIVES = (SCORE, "params")
+SAMPLERS = ("tpe", "nsga2", "random")
+EARLY_STOPPING = ("asha", "none")
+
+
+def parse_objectives(text: str) -> list[str]:
+    """'val_acc,params' -> ['val_acc', 'params']: val_acc first, then distinct known costs."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    check_objectives(names)
+    return names
+
+
+def check_objectives(names: Sequence[str]) -> None:
+    expected = f"expected val_acc, then any of {', '.join(COST_LIMIT_SETTINGS)}, e.g. val_acc,params"
+    if not names or names[0] != SCORE:
+        raise UsageError(f"--objectives {','.join(map(str, names))}: {expected}")
+    costs = list(names[1:])
+    unknown = [name for name in costs if name not in COST_LIMIT_SETTINGS]
+    if unknown or len(set(costs)) != len(costs):
+        raise UsageError(f"--objectives {','.join(names)}: {expected}, each once")
+
+
+def directions(objectives: Sequence[str]) -> list[str]:
+    """Optuna's study directions: maximise val_acc, minimise each cost."""
+    return ["maximize" if name == SCORE else "minimize" for name in objectives]
+
+
+def cost_limits(objectives: Sequence[str], budget: int, max_flops: int | None) -> dict[str, float]:
+    """Each cost objective's limit: the hypervolume's reference point (val_acc's is 0)."""
+    limits = {"budget": budget, "max_flops": max_flops}
+    values = {}
+    for name in objectives[1:]:
+        limit = limits[COST_LIMIT_SETTINGS[name]]
+        if limit is None:
+            raise UsageError(f"--objectives {','.join(objectives)} without --max-flops: a FLOPs objective needs "
+                             "its limit (the hypervolume's reference point); expected --max-flops, e.g. 200M")
+        values[name] = float(limit)
+    return values
+
+
+def reference_limits(budget: int, max_flops: int | None) -> dict[str, float]:
+    """The costs a run's hypervolume is measured over, with their limits: params (the budget) always, and FLOPs
+    when the run has a FLOPs limit; whatever the objectives, so single- and multi-objective runs compare."""
+    limits = {"params": float(budget)}
+    if max_flops is not None:
+        limits["flops"] = float(max_flops)
+    return limits
