@@ -20,6 +20,7 @@ from search_spaces.attention import (LinformerAttention, NystromAttention, Perfo
 from search_spaces.ffn import SwiGLUMoE, experts_per_block, ffn_hidden_sizes
 from search_spaces.qkv import QKVEmbedding
 from search_spaces.shape import DataShape
+from search_spaces.timm_models import attach_timm_config
 
 ATTENTION_CLASSES: dict[str, type[QKVAttention]] = {
     "softmax": SoftmaxAttention, "performer": PerformerAttention, "nystrom": NystromAttention,
@@ -169,7 +170,9 @@ def _build_vit(arch: ArchConfig, shape: DataShape, drop_path_rate: float) -> Vis
 
 def build_model(arch: ArchConfig, shape: DataShape, drop_path_rate: float = 0.0) -> nn.Module:
     """Build the timm backbone `arch` names, for images and labels of `shape`, and give the chosen blocks its
-    QKV embedding. (`shape.patch_size` is the data's suggestion; the model's patch is `arch.patch_size`.)
+    QKV embedding. (`shape.patch_size` is the data's suggestion; the model's patch is `arch.patch_size`.) The
+    model carries timm's `pretrained_cfg` and rebuild arguments (search_spaces/timm_models.py), so timm's
+    `save_for_hf` saves it.
 
     drop_path_rate: stochastic depth, timm's rule per backbone (XCiT: the same rate in every block; ViT: rising
     linearly to the rate in the last block).
@@ -182,7 +185,7 @@ def build_model(arch: ArchConfig, shape: DataShape, drop_path_rate: float = 0.0)
         for index, block in enumerate(model.blocks):
             if arch.qkv.applies_to(index):
                 block.attn.qkv = QKVEmbedding.from_config(arch.embed_dim, arch.qkv)
-    return model
+    return attach_timm_config(model, arch, shape)
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> nn.Module:

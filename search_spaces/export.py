@@ -1,17 +1,24 @@
-"""Exported models, loaded back with `load_exported(path)`: model code only (no Ray, Optuna or trainers).
+"""Exported models in timm's Hub layout, and `load_exported(path)` that reads them back with model code only (no
+Ray, Optuna or trainers).
 
-An export folder (`nas export CHECKPOINT --format safetensors`) holds:
+An export folder (`nas export CHECKPOINT`) holds what `timm.models.save_for_hf` writes, the folder
+`timm.models.push_to_hf_hub` uploads:
 
-    model.safetensors   the weights (a plain state_dict), metadata format qkvnas-export/1
-    arch.json           the ArchConfig alone (nas describe / nas train read it as any arch file)
-    model.json          what the model expects and says: num_classes, img_size, in_chans, mean, std,
-                        class_names, arch_id, and the checkpoint it came from
+    config.json         architecture and model_args (what rebuilds the model: timm's own vit_tiny_patch16_224 or
+                        xcit_nano_12_p16_224 with every size given for a plain-timm architecture, else qkvnas_vit or
+                        qkvnas_xcit with the arch), num_classes, num_features, global_pool, pretrained_cfg
+                        (input_size, mean, std, num_classes, label_names, tag: the dataset, ...)
+    model.safetensors   the weights (a plain state_dict)
 
-`--format onnx` writes model.onnx (input `images` (B, C, H, W) normalised with mean/std, output
-`logits` (B, classes), dynamic batch) beside the same model.json.
+`--format onnx` writes model.onnx (input `images` (B, C, H, W) normalised with mean/std, output `logits`
+(B, classes), dynamic batch) beside the same config.json.
+
+    import timm
+    import search_spaces.timm_models  # noqa: F401  registers qkvnas_vit, qkvnas_xcit (not needed for timm's own)
+    model = timm.create_model("local-dir:results/run/retrain/xcit-1a2b3c4d/export", pretrained=True)
 
     from search_spaces.export import load_exported
-    model = load_exported("results/run/retrain/xcit-1a2b3c4d/export")   # eval mode
+    model = load_exported("results/run/retrain/xcit-1a2b3c4d/export")   # eval mode; bad files are one UsageError
     logits = model((images - mean) / std)       # mean, std: model.pretrained_cfg["mean"], ["std"]
 """
 from __future__ import annotations
@@ -33,13 +40,14 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
 from search_spaces.memory import INFERENCE_COPIES, check_fits
 from search_spaces.shape import DataShape
+from search_spaces.timm_models import read_timm_architecture, timm_architecture, timm_pretrained_cfg
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import atomic_path, check_json_fields, read_json_object, user_path, write_bytes_atomic
+from qkvnas_core.files import atomic_path, check_json_fields, json_value, read_json_object, user_path
 
-EXPORT_FORMAT = "qkvnas-export/1"
-WEIGHTS_FILE, ARCH_FILE, MODEL_FILE, ONNX_FILE = "model.safetensors", "arch.json", "model.json", "model.onnx"
+CONFIG_FILE, WEIGHTS_FILE, ONNX_FILE = "config.json", "model.safetensors", "model.onnx"
+LEGACY_FILES = ("arch.json", "model.json")  # what an export held before it was timm's Hub layout
 ONNX_OPSET = 17
-# What model.json (and a checkpoint's dataset record) says of a model's inputs, with the JSON types.
+# What a checkpoint's dataset record says of a model's inputs, with the JSON types.
 INPUT_FIELDS = {"img_size": int, "in_chans": int, "num_classes": int, "patch_size": int | None,
                 "mean": tuple[float, ...], "std": tuple[float, ...], "class_names": tuple[str, ...] | None}
 
@@ -83,32 +91,24 @@ def check_opset(opset: int) -> None:
                          f"to {supported.stop - 1}; expected one of those (default {ONNX_OPSET})")
 
 
-def model_description(arch: ArchConfig, *, num_classes: int, img_size: int, in_chans: int, mean: tuple[float, ...],
-                      std: tuple[float, ...], class_names: tuple[str, ...] | None = None,
-                      source: str | None = None) -> dict[str, Any]:
-    """The contents of model.json."""
-    return {"format": EXPORT_FORMAT, "arch_id": arch.arch_id, "num_classes": num_classes, "img_size": img_size,
-            "in_chans": in_chans, "mean": list(mean), "std": list(std),
-            "class_names": None if class_names is None else list(class_names), "source": source}
+def with_data_cfg(model: nn.Module, arch: ArchConfig, shape: DataShape, *, mean: tuple[float, ...],
+                  std: tuple[float, ...], dataset: str, label_names: tuple[str, ...] | None = None) -> nn.Module:
+    """`model` (build_model's, of `arch` for `shape`) with a pretrained_cfg that states the data it was trained
+    on: its normalisation, the dataset's name (timm's `tag`) and class names."""
+    model.pretrained_cfg = model.default_cfg = timm_pretrained_cfg(arch, shape, mean=mean, std=std, dataset=dataset,
+                                                                   label_names=label_names)
+    return model
 
 
-def write_description(folder: Path, arch: ArchConfig, description: dict[str, Any]) -> list[Path]:
-    """arch.json and model.json into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(folder / ARCH_FILE, (arch.to_json(indent=2) + "\n").encode())
-    write_bytes_atomic(folder / MODEL_FILE, (json.dumps(description, indent=2) + "\n").encode())
-    return [folder / ARCH_FILE, folder / MODEL_FILE]
+def hub_layout(model: nn.Module, arch: ArchConfig, shape: DataShape) -> dict[str, bytes]:
+    """timm's Hub layout of `model` (build_model's, of `arch` for `shape`), file name -> contents: config.json and
+    model.safetensors as timm's `save_for_hf` writes them. The rebuild arguments are passed explicitly, so a timm
+    that does not record a model's arguments itself writes them too."""
+    from timm.models import save_for_hf
 
-
-def export_safetensors(model: nn.Module, arch: ArchConfig, description: dict[str, Any], folder: Path) -> list[Path]:
-    """model.safetensors (+ arch.json, model.json) that `load_exported` reads back."""
-    from safetensors.torch import save
-
-    folder.mkdir(parents=True, exist_ok=True)
-    # Cloned to the CPU so that no two entries share storage, which safetensors refuses.
-    weights = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
-    write_bytes_atomic(folder / WEIGHTS_FILE, save(weights, metadata={"format": EXPORT_FORMAT, "arch_id": arch.arch_id}))
-    return [folder / WEIGHTS_FILE, *write_description(folder, arch, description)]
+    with tempfile.TemporaryDirectory(prefix="qkvnas-export-") as scratch:
+        save_for_hf(model, scratch, model_args=timm_architecture(arch, shape)[1], safe_serialization=True)
+        return {name: (Path(scratch) / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
 
 
 @contextmanager
@@ -163,37 +163,63 @@ def onnx_difference(model: nn.Module, path: Path, *, img_size: int, in_chans: in
     return float((torch.from_numpy(logits) - expected).abs().max()) / max(1.0, float(expected.abs().max()))
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UsageError(f"{path}: not found; expected {what} in a folder written by `nas export --format safetensors`")
-    return read_json_object(path, what)
+# What config.json and its pretrained_cfg say that loading reads, with the JSON types (timm writes more).
+CONFIG_FIELDS = {"architecture": str, "num_classes": int, "model_args": dict, "pretrained_cfg": dict}
+DATA_CFG_FIELDS = {"input_size": tuple[int, int, int], "num_classes": int, "mean": tuple[float, ...],
+                   "std": tuple[float, ...], "label_names": tuple[str, ...] | None, "tag": str | None}
+
+
+def read_hub_config(config: dict[str, Any]) -> tuple[ArchConfig, DataShape, dict[str, Any]]:
+    """The architecture, data shape and pretrained_cfg a config.json (parsed) describes. A field of the wrong JSON
+    type or out of range, or one that disagrees with the others, is one UsageError naming it."""
+    check_json_fields(config, CONFIG_FIELDS)
+    arch, shape = read_timm_architecture(config["architecture"], config["model_args"])
+    check_json_fields(config["pretrained_cfg"], DATA_CFG_FIELDS, "pretrained_cfg")
+    data = {name: json_value(config["pretrained_cfg"].get(name), hint, f"pretrained_cfg.{name}")
+            for name, hint in DATA_CFG_FIELDS.items()}
+    expected = {"input_size": (shape.in_chans, shape.img_size, shape.img_size), "num_classes": shape.num_classes}
+    for name, value in expected.items():
+        if data[name] != value:
+            raise UsageError(f"pretrained_cfg.{name}={json.dumps(data[name])}: expected {json.dumps(value)}, as "
+                             "model_args say")
+    if config["num_classes"] != shape.num_classes:
+        raise UsageError(f"num_classes={config['num_classes']}: expected {shape.num_classes}, as model_args say")
+    for name, count, what in (("mean", shape.in_chans, "channel"), ("std", shape.in_chans, "channel"),
+                              ("label_names", shape.num_classes, "class")):
+        if data[name] is not None and len(data[name]) != count:
+            raise UsageError(f"pretrained_cfg.{name} has {len(data[name])} values: expected one per {what} ({count})")
+    if min(data["std"]) <= 0:
+        raise UsageError(f"pretrained_cfg.std={list(data['std'])}: expected positive numbers")
+    cfg = timm_pretrained_cfg(arch, shape, mean=data["mean"], std=data["std"], dataset=data["tag"],
+                              label_names=data["label_names"])
+    return arch, shape, cfg
 
 
 def load_exported(path: str | os.PathLike) -> nn.Module:
-    """The model an export folder holds (the folder, or its model.safetensors), weights loaded, in eval mode.
+    """The model an export folder holds (the folder, or a file in it), weights loaded, in eval mode: the model
+    `timm.create_model("local-dir:<folder>", pretrained=True)` builds, read with qkvnas's checks.
 
     Its inputs are described in `model.pretrained_cfg` (timm's convention): input_size (C, H, W), mean, std,
-    num_classes, interpolation, crop_pct, label_names. Anything missing, corrupt or not matching is one
-    UsageError naming the file.
+    num_classes, interpolation, crop_pct, label_names, tag (the dataset). Anything missing, corrupt or not
+    matching is one UsageError naming the file.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     path = user_path(path, "export")
     folder = path if path.is_dir() else path.parent
-    if not folder.is_dir():
-        raise UsageError(f"export {path}: not found; expected a folder written by `nas export --format safetensors`")
-    arch_data = _read_json(folder / ARCH_FILE, "the model's ArchConfig")
-    description = _read_json(folder / MODEL_FILE, "the model's inputs (num_classes, img_size, ...)")
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file():
+        if all((folder / name).is_file() for name in LEGACY_FILES):
+            raise UsageError(f"{folder}: an export from before exports were timm's Hub layout (arch.json and "
+                             "model.json, no config.json); expected config.json: export the checkpoint again")
+        raise UsageError(f"{config_path}: not found; expected a folder written by `nas export` (timm's config.json "
+                         "and model.safetensors)")
+    config = read_json_object(config_path, "timm's config.json of an exported model")
     try:
-        arch = ArchConfig.from_dict(arch_data)
+        arch, shape, cfg = read_hub_config(config)
     except UsageError as error:
-        raise UsageError(f"{folder / ARCH_FILE}: {error}") from None
-    try:
-        shape = read_inputs(description)
-    except UsageError as error:
-        raise UsageError(f"{folder / MODEL_FILE}: {error}") from None
-    weights_path = folder / WEIGHTS_FILE
+        raise UsageError(f"{config_path}: {error}") from None
     try:
         weights = load(weights_path.read_bytes())
     except (OSError, SafetensorError, ValueError) as error:
@@ -201,14 +227,9 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
                          "the weights `nas export` writes") from None
     try:
         check_fits(arch, shape, torch.device("cpu"), INFERENCE_COPIES)
+        model = build_model(arch, shape)
     except UsageError as error:
-        raise UsageError(f"{folder / ARCH_FILE} at {folder / MODEL_FILE}'s inputs: {error}") from None
-    model = build_model(arch, shape)
-    load_weights(model, weights, f"{weights_path} (for {folder / ARCH_FILE} at {folder / MODEL_FILE}'s inputs, "
-                                 f"{arch.arch_id})")
-    model.pretrained_cfg = {
-        "input_size": (shape.in_chans, shape.img_size, shape.img_size), "mean": tuple(description["mean"]),
-        "std": tuple(description["std"]), "num_classes": shape.num_classes, "interpolation": "bicubic",
-        "crop_pct": 0.875, "label_names": description.get("class_names"),
-    }
+        raise UsageError(f"{config_path}: {error}") from None
+    load_weights(model, weights, f"{weights_path} (for {config_path}, {arch.arch_id})")
+    model.pretrained_cfg = model.default_cfg = cfg
     return model.eval()

@@ -128,8 +128,8 @@ class SwiGLUMoE(nn.Module):
             # No routing decisions on meta: one (M*k, in) x (in, hidden) product has the routed multiply-adds.
             routed = self.act(F.linear(x.repeat_interleave(self.top_k, dim=0), self.fc1_g[0]))  # (M*k, hidden)
             gated = (routed.unflatten(0, (-1, self.top_k)) * gates.unsqueeze(-1)).sum(dim=1)  # (M, hidden)
-        elif torch.onnx.is_in_onnx_export():
-            # A traced graph cannot hold per-input routing: every expert runs, gates outside the top k are 0.
+        elif torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            # An ONNX or torch.export graph cannot hold per-input routing: every expert runs, gates outside top k are 0.
             dense_gates = torch.zeros(x.shape[0], self.num_experts, dtype=gates.dtype).scatter(1, top_experts, gates)
             bias = 0 if self.fc1_g_bias is None else self.fc1_g_bias.unsqueeze(1)
             every = self.act(torch.matmul(x, self.fc1_g.transpose(1, 2)) + bias)  # (E, M, hidden)

@@ -38,15 +38,21 @@ POINTS = [({"embed_dim": 16, "structure": "linear"}, {"best_val_acc": 0.5, "trai
 TOLD = {0: "Complete", 1: "Complete", 2: "Pruned", 3: "Complete", 4: "Fail", 5: "Complete"}
 
 
+@pytest.fixture(params=[("val_acc",), ("val_acc", "params")], ids=["one objective", "val_acc and params"])
+def objectives(request):
+    return request.param
+
+
 @pytest.fixture()
-def storage_url(tmp_path):
+def storage_url(tmp_path, objectives):
     """A study.db holding complete, infeasible, pruned and failed trials, told by the real searcher."""
     space_path = tmp_path / "tiny_space.py"
     space_path.write_text(TINY_SPACE)
     url = f"sqlite:///{tmp_path}/study.db"
     budget = Budget(BUDGET, MAX_FLOPS, DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2))
-    searcher = BudgetedSearcher(load_space(f"{space_path}:tiny"), budget, open_study(url, "run", seed=0), seed=0,
-                                epochs=3, initial_points=[point for point, _ in POINTS])
+    searcher = BudgetedSearcher(load_space(f"{space_path}:tiny"), budget,
+                                open_study(url, "run", seed=0, objectives=objectives), seed=0, epochs=3,
+                                initial_points=[point for point, _ in POINTS], objectives=objectives)
     trained = [result for _, result in POINTS if not isinstance(result, str)]
     for index, result in enumerate(trained):
         assert isinstance(searcher.suggest(f"ray{index}"), dict)
@@ -67,12 +73,17 @@ def get_json(app, path: str) -> dict:
 
 
 @pytest.fixture()
-def dashboard_trials(storage_url):
-    """The trials of the run's study as optuna-dashboard serves them, by number."""
+def dashboard_study(storage_url):
+    """The run's study as optuna-dashboard serves it."""
     app = optuna_dashboard.wsgi(storage_url)
     (study,) = get_json(app, "/api/studies")["study_summaries"]
-    trials = get_json(app, f"/api/studies/{study['study_id']}")["trials"]
-    return {trial["number"]: trial for trial in trials}
+    return get_json(app, f"/api/studies/{study['study_id']}")
+
+
+@pytest.fixture()
+def dashboard_trials(dashboard_study):
+    """The trials of the run's study as optuna-dashboard serves them, by number."""
+    return {trial["number"]: trial for trial in dashboard_study["trials"]}
 
 
 def user_attrs(trial: dict) -> dict:
@@ -100,3 +111,13 @@ def test_feasible_trials_have_non_positive_constraints(dashboard_trials):
     for number in (0, 2, 4, 5):
         constraints = dashboard_trials[number]["constraints"]
         assert len(constraints) == 2 and all(value <= 0 for value in constraints), number
+
+
+def test_the_dashboard_shows_each_objective_and_the_front(dashboard_study, dashboard_trials, objectives):
+    assert dashboard_study["directions"] == ["maximize", "minimize"][:len(objectives)]
+    for number, accuracy in ((0, 0.5), (5, 0.6)):
+        params = int(user_attrs(dashboard_trials[number])["params"])
+        assert dashboard_trials[number]["values"] == [accuracy, params][:len(objectives)]
+    # The dashboard's best trials: the feasible front (the smaller, less accurate trial 0 is on it with params).
+    best = sorted(trial["number"] for trial in dashboard_study["best_trials"])
+    assert best == ([5] if len(objectives) == 1 else [0, 5])

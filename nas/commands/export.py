@@ -1,4 +1,5 @@
-"""`nas export CHECKPOINT --format safetensors|onnx`: a trained model for use outside qkvnas (nas/export.py).
+"""`nas export CHECKPOINT --format safetensors|onnx`: a trained model for use outside qkvnas, in timm's Hub layout
+(nas/export.py).
 
 Exit codes: 0 written; 1 ONNX outputs differ from PyTorch beyond the tolerance, or onnxruntime could not run
 the file; 2 bad input.
@@ -38,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote   {', '.join(str(file) for file in outcome.written)}")
     if args.format == "safetensors":
         out = outcome.written[0].parent
-        print(f"load    from search_spaces.export import load_exported; model = load_exported({str(out)!r})")
+        needs = (f"after `import search_spaces.timm_models` ({outcome.timm_name})" if outcome.needs_qkvnas
+                 else f"(timm's own {outcome.timm_name}: qkvnas not needed)")
+        print(f"load    timm.create_model('local-dir:{out}', pretrained=True) {needs}, or "
+              f"search_spaces.export.load_exported({str(out)!r})")
         return 0
     onnx_file = outcome.written[0]
     if outcome.onnx_error is not None:
