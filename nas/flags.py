@@ -1,5 +1,5 @@
-"""Command-line flags: the argparse types every command's values go through, the flags more than one command
-takes (model sizes, the recipe flags), comma-separated lists.
+"""Command-line flags: the argparse types every command's values go through, the one vocabulary of the flags more
+than one command takes (VOCABULARY, add_flag; the recipe flags), comma-separated lists.
 
 Every value is checked where it is parsed: a number of the wrong kind, out of range or not finite, a path no file
 system holds, a run name that is not one folder name, an output folder that is a file, is argparse's one line
@@ -12,11 +12,13 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import user_path
 from qkvnas_core.units import parse_count
+from search_spaces.device import DEVICE_HELP
 
 RECIPE_DEST = "recipe_field_"
 METAVARS = {"int": "N", "float": "F", "str": "TEXT"}
@@ -160,13 +162,68 @@ def space_argument(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Word:
+    """A flag several commands take: what it means in every one of them (each help starts with `meaning`; a
+    command adds what differs after '; ', such as its default) and the value it takes."""
+
+    meaning: str
+    type: Callable[[str], Any] | None = None  # argparse's type; None: the text as given
+    metavar: str | None = None  # None: a switch
+
+
+DATASETS_HELP = "digits or mnist5k (built in), cifar10, cifar100, stl10, stanford_cars, imagenet, folder, synthetic"
+
+# The one vocabulary of the commands: a flag that more than one command takes is added from here (tests/
+# test_vocabulary.py reads every parser and refuses a word with two meanings).
+VOCABULARY: dict[str, Word] = {
+    "--dataset": Word(f"dataset: {DATASETS_HELP}", None, "NAME"),
+    "--data-dir": Word("folder holding the dataset's files in its own on-disk format", path_argument, "DIR"),
+    "--download": Word("download the dataset into --data-dir if it is missing"),
+    "--img-size": Word("image side in px", positive_int, "PX"),
+    "--num-classes": Word("classifier size", positive_int, "N"),
+    "--in-chans": Word("image channels", positive_int, "C"),
+    "--patch-size": Word("patch size", positive_int, "P"),
+    "--val-fraction": Word("share of the training set held out for validation", fraction, "F"),
+    "--split-seed": Word("seed of the validation split", seed_argument, "S"),
+    "--seed": Word("seed of initialisation, data order and augmentation", seed_argument, "S"),
+    "--out": Word("output folder", output_folder, "DIR"),
+    "--resume": Word("continue where an interrupted run stopped: finished work is kept, never redone"),
+    "--device": Word(f"torch device: {DEVICE_HELP}", None, "DEVICE"),
+    "--compile": Word("torch.compile the models (worth it on CUDA)"),
+    "--address": Word("Ray cluster to run on: auto, ray://host:10001 or local", None, "ADDR"),
+    "--cpus-per-model": Word("CPUs per model trained at once (its Ray task's CPUs and torch threads)",
+                             positive_float, "C"),
+    "--gpus-per-model": Word("GPUs per model trained at once (0.25 packs 4 on a GPU)", non_negative_float, "G"),
+    "--include-stopped": Word("let trials ASHA stopped early (scored after fewer epochs) onto the front"),
+    "--baseline": Word("a reference model, marked baseline in the table (repeatable)", path_argument, "MODEL"),
+    "--results-dir": Word("folder holding the runs", output_folder, "DIR"),
+    "--recipe": Word("training recipe", None, "NAME"),
+}
+
+
+def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, detail: str = "",
+             **options: Any) -> argparse.Action:
+    """`flag` as VOCABULARY defines it; `detail` (what this command adds: its default, its use) follows the
+    meaning; `options` are argparse's (default, action="append", ...)."""
+    word = VOCABULARY[flag]
+    text = f"{word.meaning}; {detail}" if detail else word.meaning
+    if word.metavar is None:
+        return parser.add_argument(flag, action="store_true", help=text, **options)
+    return parser.add_argument(flag, **{"type": word.type, "metavar": word.metavar, "help": text, **options})
+
+
+def add_hidden_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, alias: str,
+                     action: argparse.Action) -> None:
+    """An old spelling of `action`'s flag, still read but not shown in --help."""
+    parser.add_argument(alias, type=action.type, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def add_size_arguments(parser: argparse.ArgumentParser) -> None:
     """The data shape a model is counted at; None: a preset's own (search_spaces.presets.shape_of)."""
-    parser.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
-                        help="classifier size (default: a preset's own, else 1000)")
-    parser.add_argument("--img-size", type=positive_int, default=None, metavar="S",
-                        help="image side in px (default: a preset's own, else 224)")
-    parser.add_argument("--in-chans", type=positive_int, default=None, metavar="C", help="image channels (default 3)")
+    add_flag(parser, "--num-classes", "default: a preset's own, else 1000")
+    add_flag(parser, "--img-size", "the model is counted at it (default: a preset's own, else 224)")
+    add_flag(parser, "--in-chans", "default 3")
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -174,6 +231,7 @@ def split_list(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
+@functools.cache  # one type per converter: every command's --grad-clip takes the same
 def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         return None if text.lower() == "none" else convert(text)
@@ -182,15 +240,17 @@ def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser, default_recipe: str | None, default_text: str = "") -> None:
+def add_recipe_arguments(parser: argparse.ArgumentParser, default_recipe: str | None, default_text: str = "",
+                         note: str = "") -> None:
     """--recipe NAME plus one flag per Recipe field (--epochs, --batch-size, --ema/--no-ema, ...), generated from
-    the dataclass and its fields' help, so a new field gets its flag; flags not given keep the named recipe's."""
+    the dataclass and its fields' help, so a new field gets its flag; flags not given keep the named recipe's.
+    The one set of recipe flags of `train`, `search`, `retrain` and `transfer`; `note` adds what differs in one."""
     from trainers.recipe import RECIPES, Recipe
 
     group = parser.add_argument_group("recipe", "start from --recipe NAME; each flag below overrides one field "
-                                                 f"(values shown as {' / '.join(RECIPES)})")
-    group.add_argument("--recipe", default=default_recipe, metavar="NAME",
-                       help=f"{', '.join(RECIPES)} (default {default_text or default_recipe})")
+                                                 f"(values shown as {' / '.join(RECIPES)}){'; ' + note if note else ''}")
+    add_flag(group, "--recipe", f"{', '.join(RECIPES)} (default {default_text or default_recipe})",
+             default=default_recipe)
     converters: dict[str, Callable[[str], Any]] = {"int": integer, "float": finite_float, "str": str}
     for field in dataclasses.fields(Recipe):
         if field.name == "name":

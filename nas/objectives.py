@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qkvnas_core.errors import UsageError
+from nas.naming import given, named
 
 SCORE = "val_acc"
 # Each cost objective and the search setting that limits it.
@@ -47,8 +48,9 @@ def cost_limits(objectives: Sequence[str], budget: int, max_flops: int | None) -
     for name in objectives[1:]:
         limit = limits[COST_LIMIT_SETTINGS[name]]
         if limit is None:
-            raise UsageError(f"--objectives {','.join(objectives)} without --max-flops: a FLOPs objective needs "
-                             "its limit (the hypervolume's reference point); expected --max-flops, e.g. 200M")
+            raise UsageError(f"{given('objectives', ','.join(objectives))} without {named('max_flops')}: a FLOPs "
+                             "objective needs its limit (the hypervolume's reference point); expected "
+                             f"{named('max_flops')}, e.g. 200M")
         values[name] = float(limit)
     return values
 

@@ -206,7 +206,7 @@ def parse_costs(values: Iterable[str] | None) -> list[str]:
     costs = [part.strip() for value in (values or ["params"]) for part in value.split(",") if part.strip()]
     for cost in costs:
         if cost not in COST_COLUMNS:
-            raise UsageError(f"cost {cost!r}: expected params, flops or latency (repeat --cost or comma-separate)")
+            raise UsageError(f"cost {cost!r}: expected params, flops or latency, comma-separated for several")
     return list(dict.fromkeys(costs)) or ["params"]
 
 

@@ -1,21 +1,66 @@
-"""The live view of a search: one line per finished trial, and at most one every 15 s otherwise."""
+"""The live view of a search: one line per finished trial, and at most one every 15 s otherwise.
+
+Each line is a `ProgressLine`: a str (what a plain callback prints) that also carries the figures it shows, so
+that `nas search` can draw them as a live bar where a terminal is attached.
+"""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 
 from qkvnas_core.units import format_count, format_duration
-from nas.results import best_trial, interrupted_count, trained_count
+from nas.results import INTERRUPTED, best_trial, interrupted_count, trained_count
+
+TRAINED_STATES = ("complete", "stopped")
+
+
+class ProgressLine(str):
+    """A line of the live view, with its figures: trained, target, running (trials in progress), best_val_acc and
+    hypervolume (None before there is one), seconds_left (None while unknown), and `summary`, the line's part
+    after the counts (what a bar shows beside its own)."""
+
+    trained: int
+    target: int
+    running: int
+    best_val_acc: float | None
+    hypervolume: float | None
+    seconds_left: float | None
+    summary: str
+
+    def __new__(cls, text: str, **figures: Any) -> ProgressLine:
+        line = super().__new__(cls, text)
+        line.__dict__.update(figures)
+        return line
+
+
+def seconds_left(trials: pd.DataFrame, target: int, epochs: int) -> float | None:
+    """Time until `target` trials are trained: the epochs the running trials have left (each at its own pace) and
+    the trials not started yet (each as long as the mean trained trial), shared among the trials running at once,
+    but never less than the running trial with most time left needs alone. None before an epoch is timed."""
+    ran = trials[trials["epochs"].fillna(0) > 0]
+    if ran.empty:
+        return None
+    pace = float(ran["seconds"].sum()) / float(ran["epochs"].sum())
+    running = trials[trials["state"] == "running"]
+    done = running["epochs"].fillna(0).astype(float)
+    own_pace = (running["seconds"].astype(float) / done.where(done > 0)).fillna(pace)
+    running_left = ((epochs - done).clip(lower=0) * own_pace).tolist()
+    trained = trials[trials["state"].isin(TRAINED_STATES) & (trials["reason"] != INTERRUPTED)]
+    per_trial = float(trained["seconds"].mean()) if len(trained) else epochs * pace
+    to_start = max(0, target - trained_count(trials) - len(running))
+    shared = (sum(running_left) + to_start * per_trial) / max(1, len(running))
+    return max([shared, *running_left])
 
 
 class Progress:
     """Tells `say` lines a person can read, `[elapsed] trained/target: states | best | hypervolume | time left`,
-    from the trials table as the search renders it; `hypervolume` measures the table's full-fidelity front."""
+    from the trials table as the search renders it; `hypervolume` measures the table's full-fidelity front and
+    `epochs` is a trial's full length (for the time left)."""
 
     def __init__(self, target: int, already: int, say: Callable[[str], None], interval: float = 15.0,
-                 hypervolume: Callable[[pd.DataFrame], float] | None = None) -> None:
+                 hypervolume: Callable[[pd.DataFrame], float] | None = None, *, epochs: int) -> None:
         self.target = target
         self.already = already
         self.say = say
@@ -24,6 +69,7 @@ class Progress:
         self.last = 0.0
         self.last_status = ""
         self.hypervolume = hypervolume
+        self.epochs = epochs
 
     def show(self, trials: pd.DataFrame, force: bool = False) -> None:
         now = time.monotonic()
@@ -31,15 +77,15 @@ class Progress:
             return
         self.last = now
         trained = trained_count(trials)
-        elapsed = now - self.start
-        done_here = trained - self.already
-        if done_here > 0 and trained < self.target:
-            left = f"~{format_duration(elapsed / done_here * (self.target - trained))} left"
+        left_seconds = seconds_left(trials, self.target, self.epochs) if trained < self.target else 0.0
+        if trained >= self.target:
+            left = "finishing"
         else:
-            left = "estimating time left" if trained < self.target else "finishing"
+            left = "estimating time left" if left_seconds is None else f"~{format_duration(left_seconds)} left"
         best = best_trial(trials)
         best_text = "no score yet" if best is None else (
-            f"best val_acc {best['val_acc']:.4f} ({format_count(best['params'])} params, {best['trial_id']})")
+            f"best val_acc {best['val_acc']:.2%} ({format_count(best['params'])} params, {best['trial_id']})")
+        hypervolume = self.hypervolume(trials) if self.hypervolume else None
         interrupted = interrupted_count(trials)
         counts = trials["state"].value_counts()
         status = (f"{trained}/{self.target} trained: {counts.get('complete', 0)} complete, "
@@ -47,8 +93,13 @@ class Progress:
                   f"{counts.get('running', 0)} in progress, {counts.get('queued', 0)} queued, "
                   f"{counts.get('infeasible', 0)} infeasible"
                   f"{f', {interrupted} interrupted (trained again)' if interrupted else ''} | {best_text}"
-                  f"{f' | hypervolume {self.hypervolume(trials):.4f}' if self.hypervolume else ''}")
+                  f"{f' | hypervolume {hypervolume:.4f}' if hypervolume is not None else ''}")
         if force and status == self.last_status:
             return
         self.last_status = status
-        self.say(f"[{format_duration(elapsed):>7}] {status} | {left}")
+        summary = " | ".join([f"{counts.get('running', 0)} running", best_text,
+                              *([f"hypervolume {hypervolume:.4f}"] if hypervolume is not None else []), left])
+        self.say(ProgressLine(f"[{format_duration(now - self.start):>7}] {status} | {left}", trained=trained,
+                              target=self.target, running=int(counts.get("running", 0)),
+                              best_val_acc=None if best is None else float(best["val_acc"]), hypervolume=hypervolume,
+                              seconds_left=left_seconds, summary=summary))

@@ -127,13 +127,13 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
 # as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
 SETTINGS_FIELDS = {
     **dict.fromkeys(("name", "study_name", "results_dir", "dataset", "data_dir", "space", "recipe", "address",
-                     "started", "finished", "sampler", "early_stopping"), str),
+                     "started", "finished", "ended", "sampler", "early_stopping"), str),
     **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
                      "epochs", "grace_epochs", "reduction_factor", "max_concurrent", "max_infeasible_streak",
-                     "sessions", "split_version", "seed", "epoch_budget"), int),
+                     "sessions", "split_version", "seed", "split_seed", "epoch_budget"), int),
     **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
     "verbose": bool, "ray_processes": list[tuple[int, int]], "versions": dict[str, str], "recipe_overrides": dict,
-    "objectives": list[str], "hypervolume": float, "hypervolume_reference": dict[str, float],
+    "objectives": list[str], "loggers": list[str], "hypervolume": float, "hypervolume_reference": dict[str, float],
 }
 POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
                      "epochs", "epoch_budget")

@@ -19,6 +19,7 @@ import torch
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
+from nas.naming import given, named
 from nas.pareto import pareto_front, scored_trials
 from nas.ray_runtime import check_resources, start_ray
 from nas.results import find_run, format_trial_id, load_settings, load_trials, state_counts
@@ -87,7 +88,8 @@ def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searche
         if key not in rows:
             known = sorted(rows)
             listed = ", ".join(known[:8]) + (f" ... ({len(known)} trials)" if len(known) > 8 else "")
-            raise UsageError(f"--trial-ids {trial_id}: no such trial in {path}; expected one of {listed or 'none'}")
+            raise UsageError(f"{given('trial_ids', trial_id)}: no such trial in {path}; expected one of "
+                             f"{listed or 'none'}")
         if rows[key]["state"] not in ("complete", "stopped"):
             say(f"note: trial {key} is {rows[key]['state']}; retraining it as asked")
         picked.append(Candidate(_trial_arch(rows[key], path), "winner", key, searched_at))
@@ -131,14 +133,15 @@ class RetrainRequest:
         if self.top is not None and self.top < 1:
             raise UsageError(f"--top {self.top}: expected a positive number of winners")
         if self.top is None and not self.trials and not self.archs and not self.baselines:
-            raise UsageError("nothing to retrain: expected --top K, --trial-ids ID,ID, --arch PRESET|arch.json or "
-                             "--baseline PRESET|arch.json")
+            raise UsageError(f"nothing to retrain: expected {named('top')} K, {named('trial_ids')} ID,ID, "
+                             f"{named('arch')} PRESET|arch.json or {named('baseline')} PRESET|arch.json")
         if self.seed < 0:
             raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
         if self.address is None and (self.gpus_per_model != 0.0 or self.cpus_per_model != 1.0):
-            raise UsageError("--gpus-per-model / --cpus-per-model: expected --address (they size Ray tasks)")
+            raise UsageError(f"{named('gpus_per_model')} / {named('cpus_per_model')}: expected {named('address')} "
+                             "(they size Ray tasks)")
         if not 0 <= self.gpus_per_model <= 1:
-            raise UsageError(f"--gpus-per-model {self.gpus_per_model}: expected 0 to 1 (one process per model; "
+            raise UsageError(f"{given('gpus_per_model', self.gpus_per_model)}: expected 0 to 1 (one process per model; "
                              "train one model on several GPUs with torchrun instead)")
         if self.cpus_per_model <= 0:
             raise UsageError(f"--cpus-per-model {self.cpus_per_model}: expected a positive number")
@@ -249,8 +252,8 @@ def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_mai
         download=request.download, img_size=request.img_size,
         val_fraction=(request.val_fraction if request.val_fraction is not None
                       else settings.get("val_fraction", DEFAULT_VAL_FRACTION)),
-        split_seed=(request.split_seed if request.split_seed is not None
-                    else int(settings.get("seed", DEFAULT_SPLIT_SEED))))
+        split_seed=next(seed for seed in (request.split_seed, settings.get("split_seed"), settings.get("seed"),
+                                          DEFAULT_SPLIT_SEED) if seed is not None))
     data = data_request.load()
     info = data.info
     data_request = data_request.resolved(info)

@@ -33,6 +33,7 @@ from nas.budget import Budget, check_feasible, smallest_description
 from nas.objectives import (DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, SCORE, check_objectives, cost_limits,
                             reference_limits)
 from nas.hypervolume import front_hypervolume, hypervolume_history
+from nas.naming import given, named
 from nas.pareto import plot_hypervolume, scored_trials, write_pareto
 from nas.progress import Progress
 from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
@@ -40,6 +41,7 @@ from nas.results import best_trial, load_settings, trained_count, write_trials
 from nas.scheduler import RungScheduler
 from nas.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
                           trial_curves)
+from nas.tracking import DEFAULT_LOGGERS, check_loggers, tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
 from trainers.holdout import DEFAULT_VAL_FRACTION, SPLIT_VERSION
@@ -49,7 +51,8 @@ from trainers.trial import TrialSettings, run_trial
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # Settings a resume may change; the others define the run and stay as they were.
-RESUMABLE = ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose")
+RESUMABLE = ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose",
+             "loggers")
 # What a run recorded before these settings existed: one objective, TPE, ASHA.
 EARLIER_DEFAULTS = {"objectives": ["val_acc"], "sampler": "tpe", "early_stopping": "asha"}
 LOCK_FILE = ".lock"
@@ -88,6 +91,7 @@ class SearchSettings:
     gpus_per_trial: float = 0.0
     address: str | None = None
     seed: int = 0
+    split_seed: int | None = None  # None: seed
     max_infeasible_streak: int = 300
     verbose: bool = False
     study_name: str | None = None
@@ -95,6 +99,7 @@ class SearchSettings:
     sampler: str = "tpe"
     early_stopping: str = "asha"
     epoch_budget: int | None = None
+    loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))
 
     def __post_init__(self) -> None:
         # The Optuna study keeps its first name even if the run folder is renamed or moved later.
@@ -103,11 +108,14 @@ class SearchSettings:
                      "max_concurrent", "epoch_budget"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UsageError(f"{_flag(name)} {value}: expected a positive integer")
+                raise UsageError(f"{given(name, value)}: expected a positive integer")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
+        split_seed = self.split_seed
+        if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0):
+            raise UsageError(f"{given('split_seed', split_seed)}: expected a non-negative integer")
         if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 2:
-            raise UsageError(f"--reduction-factor {self.reduction_factor}: expected an integer of at least 2")
+            raise UsageError(f"{given('reduction_factor', self.reduction_factor)}: expected an integer of at least 2")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"--val-fraction {self.val_fraction}: expected a number between 0 and 1")
         if not 0 < self.train_fraction <= 1:
@@ -119,7 +127,13 @@ class SearchSettings:
         cost_limits(self.objectives, self.budget, self.max_flops)
         for name, choices in (("sampler", SAMPLERS), ("early_stopping", EARLY_STOPPING)):
             if getattr(self, name) not in choices:
-                raise UsageError(f"{_flag(name)} {getattr(self, name)}: expected one of {', '.join(choices)}")
+                raise UsageError(f"{given(name, getattr(self, name))}: expected one of {', '.join(choices)}")
+        check_loggers(self.loggers)
+        if "epochs" in self.recipe_overrides:
+            raise UsageError(f"{given('recipe_overrides', self.recipe_overrides)}: expected epochs as a setting of its "
+                             f"own ({named('epochs')})")
+        # The recipe is checked now, not once Ray runs the first trial.
+        get_recipe(self.recipe, epochs=self.epochs, **self.recipe_overrides)
 
     @property
     def run_dir(self) -> Path:
@@ -135,8 +149,10 @@ class SearchSettings:
         return dataclass_from_json(cls, {k: v for k, v in data.items() if k in known})
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def default_run_name(space: str | None, dataset: str | None, budget: int) -> str:
+    """The name of a run not given one: <space>-<dataset>-<budget>-<time> (a space file: its function's name)."""
+    return (f"{(space or SearchSettings.space).split(':')[-1]}-{dataset or SearchSettings.dataset}-{budget}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def versions() -> dict[str, str]:
@@ -150,7 +166,8 @@ def versions() -> dict[str, str]:
 def load_search_data(settings: SearchSettings) -> DatasetSplits:
     """The dataset the trials train on; the search scores on its validation split only, never on test."""
     splits = load_dataset(settings.dataset, settings.data_dir, val_fraction=settings.val_fraction,
-                          seed=settings.seed, classes=settings.classes, train_fraction=settings.train_fraction,
+                          seed=settings.seed if settings.split_seed is None else settings.split_seed,
+                          classes=settings.classes, train_fraction=settings.train_fraction,
                           img_size=settings.img_size)
     # The test split stays on disk: trials never receive it.
     return dataclasses.replace(splits, test=None)
@@ -166,9 +183,9 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainabl
     changes = changes or {}
     fixed = sorted(name for name in changes if name not in RESUMABLE)
     if fixed:
-        given = ", ".join(f"{_flag(name)} {changes[name]}" for name in fixed)
-        raise UsageError(f"--resume {run_dir} with {given}: a resumed run keeps the settings it was started with; "
-                         f"expected only {', '.join(_flag(name) for name in RESUMABLE)}, or a new run (--name)")
+        listed = ", ".join(given(name, changes[name]) for name in fixed)
+        raise UsageError(f"--resume {run_dir} with {listed}: a resumed run keeps the settings it was started with; "
+                         f"expected only {', '.join(named(name) for name in RESUMABLE)}, or a new run (--name)")
     with contextlib.ExitStack() as stack:
         stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
         record = load_settings(run_dir)
@@ -302,10 +319,13 @@ class SearchSession:
                                         trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
             run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}",
                                       storage_path=str(self.run_dir.resolve()), verbose=1 if settings.verbose else 0,
-                                      callbacks=[TrialEvents(searcher)], failure_config=tune.FailureConfig(max_failures=0)),
+                                      callbacks=[TrialEvents(searcher),
+                                                 *tracking_callbacks(settings.loggers, self.run_dir)],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
         )
         try:
-            tuner.fit()
+            with tracking_environment(settings.loggers):
+                tuner.fit()
         finally:
             # Trials Ctrl-C left running are failed (interrupted) in the study: a resume trains others instead.
             close_interrupted(self.study)
@@ -318,7 +338,8 @@ class SearchSession:
         hypervolume goes to search.json, and its history against epochs spent to hypervolume.png."""
         trials = render_trials(self.study)
         hypervolume = run_hypervolume(trials, self.limits)
-        self.clock.write(finished=_now(), hypervolume=hypervolume, hypervolume_reference={SCORE: 0.0, **self.limits})
+        self.clock.write(finished=_now(), ended=ended, hypervolume=hypervolume,
+                         hypervolume_reference={SCORE: 0.0, **self.limits})
         best = best_trial(trials)
         full_fidelity = scored_trials(trials, include_stopped=False)
         front = write_pareto(self.run_dir, name=SEARCH_FRONT).csv_path if len(full_fidelity) else None
@@ -362,7 +383,7 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     record.update(settings.to_dict())
     record.update(sessions=int(record.get("sessions", 0)) + 1, versions=versions(), split_version=SPLIT_VERSION,
                   patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
-                  in_chans=shape.in_chans, started=record.get("started", _now()), finished=None,
+                  in_chans=shape.in_chans, started=record.get("started", _now()), finished=None, ended=None,
                   ray_processes=ray_processes() if started_ray else [])
     clock = SessionClock(run_dir / "search.json", record)
     clock.write()
@@ -373,7 +394,7 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     write_trials(run_dir / TRIALS_FILE, trials)
     limits = reference_limits(settings.budget, settings.max_flops)
     progress = Progress(settings.trials, trained_count(trials), say,
-                        hypervolume=functools.partial(run_hypervolume, limits=limits))
+                        hypervolume=functools.partial(run_hypervolume, limits=limits), epochs=settings.epochs)
     return SearchSession(settings, resumed, space, splits, budget, study, clock, progress,
                          trainable or run_trial, limits)
 

@@ -110,7 +110,8 @@ def command_flags(name: str) -> list:
 
     parser = build_parser(name)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    return [action for action in sub._actions if action.option_strings and action.dest != "help"]
+    return [action for action in sub._actions
+            if action.option_strings and action.dest != "help" and action.help != argparse.SUPPRESS]
 
 
 def test_help_text_speaks_one_vocabulary():
@@ -124,3 +125,88 @@ def test_help_text_speaks_one_vocabulary():
     assert trials and all(action.type is positive_int for action in trials)
     devices = [action.help for name in COMMANDS for action in command_flags(name) if action.dest == "device"]
     assert len(devices) >= 4 and all("auto (default), cpu, cuda or cuda:N" in text for text in devices)
+
+
+# nas search's live view: a bar on a terminal, lines otherwise; nas show's units; the time left
+
+def view_trials(running: int = 1, curve_of_running: tuple = (0.3, 0.4)):
+    """Three trained trials (10 s an epoch, 10-epoch trials) and `running` trials two epochs in."""
+    from conftest import TINY
+    from nas.results import trial_row, trials_frame
+
+    rows = [trial_row(0, "complete", arch=TINY, params=1000, seed=0, curve=[0.5] * 10, seconds=100.0),
+            trial_row(1, "stopped", arch=TINY.replace(depth=2), params=1100, seed=1, curve=[0.2, 0.3], seconds=20.0),
+            trial_row(2, "complete", arch=TINY.replace(depth=3), params=1200, seed=2, curve=[0.6] * 9 + [0.9582],
+                      seconds=100.0)]
+    rows += [trial_row(3 + index, "running", arch=TINY.replace(embed_dim=32 + 16 * index), params=1300, seed=3,
+                       curve=list(curve_of_running), seconds=20.0) for index in range(running)]
+    return trials_frame(rows)
+
+
+def progress_line(trials, target: int):
+    from nas.progress import Progress
+
+    lines = []
+    Progress(target, 0, lines.append, epochs=10).show(trials, force=True)
+    return lines[0]
+
+
+def test_time_left_while_the_last_trial_runs_is_that_trials_own_epochs_left():
+    from qkvnas_core.units import format_duration
+
+    line = progress_line(view_trials(running=1), target=4)
+    assert line.seconds_left == 8 * 10  # 8 epochs left at its 10 s an epoch, whatever the others took
+    assert f"~{format_duration(80)} left" in line
+
+
+def test_time_left_shares_the_trials_to_come_among_those_running():
+    line = progress_line(view_trials(running=2), target=8)
+    per_trial = (100 + 20 + 100) / 3  # the mean trained trial
+    assert line.seconds_left == pytest.approx((2 * 8 * 10 + 3 * per_trial) / 2)
+
+
+def test_progress_says_val_acc_in_the_units_nas_show_does(tmp_path, make_run):
+    from nas.commands.show import runs_overview
+    from nas.results import load_trials
+
+    run = make_run(tmp_path / "run")
+    header, row = runs_overview(tmp_path).splitlines()
+    best = row[header.index("best val_acc"):].split()[0]
+    assert best == "90.00%"  # conftest's best curve ends at 0.90
+    assert f"best val_acc {best}" in progress_line(load_trials(run), target=4)
+
+
+def test_a_terminal_gets_a_live_bar_and_other_lines_above_it():
+    import io
+
+    from nas.commands.search import LiveView
+
+    out = io.StringIO()
+    with LiveView(out, terminal=True) as view:
+        view.say("stopped 2 Ray processes the killed session left running")
+        view.say(progress_line(view_trials(running=1), target=4))
+    text = out.getvalue()
+    assert "stopped 2 Ray processes" in text and "3/4 trained" in text and "1 running" in text
+    assert "best val_acc 95.82%" in text and "~1m20s left" in text and "\r" in text
+
+
+def test_without_a_terminal_the_lines_are_printed_as_they_come():
+    import io
+
+    from nas.commands.search import LiveView
+
+    out = io.StringIO()
+    line = progress_line(view_trials(running=1), target=4)
+    with LiveView(out) as view:
+        view.say("a note")
+        view.say(line)
+    assert out.getvalue() == f"a note\n{line}\n"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--resume"], "--resume: expected the run to continue, nas search RUN --resume"),
+    (["results/x", "--budget", "1M"], "results/x: a run to continue takes --resume"),
+])
+def test_search_resumes_a_run_given_as_its_argument(cli, argv, fragment):
+    code, _, err = cli("search", *argv)
+    assert code == 2 and fragment in err and err.count("\n") == 1

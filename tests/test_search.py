@@ -485,10 +485,10 @@ def test_progress_tells_queued_running_and_interrupted_apart():
                                      1000, None, number, [0.5] if state == "complete" else [])
                            for number, state in enumerate(["queued", "running", "failed", "complete"])])
     lines = []
-    Progress(target=4, already=0, say=lines.append).show(trials, force=True)
+    Progress(target=4, already=0, say=lines.append, epochs=1).show(trials, force=True)
     (line,) = lines
     assert "1/4 trained: 1 complete, 0 stopped, 0 failed, 1 in progress, 1 queued" in line
-    assert "1 interrupted (trained again)" in line and "best val_acc 0.5000" in line and "t0003" in line
+    assert "1 interrupted (trained again)" in line and "best val_acc 50.00%" in line and "t0003" in line
 
 
 def test_a_sessions_time_is_kept_as_it_runs(tmp_path):

@@ -41,7 +41,7 @@ def test_empty_run_and_bad_paths(tmp_path, capsys):
     assert "no trial has a validation accuracy yet" in capsys.readouterr().out
     for argv, fragment in ((["show", str(tmp_path / "nowhere")], "not found"),
                            (["show", "--results-dir", str(tmp_path / "none")], "results folder"),
-                           (["show", str(empty), "--top", "0"], "argument --top: 0")):
+                           (["show", str(empty), "--best", "0"], "argument --best: 0")):
         try:
             code = main(argv)
         except SystemExit as done:  # argparse's own errors exit from the parser

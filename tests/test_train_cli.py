@@ -65,3 +65,16 @@ def test_console_exit_code_and_no_traceback(tmp_path):
                            str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("nas train: error: recipe lr=-1.0") and "Traceback" not in done.stderr
+
+
+def test_train_takes_the_image_size_and_every_recipe_flag(cli, tmp_path, arch_file):
+    import json
+
+    out = tmp_path / "flags"
+    code, stdout, stderr = cli("train", arch_file, "--epochs", "1", "--img-size", "16", "--batch-size", "32",
+                               "--weight-decay", "0", "--no-ema", "--mixup", "0.2", "--out", out, "--device", "cpu")
+    assert code == 0, stderr
+    record = json.loads((out / "last.json").read_text())
+    assert {key: record["recipe"][key] for key in ("batch_size", "weight_decay", "ema", "mixup")} == {
+        "batch_size": 32, "weight_decay": 0.0, "ema": False, "mixup": 0.2}
+    assert json.loads((out / "arch.json").read_text())["data_shape"]["img_size"] == 16

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import add_size_arguments, path_argument, positive_int
+from nas.flags import add_flag, add_size_arguments, path_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", type=path_argument, metavar="PRESET|arch.json|RUN:TRIAL",
                         help="a preset name, an architecture JSON file, or a run's trial (results/run:t0016)")
     add_size_arguments(parser)
-    parser.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
-                        help="override the architecture's patch size (e.g. 2 for 8 px images)")
+    add_flag(parser, "--patch-size", "overrides the architecture's (e.g. 2 for 8 px images)")
     parser.add_argument("--json", action="store_true", help="print the architecture as JSON only")
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import output_folder, path_argument
+from nas.flags import add_flag, path_argument
 
-from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
+from search_spaces.device import DEFAULT_DEVICE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mark XCiT-N12, the paper's F-SNE and DeiT-Tiny (ImageNet runs only)")
     parser.add_argument("--measure-latency", action="store_true",
                         help="time each front member and add latency_ms / throughput to pareto.csv")
-    parser.add_argument("--device", default=DEFAULT_DEVICE, help=f"where latency is measured: {DEVICE_HELP}")
-    parser.add_argument("--include-stopped", action="store_true",
-                        help="let trials ASHA stopped early (scored after fewer epochs) onto the front")
-    parser.add_argument("--out", type=output_folder, metavar="DIR",
-                        help="folder for the files (default: the run folder)")
+    add_flag(parser, "--device", "latency is measured there", default=DEFAULT_DEVICE)
+    add_flag(parser, "--include-stopped")
+    add_flag(parser, "--out", "the files go there (default: the run folder)")
 
 
 def run(args: argparse.Namespace) -> int:

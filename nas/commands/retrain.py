@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nas.flags import (add_recipe_arguments, fraction, non_negative_float, output_folder, path_argument,
-                       positive_float, positive_int, recipe_overrides, seed_argument, split_list)
-from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
+from nas.flags import add_flag, add_recipe_arguments, path_argument, positive_int, recipe_overrides, split_list
+from search_spaces.device import DEFAULT_DEVICE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,42 +21,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     picks = parser.add_argument_group("models", "at least one of --top, --trial-ids, --arch, --baseline")
     picks.add_argument("--top", type=positive_int, default=None, metavar="K",
                        help="the K best members of the run's Pareto front (params), best val_acc first")
-    picks.add_argument("--include-stopped", action="store_true",
-                       help="--top: let trials ASHA stopped early (scored after fewer epochs) onto the front")
+    add_flag(picks, "--include-stopped", "with --top")
     picks.add_argument("--trial-ids", action="append", metavar="ID,ID", help="trials of the run, by id (t0003 or 3)")
     picks.add_argument("--arch", type=path_argument, action="append", metavar="PRESET|arch.json",
                        help="an architecture (repeatable)")
-    picks.add_argument("--baseline", type=path_argument, action="append", metavar="PRESET|arch.json",
-                       help="a reference model trained under the same recipe, e.g. xcit-n12 (repeatable)")
+    add_flag(picks, "--baseline", "an architecture trained under the same recipe, e.g. xcit-n12",
+             action="append", metavar="PRESET|arch.json")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="dataset to retrain on (default: the run's), e.g. imagenet")
-    data.add_argument("--data-dir", type=path_argument, default=None, metavar="DIR",
-                      help="folder holding the dataset's files (default: the run's when it is the run's dataset)")
-    data.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
-    data.add_argument("--img-size", type=positive_int, default=None, metavar="PX",
-                      help="resize images (default: native)")
-    data.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
-                      help="patch size of every model (default: each arch's, or the dataset's where it does not fit)")
-    data.add_argument("--val-fraction", type=fraction, default=None, metavar="F",
-                      help="share of the training set held out for validation (default: the run's)")
-    data.add_argument("--split-seed", type=seed_argument, default=None, metavar="S",
-                      help="seed of the validation split (default: the run's seed)")
+    add_flag(data, "--dataset", "the one to retrain on (default: the run's), e.g. imagenet")
+    add_flag(data, "--data-dir", "default: the run's when it is the run's dataset")
+    add_flag(data, "--download")
+    add_flag(data, "--img-size", "images resized to it (default: the dataset's own)")
+    add_flag(data, "--patch-size", "of every model (default: each arch's, or the dataset's where it does not fit)")
+    add_flag(data, "--val-fraction", "default: the run's")
+    add_flag(data, "--split-seed", "default: the run's")
     add_recipe_arguments(parser, None, "xcit, or small on digits")
     where = parser.add_argument_group("running")
-    where.add_argument("--seed", type=seed_argument, default=0, metavar="S",
-                       help="seed of initialisation, data order and augmentation (default 0)")
-    where.add_argument("--out", type=output_folder, default=None, metavar="DIR",
-                       help="output folder instead of the run folder")
-    where.add_argument("--resume", action="store_true",
-                       help="continue interrupted models exactly and skip finished ones")
-    where.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
-    where.add_argument("--compile", action="store_true", help="torch.compile the models (worth it on CUDA)")
-    where.add_argument("--address", default=None, metavar="ADDR",
-                       help="run the models at once as Ray tasks on this cluster (auto, ray://host:10001, or local)")
-    where.add_argument("--gpus-per-model", type=non_negative_float, default=0.0, metavar="G",
-                       help="GPUs per Ray task, at most 1 (default 0: CPU)")
-    where.add_argument("--cpus-per-model", type=positive_float, default=1.0, metavar="C",
-                       help="CPUs per Ray task (default 1)")
+    add_flag(where, "--seed", "default 0", default=0)
+    add_flag(where, "--out", "instead of the run folder")
+    add_flag(where, "--resume", "interrupted models continue exactly, finished ones are skipped")
+    add_flag(where, "--device", default=DEFAULT_DEVICE)
+    add_flag(where, "--compile")
+    add_flag(where, "--address", "the models train at once as Ray tasks there (default: one after another here)")
+    add_flag(where, "--gpus-per-model", "with --address, at most 1 (default 0: CPU)", default=0.0)
+    add_flag(where, "--cpus-per-model", "with --address (default 1)", default=1.0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,94 +1,177 @@
-"""`nas search --budget 3.1M`: the product's main job."""
+"""`nas search --budget 3.1M`: the product's main job.
+
+The settings come from the flags, over a config file's when --config is given (nas/config.py); `nas search RUN
+--resume` continues a run. The search prints nothing itself: its progress lines come here, drawn as a live bar
+where a terminal is attached and printed as they are otherwise (a log keeps every one).
+"""
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from qkvnas_core.errors import UsageError
-from nas.flags import (argument_type, count_argument, fraction, non_negative_float, output_folder, path_argument, positive_float,
-                       positive_int, run_name, seed_argument, share, space_argument)
+from nas.flags import (add_flag, add_hidden_alias, add_recipe_arguments, argument_type, count_argument,
+                       path_argument, positive_int, recipe_overrides, run_name, share, space_argument)
 from nas.objectives import EARLY_STOPPING, SAMPLERS, parse_objectives
+from nas.tracking import parse_loggers
 from trainers.holdout import DEFAULT_VAL_FRACTION
+from trainers.recipe import PROXY
+
+USAGE = """%(prog)s --budget PARAMS [options]
+       %(prog)s --config FILE [options]
+       %(prog)s RUN --resume [--trials N] [options a resume may change]"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    what = parser.add_argument_group("what to search")
-    what.add_argument("--budget", type=count_argument, help="parameter budget, e.g. 3.1M, 750K, 3.1e6 (required)")
+    parser.usage = USAGE
+    parser.add_argument("run", type=path_argument, nargs="?", metavar="RUN",
+                        help="with --resume: the run to continue, a folder (results/<run>) or a run name under "
+                             "--results-dir")
+    what = parser.add_argument_group("what to search (--budget, or a --config file that gives it)")
+    what.add_argument("--budget", type=count_argument, metavar="PARAMS",
+                      help="parameter budget, e.g. 3.1M, 750K, 3.1e6")
+    what.add_argument("--config", type=path_argument, default=None, metavar="FILE",
+                      help="settings from a YAML or JSON file (a run's search.json reruns that search as a new "
+                           "run); flags given override it")
     what.add_argument("--max-flops", type=count_argument, default=None, metavar="FLOPS",
                       help="optional FLOPs limit per image, e.g. 200M (2 FLOPs per multiply-add)")
     what.add_argument("--objectives", type=argument_type(parse_objectives), default=None, metavar="val_acc,COST",
                       help="val_acc, then the costs searched against it: params, flops (needs --max-flops); "
                            "default val_acc,params (the front); val_acc alone: single-objective")
-    what.add_argument("--space", type=space_argument, default=None,
+    what.add_argument("--space", type=space_argument, default=None, metavar="SPACE",
                       help="qkv (default), paper, lite, or path/to/file.py:function")
-    what.add_argument("--patch-size", type=positive_int, default=None, help="patch size (default: the dataset's)")
+    add_flag(what, "--patch-size", "default: the dataset's")
     data = parser.add_argument_group("data (search scores on a validation split of the training set)")
-    data.add_argument("--dataset", default=None, help="digits (default, built in), mnist5k (built in), cifar10, "
-                      "cifar100, stl10, stanford_cars, imagenet, folder, synthetic")
-    data.add_argument("--data-dir", type=path_argument, default=None,
-                      help="folder holding the dataset in its own on-disk format")
-    data.add_argument("--classes", type=positive_int, default=None, help="proxy: keep the first N classes")
-    data.add_argument("--train-fraction", type=share, default=None, help="proxy: fraction of the training set "
-                      "(default 1)")
-    data.add_argument("--img-size", type=positive_int, default=None, help="proxy: resize images to this side")
-    data.add_argument("--val-fraction", type=fraction, default=None,
-                      help=f"share of the training set held out to score trials (default {DEFAULT_VAL_FRACTION})")
+    add_flag(data, "--dataset", "default digits")
+    add_flag(data, "--data-dir")
+    data.add_argument("--classes", type=positive_int, default=None, metavar="N",
+                      help="proxy: keep the first N classes")
+    data.add_argument("--train-fraction", type=share, default=None, metavar="F",
+                      help="proxy: fraction of the training set (default 1)")
+    add_flag(data, "--img-size", "images resized to it (default: the dataset's own)")
+    add_flag(data, "--val-fraction", f"it scores the trials (default {DEFAULT_VAL_FRACTION})")
+    add_flag(data, "--split-seed", "default: --seed")
     run = parser.add_argument_group("trials and scheduling")
-    run.add_argument("--trials", type=positive_int, default=None,
+    run.add_argument("--trials", type=positive_int, default=None, metavar="N",
                      help="trials to train (default 16; infeasible draws do not count)")
-    run.add_argument("--epochs", type=positive_int, default=None,
-                     help="epochs of a trial that is not stopped early (default 10)")
     run.add_argument("--epoch-budget", type=positive_int, default=None, metavar="EPOCHS",
                      help="stop drawing trials once the trials' epochs add up to this (running ones finish)")
     run.add_argument("--sampler", choices=SAMPLERS, default=None,
                      help="tpe (default; multi-objective TPE with costs), nsga2, or random")
     run.add_argument("--early-stopping", choices=EARLY_STOPPING, default=None,
                      help="asha (default; multi-objective ASHA with costs) or none")
-    run.add_argument("--grace-epochs", type=positive_int, default=None,
+    run.add_argument("--grace-epochs", type=positive_int, default=None, metavar="N",
                      help="ASHA: epochs before a trial may be stopped (default 1)")
-    run.add_argument("--reduction-factor", type=positive_int, default=None,
+    run.add_argument("--reduction-factor", type=positive_int, default=None, metavar="N",
                      help="ASHA: rungs at epochs / N^k; keep 1 in N at each (default 4)")
-    run.add_argument("--max-concurrent", type=positive_int, default=None,
+    run.add_argument("--max-concurrent", type=positive_int, default=None, metavar="N",
                      help="trials at once (default: as resources allow)")
-    run.add_argument("--cpus-per-trial", type=positive_float, default=None, help="CPUs per trial (default 1)")
-    run.add_argument("--gpus-per-trial", type=non_negative_float, default=None,
-                     help="GPUs per trial; 0.25 packs 4 on a GPU")
-    run.add_argument("--address", default=None, help="join an existing Ray cluster (default: a local Ray)")
-    run.add_argument("--seed", type=seed_argument, default=None,
-                     help="seed of the sampler, the split and the trials (default 0)")
+    cpus = add_flag(run, "--cpus-per-model", "each trial trains one (default 1)", dest="cpus_per_trial")
+    gpus = add_flag(run, "--gpus-per-model", "each trial trains one (default 0)", dest="gpus_per_trial")
+    add_hidden_alias(run, "--cpus-per-trial", cpus)
+    add_hidden_alias(run, "--gpus-per-trial", gpus)
+    add_flag(run, "--address", "default: a local Ray started for the search")
+    add_flag(run, "--seed", "also seeds the sampler (default 0)")
+    add_recipe_arguments(parser, None, PROXY.name, "--epochs is a trial's length unless ASHA stops it")
     out = parser.add_argument_group("output")
-    out.add_argument("--name", type=run_name, default=None,
+    out.add_argument("--name", type=run_name, default=None, metavar="NAME",
                      help="run name (default: <space>-<dataset>-<budget>-<time>)")
-    out.add_argument("--results-dir", type=output_folder, default=None, help="parent folder of runs (default results)")
-    out.add_argument("--resume", type=path_argument, metavar="RUN_DIR", default=None,
-                     help="continue results/<run>: finished trials kept, --trials may be raised")
+    add_flag(out, "--results-dir", "the run folder goes there (default results)")
+    add_flag(out, "--resume", "the run RUN, also to extend it (raise --trials)")
+    out.add_argument("--logger", dest="loggers", type=argument_type(parse_loggers), default=None, metavar="NAMES",
+                     help="where each trial's epochs are logged: tensorboard (default; event files in the run "
+                          "folder), mlflow, wandb (both local unless configured), comma-separated, or none")
     out.add_argument("--verbose", action="store_true", default=None, help="show Ray's own output")
 
 
-SETTINGS_FLAGS = ("budget", "max_flops", "objectives", "sampler", "early_stopping", "epoch_budget", "space", "patch_size", "dataset", "data_dir", "classes", "train_fraction",
-                  "img_size", "val_fraction", "trials", "epochs", "grace_epochs", "reduction_factor", "max_concurrent",
-                  "cpus_per_trial", "gpus_per_trial", "address", "seed", "name", "results_dir", "verbose")
+# The flags that set a SearchSettings field of the same name (the recipe flags come through recipe_overrides).
+SETTINGS_FLAGS = ("budget", "max_flops", "objectives", "sampler", "early_stopping", "epoch_budget", "space",
+                  "patch_size", "dataset", "data_dir", "classes", "train_fraction", "img_size", "val_fraction",
+                  "split_seed", "trials", "grace_epochs", "reduction_factor", "max_concurrent", "cpus_per_trial",
+                  "gpus_per_trial", "address", "seed", "name", "results_dir", "verbose", "loggers", "recipe")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given on the command line, by SearchSettings field (--epochs is one, the other recipe flags are
+    recipe_overrides)."""
+    given = {name: getattr(args, name) for name in SETTINGS_FLAGS if getattr(args, name, None) is not None}
+    overrides = recipe_overrides(args)
+    if "epochs" in overrides:
+        given["epochs"] = overrides.pop("epochs")
+    if overrides:
+        given["recipe_overrides"] = overrides
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
-    given = {name: getattr(args, name) for name in SETTINGS_FLAGS if getattr(args, name) is not None}
+    given = given_settings(args)
+    view = LiveView(sys.stdout)
     if args.resume:
-        run_dir = Path(args.resume)
+        from nas.results import find_run
         from nas.search import resume_search
 
-        return report(resume_search(run_dir, given, on_progress=say))
-    from nas.search import SearchSettings, run_search
+        if args.run is None:
+            raise UsageError("--resume: expected the run to continue, nas search RUN --resume (results/<run>)")
+        if args.config is not None:
+            raise UsageError(f"--config {args.config} with --resume: a resumed run keeps its own settings; expected "
+                             "one of them")
+        run_dir = find_run(args.run, Path(given.pop("results_dir", "results")))
+        with view:
+            result = resume_search(run_dir, given, on_progress=view.say)
+        return report(result)
+    if args.run is not None:
+        raise UsageError(f"{args.run}: a run to continue takes --resume; expected --name NAME for a new run")
+    from nas.config import search_settings
+    from nas.search import run_search
 
-    if args.budget is None:
-        raise UsageError("--budget is required: expected a parameter count such as 3.1M")
-    name = given.pop("name", None) or (f"{(args.space or 'qkv').split(':')[-1]}-{args.dataset or 'digits'}-"
-                                       f"{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return report(run_search(SearchSettings(name=name, **given), on_progress=say))
+    settings = search_settings(given, args.config)
+    with view:
+        result = run_search(settings, on_progress=view.say)
+    return report(result)
 
 
-def say(line: str) -> None:
-    print(line, flush=True)
+class LiveView:
+    """Where the search's progress goes: a tqdm bar on `out` when it is a terminal (trained of target, running,
+    best val_acc, hypervolume, time left; other lines printed above it), else every line printed as it comes."""
+
+    def __init__(self, out: TextIO, terminal: bool | None = None) -> None:
+        self.out = out
+        self.terminal = out.isatty() if terminal is None else terminal
+        self.bar = None
+
+    def __getstate__(self) -> dict[str, object]:
+        # Ray pickles the searcher, and with it this callback, to restore an experiment; a copy draws nothing.
+        return {"out": None, "terminal": False, "bar": None}
+
+    def __enter__(self) -> LiveView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def say(self, line: str) -> None:
+        from nas.progress import ProgressLine
+
+        if not self.terminal:
+            print(line, file=self.out, flush=True)
+        elif not isinstance(line, ProgressLine):
+            from tqdm import tqdm
+
+            tqdm.write(line, file=self.out)
+        else:
+            self.draw(line)
+
+    def draw(self, line) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=line.target, initial=line.trained, file=self.out, dynamic_ncols=True, desc="search",
+                            bar_format="{l_bar}{bar}| {n}/{total} trained [{elapsed}]{postfix}")
+        self.bar.n = line.trained
+        self.bar.set_postfix_str(line.summary, refresh=True)
 
 
 def report(result) -> int:
@@ -100,8 +183,7 @@ def report(result) -> int:
     if best is None:
         print(f"{result.run_dir}: no trial has a score yet")
     else:
-        print(f"best: {best['trial_id']} val_acc {best['val_acc']:.4f} with {best['params']:,} params "
+        print(f"best: {best['trial_id']} val_acc {best['val_acc']:.2%} with {best['params']:,} params "
               f"({best['structure']}); results in {result.run_dir}")
         print(f"Pareto front: {result.front}")
     return result.exit_code
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.flags import path_argument, positive_int
+from nas.flags import add_flag, path_argument, positive_int
 
 from qkvnas_core.errors import UsageError
 
@@ -15,9 +15,9 @@ SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "objectives
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=path_argument, nargs="?",
                         help="run folder (results/<run>) or a run name; omit to list the runs")
-    parser.add_argument("--results-dir", type=path_argument, default="results",
-                        help="where runs are listed from (default results)")
-    parser.add_argument("--top", type=positive_int, default=5, help="how many of the best trials to show (default 5)")
+    add_flag(parser, "--results-dir", "the runs listed are there (default results)", default="results")
+    parser.add_argument("--best", type=positive_int, default=5, metavar="N",
+                        help="how many of the best trials (by val_acc) to show (default 5)")
 
 
 def trials_text(trials) -> str:
@@ -34,7 +34,7 @@ def _indent(text: str) -> str:
     return "\n".join(f"  {line}" for line in text.splitlines())
 
 
-def run_summary(run, top: int) -> str:
+def run_summary(run, shown: int) -> str:
     """The terminal summary of one run (a nas.results.Run)."""
     from qkvnas_core.units import format_count, format_duration
     from nas.pareto import SCORE, pareto_front, scored_trials
@@ -61,7 +61,7 @@ def run_summary(run, top: int) -> str:
         lines.append("no trial has a validation accuracy yet")
         return "\n".join(lines)
     best = scored.sort_values([SCORE, "params", "trial_id"], ascending=[False, True, True], kind="stable")
-    lines += [f"top {min(top, len(best))} by {SCORE}:", _indent(trials_text(best.head(top)))]
+    lines += [f"top {min(shown, len(best))} by {SCORE}:", _indent(trials_text(best.head(shown)))]
     full = scored_trials(table, include_stopped=False)
     front = pareto_front(table, ["params"])
     lines.append(f"Pareto front over params ({len(front)} of the {len(full)} trials scored at full fidelity, "
@@ -120,5 +120,5 @@ def run(args: argparse.Namespace) -> int:
     if args.run is None:
         print(runs_overview(results_dir))
     else:
-        print(run_summary(read_run(find_run(args.run, results_dir)), args.top))
+        print(run_summary(read_run(find_run(args.run, results_dir)), args.best))
     return 0

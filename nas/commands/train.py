@@ -8,39 +8,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from nas.flags import finite_float, fraction, integer, output_folder, path_argument, positive_int, seed_argument
-from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
+from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
+from search_spaces.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
-from trainers.recipe import PROXY, RECIPES
+from trainers.recipe import PROXY
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", type=path_argument, metavar="PRESET|arch.json",
                         help="a preset name or an architecture JSON file")
-    parser.add_argument("--dataset", default="digits", help="dataset name (default digits)")
-    parser.add_argument("--epochs", type=integer, default=None, metavar="N", help="epochs (default: the recipe's)")
-    parser.add_argument("--recipe", default=PROXY.name, help=f"{', '.join(RECIPES)} (default {PROXY.name})")
-    parser.add_argument("--out", type=output_folder, default=None, metavar="DIR",
-                        help="checkpoint folder (default results/train/<arch_id>-<dataset>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run whose checkpoints are in --out")
-    parser.add_argument("--seed", type=seed_argument, default=0, metavar="S",
-                        help="seed of initialisation, data order and augmentation (default 0)")
-    parser.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
-                        help="patch size (default: the architecture's, or the dataset's when that does not fit)")
-    parser.add_argument("--data-dir", type=path_argument, default=None, metavar="DIR",
-                        help="folder holding the dataset's files")
-    parser.add_argument("--val-fraction", type=fraction, default=DEFAULT_VAL_FRACTION, metavar="F",
-                        help=f"share of the training set held out for validation (default {DEFAULT_VAL_FRACTION}, "
-                             "as nas search)")
-    parser.add_argument("--split-seed", type=seed_argument, default=DEFAULT_SPLIT_SEED, metavar="S",
-                        help=f"seed of the validation split (default {DEFAULT_SPLIT_SEED}; a search's --seed)")
-    parser.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
-    parser.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
-    parser.add_argument("--batch-size", type=integer, default=None, metavar="B",
-                        help="global batch (default: recipe's)")
-    parser.add_argument("--lr", type=finite_float, default=None, metavar="LR",
-                        help="base learning rate at batch 512; the run uses LR x batch / 512 (default: recipe's)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
+    data = parser.add_argument_group("data")
+    add_flag(data, "--dataset", "default digits", default="digits")
+    add_flag(data, "--data-dir")
+    add_flag(data, "--download")
+    add_flag(data, "--img-size", "images resized to it (default: the dataset's own)")
+    add_flag(data, "--patch-size", "default: the architecture's, or the dataset's when that does not fit")
+    add_flag(data, "--val-fraction", f"default {DEFAULT_VAL_FRACTION}, as nas search", default=DEFAULT_VAL_FRACTION)
+    add_flag(data, "--split-seed", f"default {DEFAULT_SPLIT_SEED}, as nas search", default=DEFAULT_SPLIT_SEED)
+    add_recipe_arguments(parser, PROXY.name)
+    where = parser.add_argument_group("running")
+    add_flag(where, "--seed", "default 0", default=0)
+    add_flag(where, "--out", "checkpoints go there (default results/train/<arch_id>-<dataset>)")
+    add_flag(where, "--resume", "the one whose checkpoints are in --out")
+    add_flag(where, "--device", default=DEFAULT_DEVICE)
+    add_flag(where, "--compile")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from trainers.from_scratch import train_arch
     from trainers.recipe import get_recipe
 
-    overrides = {name: value for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                                 ("lr", args.lr)) if value is not None}
-    data = DataRequest(args.dataset, args.data_dir, args.download, args.val_fraction, args.split_seed)
+    overrides = recipe_overrides(args)
+    data = DataRequest(args.dataset, args.data_dir, args.download, args.val_fraction, args.split_seed, args.img_size)
     try:
         train_arch(load_arch(args.arch), data, get_recipe(args.recipe, **overrides), overrides,
                    folder=None if args.out is None else Path(args.out), patch_size=args.patch_size, seed=args.seed,

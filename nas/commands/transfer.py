@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nas.flags import add_recipe_arguments, fraction, output_folder, path_argument, recipe_overrides, seed_argument
-from search_spaces.device import DEFAULT_DEVICE, DEVICE_HELP
+from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
+from search_spaces.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
 from trainers.recipe import TRANSFER
 
@@ -24,29 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", type=path_argument, nargs="*", metavar="CHECKPOINT",
                         help="a retrained model's folder (results/<run>/retrain/<arch-id>: its best checkpoint) "
                              "or a TAG.json")
-    parser.add_argument("--baseline", type=path_argument, action="append", metavar="CHECKPOINT",
-                        help="a checkpoint whose row is marked baseline (repeatable)")
+    add_flag(parser, "--baseline", "a checkpoint fine-tuned as the others", action="append", metavar="CHECKPOINT")
     data = parser.add_argument_group("data")
     data.add_argument("--datasets", default=None, metavar="NAME,NAME",
                       help="transfer sets (default the paper's four: cifar10,cifar100,stanford_cars,stl10)")
-    data.add_argument("--data-dir", action="append", metavar="DIR|NAME=DIR",
-                      help="a root holding each dataset's own folder (cifar-10-batches-py/, cifar-100-python/, "
-                           "stl10_binary/, stanford_cars/: torchvision's root), and/or NAME=DIR for one dataset "
-                           "(repeatable)")
-    data.add_argument("--download", action="store_true", help="download missing datasets that can be (torchvision)")
-    data.add_argument("--val-fraction", type=fraction, default=TRANSFER_VAL_FRACTION, metavar="F",
-                      help=f"share of each training set held out for validation (default {TRANSFER_VAL_FRACTION})")
-    data.add_argument("--split-seed", type=seed_argument, default=DEFAULT_SPLIT_SEED, metavar="S",
-                      help=f"seed of the validation split (default {DEFAULT_SPLIT_SEED})")
+    add_flag(data, "--data-dir", "a root holding each dataset's own folder (cifar-10-batches-py/, cifar-100-python/, "
+                                 "stl10_binary/, stanford_cars/: torchvision's root), and/or NAME=DIR for one dataset "
+                                 "(repeatable)", action="append", type=None, metavar="DIR|NAME=DIR")
+    add_flag(data, "--download", "every missing dataset that can be (torchvision)")
+    add_flag(data, "--val-fraction", f"of each training set (default {TRANSFER_VAL_FRACTION})",
+             default=TRANSFER_VAL_FRACTION)
+    add_flag(data, "--split-seed", f"default {DEFAULT_SPLIT_SEED}", default=DEFAULT_SPLIT_SEED)
     add_recipe_arguments(parser, TRANSFER.name)
     where = parser.add_argument_group("running")
-    where.add_argument("--seed", type=seed_argument, default=0, metavar="S",
-                       help="seed of the new head, data order and augmentation (default 0)")
-    where.add_argument("--out", type=output_folder, default=None, metavar="DIR",
-                       help="output folder (default: the first checkpoint's run folder)")
-    where.add_argument("--resume", action="store_true", help="continue interrupted fine-tunes, skip finished ones")
-    where.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
-    where.add_argument("--compile", action="store_true", help="torch.compile the models (worth it on CUDA)")
+    add_flag(where, "--seed", "of the new head's initialisation (default 0)", default=0)
+    add_flag(where, "--out", "default: the first checkpoint's run folder")
+    add_flag(where, "--resume", "interrupted fine-tunes continue, finished ones are skipped")
+    add_flag(where, "--device", default=DEFAULT_DEVICE)
+    add_flag(where, "--compile")
 
 
 def paper_table(frame, datasets: list[str]) -> str:

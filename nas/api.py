@@ -1,0 +1,318 @@
+"""The Python API, for notebooks: `nas.search`, `nas.resume`, `nas.load_run`, `nas.pareto` and `nas.retrain`.
+
+Each takes its `nas` command's flags as keyword arguments, `-` written `_` (`max_flops`, `results_dir`), with the
+values the command line takes, as strings or numbers (`budget="3.1M"` or `budget=3_100_000`; lists where a flag
+takes a comma-separated list or repeats). Every value goes through the parser its flag goes through
+(nas/flags.py), before any work starts; bad input is one `UsageError` (a `ValueError`) naming the keyword as
+Python writes it: `budget='3.1X': expected a positive count such as 3.1M, ...`. The libraries' own checks name
+keywords too (nas/naming.py). Nothing is printed: `progress`, a callable taking one line (`print`,
+`lines.append`), gets the lines the command would print. Imports nothing heavy until called, so `import nas`
+stays quick.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from qkvnas_core.errors import UsageError
+from nas.flags import (count_argument, fraction, integer, non_negative_float, output_folder, path_argument,
+                       positive_float, positive_int, run_name, seed_argument, share, space_argument, split_list)
+from nas.naming import given, python_names
+from nas.objectives import SCORE, parse_objectives
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from nas.pareto import ParetoOutcome
+    from nas.retrain import RetrainOutcome
+    from nas.search import SearchSettings
+
+ProgressCallback = Callable[[str], None]
+# A value as Python code gives it: the flag's text, a number, a path, or a list where the flag takes several.
+Value = Union[str, int, float, os.PathLike, list, tuple, None]
+
+
+def _comma_list(text: str) -> list[str]:
+    return split_list([text])
+
+
+def _costs(text: str) -> list[str]:
+    from nas.pareto import parse_costs
+
+    return parse_costs([text])
+
+
+def _loggers(text: str) -> list[str]:
+    from nas.tracking import parse_loggers
+
+    return parse_loggers(text)
+
+
+# Each keyword's parser: the one its flag's argparse type is (tests/test_api.py checks), `str` for a flag taking
+# any text, `bool` for a switch. LISTS take a list (joined with commas) or the flag's comma-separated text;
+# REPEATED a list for a flag given several times. Recipe fields other than epochs come as **recipe_fields.
+SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {
+    "budget": count_argument, "config": path_argument, "max_flops": count_argument, "objectives": parse_objectives,
+    "space": space_argument, "patch_size": positive_int, "dataset": str, "data_dir": path_argument,
+    "classes": positive_int, "train_fraction": share, "img_size": positive_int, "val_fraction": fraction,
+    "split_seed": seed_argument, "trials": positive_int, "epoch_budget": positive_int, "sampler": str,
+    "early_stopping": str, "grace_epochs": positive_int, "reduction_factor": positive_int,
+    "max_concurrent": positive_int, "cpus_per_model": positive_float, "gpus_per_model": non_negative_float,
+    "address": str, "seed": seed_argument, "recipe": str, "epochs": integer, "name": run_name,
+    "results_dir": output_folder, "logger": _loggers, "verbose": bool,
+}
+# The SearchSettings field a keyword sets, where its name differs (as the flag's argparse dest does).
+SEARCH_FIELDS = {"cpus_per_model": "cpus_per_trial", "gpus_per_model": "gpus_per_trial", "logger": "loggers"}
+PARETO_FLAGS: dict[str, Callable[[str], Any]] = {
+    "cost": _costs, "reference": bool, "measure_latency": bool, "device": str, "include_stopped": bool,
+    "out": output_folder,
+}
+RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = {
+    "top": positive_int, "include_stopped": bool, "trial_ids": _comma_list, "arch": path_argument,
+    "baseline": path_argument, "dataset": str, "data_dir": path_argument, "download": bool, "img_size": positive_int,
+    "patch_size": positive_int, "val_fraction": fraction, "split_seed": seed_argument, "recipe": str,
+    "epochs": integer, "seed": seed_argument, "out": output_folder, "resume": bool, "device": str, "compile": bool,
+    "address": str, "gpus_per_model": non_negative_float, "cpus_per_model": positive_float,
+}
+# The RetrainRequest field a keyword sets, where its name differs.
+RETRAIN_FIELDS = {"trial_ids": "trials", "arch": "archs", "baseline": "baselines"}
+LISTS = ("objectives", "cost", "trial_ids", "logger")
+REPEATED = ("arch", "baseline")
+
+
+@dataclass(frozen=True, eq=False)
+class SearchRun:
+    """A search's run folder as Python objects: what `search`, `resume` and `load_run` return.
+
+    trials: trials.csv as a DataFrame; front: its Pareto front over val_acc and the run's cost objectives (params
+    by default and for a single-objective run), trials scored at full fidelity only, sorted by the first cost;
+    best: the row of the best val_acc (fewest params on a tie), None before any score; hypervolume: as search.json
+    records it, of the full-fidelity trials over val_acc (from 0), params and, with max_flops, FLOPs (each to its
+    limit); study: the run's Optuna study; settings: search.json. ended and note: how this session ended and why
+    (see nas.search.SearchResult); None and "" from `load_run`.
+    """
+
+    run_dir: Path
+    hypervolume: float
+    ended: str | None
+    note: str
+    trials: pd.DataFrame = field(repr=False)
+    front: pd.DataFrame = field(repr=False)
+    best: dict[str, Any] | None = field(repr=False)
+    study: optuna.Study = field(repr=False)
+    settings: dict[str, Any] = field(repr=False)
+
+
+def search(*, budget: str | int | None = None, config: str | os.PathLike | None = None,
+           max_flops: str | int | None = None, objectives: str | list[str] | None = None, space: str | None = None,
+           patch_size: Value = None, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
+           classes: Value = None, train_fraction: Value = None, img_size: Value = None, val_fraction: Value = None,
+           split_seed: Value = None, trials: Value = None, epoch_budget: Value = None, sampler: str | None = None,
+           early_stopping: str | None = None, grace_epochs: Value = None, reduction_factor: Value = None,
+           max_concurrent: Value = None, cpus_per_model: Value = None, gpus_per_model: Value = None,
+           address: str | None = None, seed: Value = None, recipe: str | None = None, epochs: Value = None,
+           name: str | None = None, results_dir: str | os.PathLike | None = None,
+           logger: str | list[str] | None = None, verbose: bool | None = None,
+           progress: ProgressCallback | None = None, **recipe_fields: Any) -> SearchRun:
+    """Run a new search, as `nas search` does: None (the default) is the flag's default, `config` a file of
+    settings the keywords override; `recipe_fields` set the trials' recipe fields (`batch_size=32`, `lr=1e-2`:
+    trainers.recipe.Recipe's names and types, which it checks). Returns the run."""
+    keywords = {key: value for key, value in locals().items() if key not in ("progress", "recipe_fields")}
+    with python_names():
+        say = _progress(progress)
+        settings = search_settings(**keywords, **_recipe_fields("search", recipe_fields))
+        if settings.run_dir.exists():
+            raise UsageError(f"{given('name', settings.name)}: run folder {settings.run_dir} already exists; expected "
+                             f"a new name, or nas.resume({str(settings.run_dir)!r}) to continue it")
+        from nas.search import run_search
+
+        result = run_search(settings, on_progress=say)
+        return _search_run(result.run_dir, result.study, result.ended, result.note)
+
+
+def search_settings(**keywords: Any) -> SearchSettings:
+    """The `SearchSettings` that `search` runs for the same keywords, checked the same way; nothing runs."""
+    with python_names():
+        recipe_fields = _recipe_fields("search_settings", {key: keywords.pop(key) for key in list(keywords)
+                                                           if key not in SEARCH_FLAGS})
+        values = _parsed(keywords, SEARCH_FLAGS)
+        config = values.pop("config", None)
+        if "budget" not in values and config is None:
+            raise UsageError("budget: missing; expected a parameter count such as '3.1M', or a config file giving it")
+        settings = {SEARCH_FIELDS.get(key, key): value for key, value in values.items()}
+        if recipe_fields:
+            settings["recipe_overrides"] = recipe_fields
+        from nas.config import search_settings as settings_over_config
+
+        return settings_over_config(settings, config)
+
+
+def resume(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike | None = None,
+           trials: Value = None, epoch_budget: Value = None, max_concurrent: Value = None,
+           cpus_per_model: Value = None, gpus_per_model: Value = None, address: str | None = None,
+           logger: str | list[str] | None = None, verbose: bool | None = None,
+           progress: ProgressCallback | None = None) -> SearchRun:
+    """Continue a run (`nas search RUN --resume`): finished trials are kept, `trials` may be raised; the other
+    settings stay the run's own. `run`: its folder, its name under `results_dir` (results), or a SearchRun."""
+    keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "results_dir")}
+    with python_names():
+        say = _progress(progress)
+        run_dir = _run_folder(run, results_dir)
+        changes = {SEARCH_FIELDS.get(key, key): value for key, value in _parsed(keywords, SEARCH_FLAGS).items()}
+        from nas.search import resume_search
+
+        result = resume_search(run_dir, changes, on_progress=say)
+        return _search_run(result.run_dir, result.study, result.ended, result.note)
+
+
+def load_run(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike | None = None) -> SearchRun:
+    """A run folder read back (a finished run, or one still running elsewhere, as it stands); `run` as `resume`
+    takes it."""
+    with python_names():
+        return _search_run(_run_folder(run, results_dir))
+
+
+def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None = None, reference: bool | None = None,
+           measure_latency: bool | None = None, device: str | None = None, include_stopped: bool | None = None,
+           out: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> ParetoOutcome:
+    """Write the run's front (`nas pareto`): pareto.csv and a plot per cost; returns the front and the files."""
+    keywords = {key: value for key, value in locals().items() if key not in ("run", "progress")}
+    with python_names():
+        say = _progress(progress)
+        run_dir = _run_folder(run)
+        options = _parsed(keywords, PARETO_FLAGS)
+        from nas.pareto import write_pareto
+
+        return write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
+                            say=say, **options)
+
+
+def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_stopped: bool | None = None,
+            trial_ids: str | list[str] | None = None, arch: str | list[str] | None = None,
+            baseline: str | list[str] | None = None, dataset: str | None = None,
+            data_dir: str | os.PathLike | None = None, download: bool | None = None, img_size: Value = None,
+            patch_size: Value = None, val_fraction: Value = None, split_seed: Value = None, recipe: str | None = None,
+            epochs: Value = None, seed: Value = None, out: str | os.PathLike | None = None,
+            resume: bool | None = None, device: str | None = None, compile: bool | None = None,
+            address: str | None = None, gpus_per_model: Value = None, cpus_per_model: Value = None,
+            progress: ProgressCallback | None = None, **recipe_fields: Any) -> RetrainOutcome:
+    """Retrain winners with a full recipe and test each once (`nas retrain`); `recipe_fields` as `search` takes
+    them. Each model trains in <run or out>/retrain/<arch_id>/; the outcome's table has a row per model."""
+    keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "recipe_fields")}
+    with python_names():
+        say = _progress(progress)
+        overrides = _recipe_fields("retrain", recipe_fields)
+        run_dir = _run_folder(run)
+        options = _parsed(keywords, RETRAIN_FLAGS)
+        if "epochs" in options:
+            overrides["epochs"] = options.pop("epochs")
+        from nas.retrain import RetrainRequest, retrain_run
+
+        request = RetrainRequest(run=str(run_dir), overrides=overrides,
+                                 **{RETRAIN_FIELDS.get(key, key): value for key, value in options.items()})
+        return retrain_run(request, say=say, warn=say)
+
+
+def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Recipe fields given as keywords, by Recipe's names; an unknown keyword is Python's own TypeError."""
+    from trainers.recipe import Recipe
+
+    unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(Recipe)} - {"name", "epochs"})
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    return dict(fields)
+
+
+def _progress(progress: ProgressCallback | None) -> ProgressCallback:
+    """The line callback the libraries get: `progress`, or one that drops every line."""
+    if progress is None:
+        return lambda line: None
+    if not callable(progress):
+        raise UsageError(f"{given('progress', progress)}: expected a callable taking one line, such as print")
+    return progress
+
+
+def _parsed(keywords: dict[str, Value], parsers: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
+    """The keywords given (not None), each read by its flag's parser as the command line reads the same text."""
+    values = {}
+    for name, value in keywords.items():
+        if value is None:
+            continue
+        parse = parsers[name]
+        if parse is bool:
+            if not isinstance(value, bool):
+                raise UsageError(f"{given(name, value)}: expected True or False")
+            values[name] = value
+        elif name in REPEATED:
+            items = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+            values[name] = tuple(_parse_text(name, value, _text(item), parse) for item in items)
+        else:
+            joined = name in LISTS and isinstance(value, (list, tuple))
+            values[name] = _parse_text(name, value, ",".join(map(str, value)) if joined else _text(value), parse)
+    return values
+
+
+def _parse_text(name: str, value: Value, text: str, parse: Callable[[str], Any]) -> Any:
+    """`text` through `parse` (an argparse type unwrapped to its UsageError); a refusal names the keyword."""
+    try:
+        return inspect.unwrap(parse)(text)
+    except UsageError as error:
+        raise UsageError(f"{given(name, value)}: {_expected(error)}") from None
+
+
+def _text(value: Value) -> str:
+    """A value as the command line would have it: a path's own text, a number's str()."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+def _expected(error: UsageError) -> str:
+    """What a parser's message says was expected: its messages read '<the value>: <what was expected>'."""
+    return str(error).rpartition(": ")[2]
+
+
+def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLike | None = None) -> Path:
+    """A run's folder: a SearchRun's, a folder path, or a run name under `results_dir` (as the commands read it)."""
+    from nas.results import find_run
+
+    if isinstance(run, SearchRun):
+        return run.run_dir
+    folder = _parse_text("run", run, _text(run), path_argument)
+    parent = "results" if results_dir is None else _parse_text("results_dir", results_dir, _text(results_dir),
+                                                                output_folder)
+    try:
+        return find_run(folder, Path(parent))
+    except UsageError as error:
+        raise UsageError(f"{given('run', run)}: {_expected(error)}") from None
+
+
+def _search_run(run_dir: Path, study: optuna.Study | None = None, ended: str | None = None,
+                note: str = "") -> SearchRun:
+    from nas.objectives import reference_limits
+    from nas.pareto import pareto_front
+    from nas.results import best_trial, read_run
+    from nas.search import run_hypervolume
+
+    run = read_run(run_dir)
+    why = "to measure the run's hypervolume"
+    limits = reference_limits(int(run.setting("budget", why)), run.settings.get("max_flops"))
+    objectives = run.settings.get("objectives") or [SCORE]
+    return SearchRun(run_dir=run.path, hypervolume=run_hypervolume(run.table, limits), ended=ended, note=note,
+                     trials=run.table, front=pareto_front(run.table, objectives[1:] or ["params"]),
+                     best=best_trial(run.table), study=study or _load_study(run.path, run.settings),
+                     settings=run.settings)
+
+
+def _load_study(run_dir: Path, settings: dict[str, Any]) -> optuna.Study:
+    import optuna
+
+    path = run_dir / "study.db"
+    if not path.is_file():
+        raise UsageError(f"{path}: not found; expected the Optuna study `nas search` writes in its run folder")
+    return optuna.load_study(study_name=settings.get("study_name") or settings.get("name") or run_dir.name,
+                             storage=f"sqlite:///{path.resolve()}")
