@@ -11,16 +11,19 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 _PYTHON_NAMES: ContextVar[bool] = ContextVar("qkvnas_python_names", default=False)
+# Settings whose flag (and keyword) is not the field's name: the one vocabulary's words (nas/flags.py).
+SPELLED = {"cpus_per_trial": "cpus_per_model", "gpus_per_trial": "gpus_per_model", "loggers": "logger"}
 
 
 def named(name: str) -> str:
     """A setting's name: 'max_flops' -> '--max-flops', or 'max_flops' in the Python API."""
+    name = SPELLED.get(name, name)
     return name if _PYTHON_NAMES.get() else "--" + name.replace("_", "-")
 
 
 def given(name: str, value: object) -> str:
     """A setting with its value: '--max-flops 3.1X', or "max_flops='3.1X'" in the Python API."""
-    return f"{name}={value!r}" if _PYTHON_NAMES.get() else f"{named(name)} {value}"
+    return f"{named(name)}={value!r}" if _PYTHON_NAMES.get() else f"{named(name)} {value}"
 
 
 @contextlib.contextmanager

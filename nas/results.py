@@ -250,7 +250,7 @@ def check_against_study(run: Run) -> None:
     missing = sorted(ended - listed)
     if missing:
         raise UsageError(f"{run.path / 'trials.csv'} lacks {len(missing)} of the {len(ended)} trials study.db records "
-                         f"(first: t{missing[0]:04d}): the table is damaged; `nas search --resume {run.path}` rebuilds "
+                         f"(first: t{missing[0]:04d}): the table is damaged; `nas search {run.path} --resume` rebuilds "
                          "it from the study, the record of truth")
 
 

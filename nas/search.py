@@ -121,8 +121,9 @@ class SearchSettings:
         if not 0 < self.train_fraction <= 1:
             raise UsageError(f"--train-fraction {self.train_fraction}: expected a number above 0, at most 1")
         if not self.cpus_per_trial > 0 or not self.gpus_per_trial >= 0:
-            raise UsageError(f"--cpus-per-trial {self.cpus_per_trial:g} --gpus-per-trial {self.gpus_per_trial:g}: "
-                             "expected a positive CPU count and a GPU count of 0 or more")
+            raise UsageError(f"{given('cpus_per_trial', self.cpus_per_trial)} "
+                             f"{given('gpus_per_trial', self.gpus_per_trial)}: expected a positive CPU count and a GPU "
+                             "count of 0 or more")
         check_objectives(self.objectives)
         cost_limits(self.objectives, self.budget, self.max_flops)
         for name, choices in (("sampler", SAMPLERS), ("early_stopping", EARLY_STOPPING)):
@@ -204,8 +205,8 @@ def run_search(settings: SearchSettings, trainable: Callable | None = None,
     """Run a new search into `settings.run_dir`; `on_progress` receives the live view's lines (none by default).
     `trainable` replaces the trial function (tests inject faults with it)."""
     if settings.run_dir.exists():
-        raise UsageError(f"run folder {settings.run_dir} already exists: pass --resume {settings.run_dir} to "
-                         "continue it, or --name NEW for a new run")
+        raise UsageError(f"run folder {settings.run_dir} already exists: `nas search {settings.run_dir} --resume` "
+                         "continues it; expected --name NEW for a new run")
     with contextlib.ExitStack() as stack:
         return open_session(settings, None, stack, trainable, on_progress).run()
 
@@ -277,7 +278,7 @@ class SearchSession:
         if trained < settings.trials:
             # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
             return self.finish("interrupted", f"search interrupted after {trained} of {settings.trials} trials; "
-                                              f"continue it with: nas search --resume {self.run_dir}")
+                                              f"continue it with: nas search {self.run_dir} --resume")
         return self.finish("finished", "")
 
     def save_trials(self, ended: bool = False) -> None:
@@ -371,7 +372,8 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     if started_ray:
         stack.callback(ray.shutdown)
     check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
-                    f"--cpus-per-trial {settings.cpus_per_trial:g} --gpus-per-trial {settings.gpus_per_trial:g}")
+                    f"{named('cpus_per_trial')} {settings.cpus_per_trial:g} {named('gpus_per_trial')} "
+                    f"{settings.gpus_per_trial:g}")
     if not resumed:
         run_dir.mkdir(parents=True, exist_ok=True)
         stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))

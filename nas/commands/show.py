@@ -9,7 +9,8 @@ from nas.flags import add_flag, path_argument, positive_int
 from qkvnas_core.errors import UsageError
 
 SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "objectives", "sampler", "early_stopping",
-                  "img_size", "num_classes", "in_chans", "trials", "epochs", "seed", "started", "finished")
+                  "img_size", "num_classes", "in_chans", "trials", "epochs", "recipe", "recipe_overrides", "seed",
+                  "split_seed", "started", "finished")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,8 @@ def run_summary(run, shown: int) -> str:
         settings["budget"] = f"{format_count(settings['budget'])} params"
     if "max_flops" in settings:
         settings["max_flops"] = f"{settings['max_flops'] / 1e9:.3g} GFLOPs"
+    if settings.get("recipe_overrides") == {}:
+        del settings["recipe_overrides"]
     if "objectives" in settings:
         settings["objectives"] = ",".join(settings["objectives"])
     lines = [f"run {run.path}"]
