@@ -64,7 +64,7 @@ def test_gqa_shrinks_keys_and_values_only():
 
 def test_conv_stem_is_vix_three_convolutions():
     stem = ConvStem(img_size=32, patch_size=1, in_chans=3, embed_dim=128)
-    assert sum(p.numel() for p in stem.parameters()) == 93_248  # PAPERS.md: 3->32->64->128, 3x3, biases
+    assert sum(p.numel() for p in stem.parameters()) == 93_248  # mLiT (arXiv 2407.17783): 3->32->64->128, 3x3, biases
     assert stem(torch.randn(2, 3, 32, 32)).shape == (2, 1024, 128)
     assert stem.num_patches == 1024
     assert ConvStem(img_size=8, patch_size=2, in_chans=1, embed_dim=16)(torch.randn(1, 1, 8, 8)).shape == (1, 16, 16)

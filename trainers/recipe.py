@@ -138,7 +138,7 @@ PROXY = Recipe(
     warmup_lr=1e-6, schedule="cosine", label_smoothing=0.1, crop_padding=0.0, hflip=0.5,
 )
 
-# PAPERS.md's XCiT ImageNet recipe. Not given there, chosen here (unconfirmed): batch 1024, warmup_lr 1e-6,
+# The XCiT ImageNet recipe (El-Nouby et al., arXiv 2106.09681). Not given there, chosen here (unconfirmed): batch 1024, warmup_lr 1e-6,
 # ema_decay 0.99996 and no gradient clipping (DeiT's defaults), and drop path 0.1 for the nano size.
 XCIT = Recipe(
     name="xcit", epochs=400, batch_size=1024, lr=5e-4, min_lr=1e-5, weight_decay=0.05, warmup_epochs=5,
@@ -169,7 +169,7 @@ FULL_RECIPE_BY_DATASET = {"digits": "small", "mnist5k": "small"}
 def full_recipe_name(dataset: str) -> str:
     return FULL_RECIPE_BY_DATASET.get(dataset, XCIT.name)
 
-# Fields of the `xcit` recipe that PAPERS.md does not give: chosen here, not taken from a source.
+# Fields of the `xcit` recipe that the XCiT paper does not give: chosen here, not taken from a source.
 XCIT_UNCONFIRMED = ("batch_size", "warmup_lr", "ema_decay", "grad_clip", "drop_path")
 
 
