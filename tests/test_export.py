@@ -131,7 +131,7 @@ for project in ("search_spaces", "qkvnas_core", "trainers", "nas"):
         continue
     raise SystemExit(f"{{project}} is importable: the check would not show anything")
 import timm, torch
-io = torch.load({str(tmp_path / "io.pt")!r})
+io = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
 for name, expected in io["expected"].items():
     model = timm.create_model("local-dir:" + {str(tmp_path)!r} + "/" + name, pretrained=True).eval()
     with torch.no_grad():
