@@ -214,7 +214,7 @@ def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_st
             overrides["epochs"] = options.pop("epochs")
         from nas.retrain import RetrainRequest, retrain_run
 
-        request = RetrainRequest(run=str(run_dir), overrides=overrides,
+        request = RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False,
                                  **{RETRAIN_FIELDS.get(key, key): value for key, value in options.items()})
         return retrain_run(request, say=say, warn=say)
 

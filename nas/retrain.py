@@ -103,6 +103,7 @@ class RetrainRequest:
     dataset, data_dir, val_fraction and split_seed default to the run's own (None); recipe None is the full
     recipe that fits the dataset (`full_recipe_name`); overrides change its fields. address: run the models as
     Ray tasks on that cluster (cpus/gpus_per_model size them); None trains them here, one after another.
+    progress_bar: tqdm's bar through each epoch where stderr is a terminal (the Python API turns it off).
     """
 
     run: str
@@ -128,6 +129,7 @@ class RetrainRequest:
     address: str | None = None
     gpus_per_model: float = 0.0
     cpus_per_model: float = 1.0
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if self.top is not None and self.top < 1:
@@ -192,7 +194,7 @@ def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRe
         tasks[arch.arch_id] = RetrainTask(
             arch=arch, role=candidate.role, source=candidate.source, folder=out / "retrain" / arch.arch_id,
             recipe=recipe, overrides=request.overrides, data=data, seed=request.seed, resume=request.resume,
-            device=request.device, compile=request.compile)
+            device=request.device, compile=request.compile, progress_bar=request.progress_bar)
     return list(tasks.values())
 
 

@@ -180,12 +180,12 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainabl
     RESUMABLE ones change (validated as for a new run); any other is one UsageError, as it would silently
     make the run a different search. The run folder is locked before its search.json is read."""
     if not run_dir.is_dir():
-        raise UsageError(f"--resume {run_dir}: no such run folder; expected results/<run> from nas search")
+        raise UsageError(f"run folder {run_dir}: no such folder to resume; expected results/<run> from nas search")
     changes = changes or {}
     fixed = sorted(name for name in changes if name not in RESUMABLE)
     if fixed:
         listed = ", ".join(given(name, changes[name]) for name in fixed)
-        raise UsageError(f"--resume {run_dir} with {listed}: a resumed run keeps the settings it was started with; "
+        raise UsageError(f"resuming {run_dir} with {listed}: a resumed run keeps the settings it was started with; "
                          f"expected only {', '.join(named(name) for name in RESUMABLE)}, or a new run (--name)")
     with contextlib.ExitStack() as stack:
         stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))

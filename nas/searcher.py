@@ -11,7 +11,7 @@ What users of NAS tools ask for, and what Ray's own OptunaSearch does not do:
   draws turn random.
 The study is the record of truth: everything about a trial (state from queued to its end, reason, seed,
 params, FLOPs, seconds, architecture, val_acc per epoch) is recorded there, and trials.csv is rendered from
-it by `render_trials`. The study lives in the run's study.db; `nas search --resume` reopens it from there.
+it by `render_trials`. The study lives in the run's study.db; `nas search RUN --resume` reopens it from there.
 """
 from __future__ import annotations
 

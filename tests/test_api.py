@@ -104,8 +104,9 @@ def test_pareto_writes_the_front_and_prints_nothing(make_run, tmp_path, capsys):
     assert all(path.parent == tmp_path / "out" and path.is_file() for path in outcome.written)
 
 
-def test_retrain_trains_the_front_winner_and_prints_nothing(make_run, tmp_path, capsys):
+def test_retrain_trains_the_front_winner_and_prints_nothing(make_run, tmp_path, capsys, monkeypatch):
     run_dir = make_run(tmp_path / "run")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # where tqdm would draw its bar
     outcome = nas.retrain(run_dir, top=1, epochs=2, warmup_epochs=1, device="cpu", out=tmp_path / "out")
     assert capsys.readouterr() == ("", "")
     front = pareto_front(load_trials(run_dir), ["params"])

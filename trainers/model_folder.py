@@ -75,6 +75,7 @@ class TrainingTask:
     resume: bool = False
     device: str = DEFAULT_DEVICE
     compile: bool = False
+    progress_bar: bool = True  # tqdm's per-epoch bar, on a terminal only; the Python API turns it off
 
     @property
     def pretrained(self) -> str | None:
@@ -236,7 +237,7 @@ def _earlier_epochs(folder: Path) -> list[EpochMetrics]:
 def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder: Path, *, seed: int, resume: bool,
                    device: str | torch.device, compile: bool = False, arch: ArchConfig | None = None,
                    on_epoch: Callable[[EpochMetrics], None] | None = None,
-                   say: Callable[[str], None] = say_on_main) -> FinishedRun | None:
+                   say: Callable[[str], None] = say_on_main, progress_bar: bool = True) -> FinishedRun | None:
     """Train `model` into `folder` (checkpoints and metrics.csv every epoch), then test the best checkpoint once.
 
     Returns None when `on_epoch` stopped training early (StopTraining): an unfinished run is never tested.
@@ -257,7 +258,7 @@ def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder
 
     # Training and validation never receive the test split.
     fitted = fit(model, dataclasses.replace(data, test=None), recipe, device=device, seed=seed, on_epoch=record,
-                 checkpoint_dir=folder, resume=resume, arch=arch, compile=compile, progress=world.is_main)
+                 checkpoint_dir=folder, resume=resume, arch=arch, compile=compile, progress=progress_bar and world.is_main)
     if fitted.stopped:
         return None
     if world.active:
@@ -303,7 +304,8 @@ def train_in_folder(task: TrainingTask, model: nn.Module, data: DatasetSplits, h
     start_folder(task, data.info.shape)
     say(headline)
     run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
-                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say)
+                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say,
+                         progress_bar=task.progress_bar)
     if run is None:
         return None
     params = sum(parameter.numel() for parameter in model.parameters())
