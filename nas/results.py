@@ -107,7 +107,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        return str(self.settings.get("name") or self.path.name)
+        """The folder's name: a run moved or renamed is the run there now, as a resume takes it."""
+        return self.path.name
 
     def setting(self, key: str, why: str) -> Any:
         if self.settings.get(key) is None:
