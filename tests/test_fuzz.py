@@ -13,6 +13,7 @@ import copy
 import io
 import json
 import random
+import shutil
 import string
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from conftest import write_run
 from nas import flags
 from nas.cli import COMMANDS, build_parser, main
 from nas.results import COLUMNS, load_settings, load_trials
@@ -330,6 +332,46 @@ def test_trials_csv_with_any_cell_changed(tmp_path, row, column, value):
     if read(lambda: load_trials(folder), folder / "trials.csv") is not None:
         code, err = cli_code("show", folder)
         assert code == 0 or (code == 2 and err.count("\n") == 1), err
+
+
+# result.json of a finished retrain (trainers.model_folder.read_result), read when a retrain resumes
+
+RETRAIN_ARGS = ("--trial-ids", "t0000", "--epochs", "1", "--recipe", "proxy", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def finished_retrain(tmp_path_factory):
+    """A run folder whose trial t0000 was retrained (1 epoch) into <run>/retrain/<arch_id>/."""
+    folder = write_run(tmp_path_factory.mktemp("retrain") / "run")
+    code, err = cli_code("retrain", folder, *RETRAIN_ARGS)
+    assert code == 0, err
+    return folder
+
+
+@FUZZ
+@given(data=st.data())
+def test_result_json_with_any_field_changed(tmp_path, finished_retrain, data):
+    folder = tmp_path / "run"
+    shutil.rmtree(folder, ignore_errors=True)  # tmp_path is shared by every example
+    shutil.copytree(finished_retrain, folder)
+    result_path = next((folder / "retrain").glob("*/result.json"))
+    path_changed, document = data.draw(changed(json.loads(result_path.read_text())))
+    result_path.write_text(json.dumps(document))
+    code, err = cli_code("retrain", folder, *RETRAIN_ARGS, "--resume")
+    assert code == 0 or (code == 2 and err.count("\n") == 1), err
+    assert result_path.read_text() == json.dumps(document)
+
+
+@FUZZ
+@given(data=st.binary(max_size=200))
+def test_result_json_of_any_bytes(tmp_path, finished_retrain, data):
+    folder = tmp_path / "run"
+    shutil.rmtree(folder, ignore_errors=True)  # tmp_path is shared by every example
+    shutil.copytree(finished_retrain, folder)
+    result_path = next((folder / "retrain").glob("*/result.json"))
+    result_path.write_bytes(data)
+    code, err = cli_code("retrain", folder, *RETRAIN_ARGS, "--resume")
+    assert code == 2 and err.count("\n") == 1 and str(result_path) in err, err
 
 
 # Exported model folders (search_spaces.export.load_exported)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import read_json_object, write_json_atomic, write_text_atomic
+from qkvnas_core.files import check_json_fields, read_json_object, write_json_atomic, write_text_atomic
 from search_spaces.arch import ArchConfig
 from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
@@ -123,9 +123,31 @@ def folder_state(folder: Path) -> str:
     return "other"
 
 
+# What the tables and later commands read of a result.json (`result_record`), with its JSON type.
+RESULT_FIELDS = {"arch_id": str, "role": str, "source": str, "structure": str, "params": int, "flops": int | None,
+                 "backbone_params": int | None, "top1": float | None, "top5": float | None, "best_val_acc": float,
+                 "best_epoch": int, "epochs": int, "recipe": str, "overrides": dict, "dataset": str,
+                 "world_size": int, "seconds": float}
+FRACTION_FIELDS = ("top1", "top5", "best_val_acc")
+NON_NEGATIVE_FIELDS = ("params", "flops", "backbone_params", "best_epoch", "epochs", "world_size", "seconds")
+
+
 def read_result(folder: Path) -> dict[str, Any]:
-    return read_json_object(folder / RESULT_FILE,
-                            "the result.json a finished retrain writes (delete it to retrain that model)")
+    """A finished model's result.json, each field the tables read present, of its JSON type and in range."""
+    path = folder / RESULT_FILE
+    expected = "the result.json a finished retrain writes (delete it to retrain that model)"
+    result = read_json_object(path, expected)
+    try:
+        check_json_fields(result, RESULT_FIELDS)
+        for name in FRACTION_FIELDS:
+            if result.get(name) is not None and not 0 <= result[name] <= 1:
+                raise UsageError(f"{name}={result[name]!r}: expected a fraction from 0 to 1")
+        for name in NON_NEGATIVE_FIELDS:
+            if result.get(name) is not None and result[name] < 0:
+                raise UsageError(f"{name}={result[name]!r}: expected a non-negative number")
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}; expected {expected}") from None
+    return result
 
 
 def _differences(key: ResumeKey, recorded: dict[str, Any]) -> list[str]:
