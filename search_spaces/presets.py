@@ -1,5 +1,6 @@
 """Named architectures: the timm baselines, the paper's three QKV structures on XCiT-N12, ViX's CIFAR-10 models
-and mLiT's smallest size (Tan, "How lightweight can a vision transformer be", arXiv 2407.17783), each with the data shape it was published at."""
+and mLiT's smallest size (Tan, "How lightweight can a vision transformer be", arXiv 2407.17783), each with the
+data shape it was published at."""
 from __future__ import annotations
 
 from dataclasses import replace

@@ -280,7 +280,8 @@ def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder
 
     # Training and validation never receive the test split.
     fitted = fit(model, dataclasses.replace(data, test=None), recipe, device=device, seed=seed, on_epoch=record,
-                 checkpoint_dir=folder, resume=resume, arch=arch, compile=compile, progress=progress_bar and world.is_main)
+                 checkpoint_dir=folder, resume=resume, arch=arch, compile=compile,
+                 progress=progress_bar and world.is_main)
     if fitted.stopped:
         return None
     if world.active:

@@ -138,8 +138,9 @@ PROXY = Recipe(
     warmup_lr=1e-6, schedule="cosine", label_smoothing=0.1, crop_padding=0.0, hflip=0.5,
 )
 
-# The XCiT ImageNet recipe (El-Nouby et al., arXiv 2106.09681). Not given there, chosen here (unconfirmed): batch 1024, warmup_lr 1e-6,
-# ema_decay 0.99996 and no gradient clipping (DeiT's defaults), and drop path 0.1 for the nano size.
+# The XCiT ImageNet recipe (El-Nouby et al., arXiv 2106.09681). Not given there, chosen here (unconfirmed):
+# batch 1024, warmup_lr 1e-6, ema_decay 0.99996 and no gradient clipping (DeiT's defaults), and drop path 0.1
+# for the nano size.
 XCIT = Recipe(
     name="xcit", epochs=400, batch_size=1024, lr=5e-4, min_lr=1e-5, weight_decay=0.05, warmup_epochs=5,
     warmup_lr=1e-6, schedule="cosine", label_smoothing=0.1, mixup=0.8, cutmix=1.0, mixup_prob=1.0,
