@@ -198,3 +198,12 @@ def test_unknown_cost(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     assert main(["pareto", str(run), "--cost", "energy"]) == 2
     assert "cost 'energy'" in capsys.readouterr().err
+
+
+def test_a_renamed_run_is_named_by_its_folder(tmp_path):
+    """search.json keeps the name the run started with; plots and tables name the folder the run is in now."""
+    from nas.results import read_run
+
+    started = write_run(tmp_path / "first")
+    moved = started.rename(tmp_path / "second")
+    assert read_run(moved).name == "second" and read_run(moved).settings["name"] == "first"
