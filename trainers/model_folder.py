@@ -135,7 +135,7 @@ NON_NEGATIVE_FIELDS = ("params", "flops", "backbone_params", "best_epoch", "epoc
 def read_result(folder: Path) -> dict[str, Any]:
     """A finished model's result.json, each field the tables read present, of its JSON type and in range."""
     path = folder / RESULT_FILE
-    expected = "the result.json a finished retrain writes (delete it to retrain that model)"
+    expected = "the result.json a finished train, retrain or transfer writes (delete it to train that model again)"
     result = read_json_object(path, expected)
     try:
         check_json_fields(result, RESULT_FIELDS)
