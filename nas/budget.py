@@ -1,6 +1,7 @@
 """The hard limits a searched model must meet, and the check that a space can meet them at all."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -47,64 +48,73 @@ def _draw_error(error: Exception) -> str:
     return f"the space raised {type(error).__name__}: {lines[0] if lines else ''}"
 
 
-def smallest_model(space: Space, budget: Budget, cost: str = "params", draws: int = 200,
-                   seed: int = 0) -> tuple[int, ArchConfig] | None:
-    """The model of least `cost` (params or flops) the space builds, found by an Optuna study minimising it."""
-    count = count_params if cost == "params" else count_flops
+def least_cost_draw(space: Space, shape: DataShape, cost: Callable[[ArchConfig], float], draws: int,
+                    stop_at: float | None = None, seed: int = 0) -> tuple[tuple[float, ArchConfig] | None, str | None]:
+    """The draw of least `cost` an Optuna TPE study minimising it finds in `draws` draws, stopping early at the
+    first cost <= `stop_at`; with the first reason a draw gave no architecture (None if every draw gave one)."""
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
-    best: tuple[int, ArchConfig] | None = None
+    least: tuple[float, ArchConfig] | None = None
+    first_error = None
     for _ in range(draws):
         trial = study.ask()
         try:
-            arch = draw(space, trial, budget.shape)
-            value = count(arch, budget.shape)
-        except Exception:  # a draw that builds nothing, invalid or raising, is no candidate
+            arch = draw(space, trial, shape)
+            value = cost(arch)
+        except Exception as error:  # a user's space is user code: any error of a draw is reported, not raised
+            first_error = first_error or _draw_error(error)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         study.tell(trial, value)
-        if best is None or value < best[0]:
-            best = (value, arch)
-    return best
+        if least is None or value < least[0]:
+            least = (value, arch)
+        if stop_at is not None and value <= stop_at:
+            break
+    return least, first_error
 
 
-def smallest_description(space_name: str, space: Space, budget: Budget, cost: str = "params") -> str:
-    found = smallest_model(space, budget, cost)
-    if found is None:
+def smallest_description(space_name: str, space: Space, budget: Budget, draws: int = 200) -> str:
+    """The smallest model (fewest params) the space builds, as found by `least_cost_draw`, in words."""
+    least, _ = least_cost_draw(space, budget.shape, lambda arch: count_params(arch, budget.shape), draws)
+    if least is None:
         return f"space {space_name!r} built no valid architecture"
-    value, arch = found
-    fewest = "smallest model" if cost == "params" else "model with the fewest FLOPs"
-    unit = "params" if cost == "params" else "FLOPs"
-    return (f"the {fewest} space {space_name!r} builds is {arch.summary()} with {value:,} {unit} "
-            f"({format_count(value)})")
+    return _params_description(space_name, int(least[0]), least[1])
+
+
+def _params_description(space_name: str, params: int, arch: ArchConfig) -> str:
+    return (f"the smallest model space {space_name!r} builds is {arch.summary()} with {params:,} params "
+            f"({format_count(params)})")
 
 
 def check_feasible(space_name: str, space: Space, budget: Budget, draws: int) -> None:
     """Before any trial: a space that builds no valid model, or a limit no model meets, is one clear error
-    naming what binds (the architecture rule, the parameter budget or the FLOPs limit)."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    first_error, measured, within_params = None, 0, 0
-    for _ in range(draws):
-        trial = study.ask()
-        try:
-            params, flops = budget.measure(draw(space, trial, budget.shape))
-        except Exception as error:  # a user's space is user code: any error of a draw is reported, not raised
-            first_error = first_error or _draw_error(error)
-            continue
-        measured += 1
-        violation = budget.violation(params, flops)
-        if max(violation.values()) <= 0:
-            return
-        within_params += violation["params"] <= 0
-    if not measured:
+    naming what binds (the architecture rule, the parameter budget or the FLOPs limit).
+
+    The draws minimise the tightest limit's use (cost / limit, feasible at <= 1) with TPE, so a tight budget
+    finds its models early and a budget no model meets is told with the least model the same draws found."""
+    within_params: list[tuple[int, ArchConfig]] = []
+
+    def limit_use(arch: ArchConfig) -> float:
+        params, flops = budget.measure(arch)
+        if params > budget.params or budget.max_flops is None or flops is None:
+            return params / budget.params
+        within_params.append((flops, arch))
+        return max(params / budget.params, flops / budget.max_flops)
+
+    least, first_error = least_cost_draw(space, budget.shape, limit_use, draws, stop_at=1.0)
+    if least is None:
         raise UsageError(f"space {space_name!r} built no valid architecture in {draws} draws at patch size "
                          f"{budget.shape.patch_size}: {first_error}")
+    if least[0] <= 1.0:
+        return
     if within_params:
+        flops, arch = min(within_params, key=lambda found: found[0])
         raise UsageError(f"max {format_count(budget.max_flops)} FLOPs ({budget.max_flops:,}) admits no model of space "
-                         f"{space_name!r} within the budget: "
-                         f"{smallest_description(space_name, space, budget, 'flops')}; expected a FLOPs "
-                         "limit of at least that")
+                         f"{space_name!r} within the budget: the model with the fewest FLOPs found within it is "
+                         f"{arch.summary()} with {flops:,} FLOPs ({format_count(flops)}); expected a FLOPs limit "
+                         "of at least that")
+    arch = least[1]
     raise UsageError(f"budget {format_count(budget.params)} ({budget.params:,} params) admits no model of space "
-                     f"{space_name!r}: {smallest_description(space_name, space, budget)}; "
+                     f"{space_name!r}: {_params_description(space_name, count_params(arch, budget.shape), arch)}; "
                      "expected a budget of at least that")
 
 

@@ -21,10 +21,14 @@ class SkipMetaWrites(TorchFunctionMode):
     """In-place writes (weight init) to meta tensors have no values to write: skip their slow decompositions."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name.endswith("_") and not name.endswith("__") and args and getattr(args[0], "is_meta", False):
-            return args[0]
-        return func(*args, **(kwargs or {}))
+        if name.endswith("_") and not name.endswith("__"):
+            # torch.nn.init's functions pass their tensor by keyword (kaiming_uniform_(tensor=...)).
+            target = args[0] if args else next(iter(kwargs.values()), None)
+            if getattr(target, "is_meta", False):
+                return target
+        return func(*args, **kwargs)
 
 
 def meta_model(arch: ArchConfig, shape: DataShape) -> torch.nn.Module:

@@ -2,11 +2,12 @@
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.build import build_model
 from search_spaces.arch import ArchConfig
-from search_spaces.cost import count_flops, count_params, meta_model
+from search_spaces.cost import SkipMetaWrites, count_flops, count_params, meta_model
 from qkvnas_core.errors import UsageError
 from search_spaces.presets import PRESETS, shape_of
 from search_spaces.shape import IMAGENET, DataShape
@@ -80,3 +81,27 @@ def test_a_preset_is_counted_at_its_own_shape_unless_told():
     assert count_params(PRESETS["vix-vit"]) != count_params(PRESETS["vix-vit"], shape_of("vix-vit"))
     with pytest.raises(UsageError, match="img_size=0: expected a positive integer"):
         shape_of("xcit-n12", img_size=0)
+
+
+class SeenBelow(TorchFunctionMode):
+    """Records the torch functions that reach it: under SkipMetaWrites, those the skip let through."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+def test_weight_init_on_meta_tensors_is_skipped_whether_the_tensor_is_passed_by_position_or_keyword():
+    seen = SeenBelow()
+    with torch.device("meta"), seen, SkipMetaWrites():
+        weight = torch.empty(8, 8)
+        seen.names.clear()
+        torch.nn.init.kaiming_uniform_(weight, a=5 ** 0.5)
+        torch.nn.init.trunc_normal_(weight, std=0.02)
+        weight.uniform_(-1, 1)
+    # The skip reads each tensor's is_meta (a property, seen as __get__); nothing else may reach below it.
+    assert [name for name in seen.names if name != "__get__"] == []
