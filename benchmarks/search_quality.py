@@ -570,7 +570,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of a trial run to full length")
     parser.add_argument("--epoch-budget", type=int, default=32, help="epochs all trials of one search add up to")
     parser.add_argument("--train-fraction", type=float, default=0.3)
-    parser.add_argument("--grace-epochs", type=int, default=1)
+    parser.add_argument("--grace-epochs", type=int, default=1,
+                        help="default 1, as the recorded runs (nas search defaults to 2)")
     parser.add_argument("--reduction-factor", type=int, default=4)
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="trials at once (default: as the CPUs, and GPUs with --gpus-per-trial, allow)")

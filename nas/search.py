@@ -82,7 +82,7 @@ class SearchSettings:
     patch_size: int | None = None
     trials: int = 16
     epochs: int = 10
-    grace_epochs: int = 1
+    grace_epochs: int = 2
     reduction_factor: int = 4
     recipe: str = PROXY.name
     recipe_overrides: dict[str, Any] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nas.scheduler import RungScheduler, epsilon_net_order, in_top_share, rung_epochs
+from nas.search import SearchSettings
 
 CHECKS = settings(derandomize=True, max_examples=150, deadline=None, database=None)
 # Few distinct values, so rungs meet ties; NaN as a score that was not measured.
@@ -45,6 +46,12 @@ def test_rungs_end_at_the_full_length():
     assert rung_epochs(10, 3, 3) == [3, 10]
     assert rung_epochs(16, 1, 2) == [1, 2, 4, 8, 16]
     assert rung_epochs(3, 1, 2) == [1, 2, 3]
+
+
+def test_the_default_search_compares_at_2_and_10_epochs():
+    # docs/search.md: one epoch does not rank the qkv space (the rung-correlation figures), two do.
+    defaults = SearchSettings(name="defaults", budget=3_100_000)
+    assert rung_epochs(defaults.epochs, defaults.grace_epochs, defaults.reduction_factor) == [2, 10]
 
 
 @CHECKS

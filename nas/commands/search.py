@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--early-stopping", choices=EARLY_STOPPING, default=None,
                      help="asha (default; multi-objective ASHA with costs) or none")
     run.add_argument("--grace-epochs", type=positive_int, default=None, metavar="N",
-                     help="ASHA: epochs before a trial may be stopped (default 1)")
+                     help="ASHA: epochs before a trial may be stopped (default 2)")
     run.add_argument("--reduction-factor", type=positive_int, default=None, metavar="N",
                      help="ASHA: rungs at epochs / N^k; keep 1 in N at each (default 4)")
     run.add_argument("--max-concurrent", type=positive_int, default=None, metavar="N",
