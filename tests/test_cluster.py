@@ -136,7 +136,8 @@ def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_
     address, nodes = cluster
     space = tmp_path / "tiny_space.py"
     space.write_text(TINY_SPACE)
-    common = ["--budget", "60000", "--space", f"{space}:tiny", "--epochs", "3", "--cpus-per-trial", "1",
+    common = ["--budget", "60000", "--space", f"{space}:tiny", "--epochs", "3", "--grace-epochs", "1",
+              "--cpus-per-trial", "1",
               "--address", address, "--results-dir", tmp_path]
 
     done = nas("search", *common, "--trials", "3", "--name", "whole")

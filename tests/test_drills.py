@@ -54,8 +54,9 @@ def space_file(tmp_path):
 
 
 def search_args(space_file: str, results: Path, name: str, trials: int, epochs: int) -> list[object]:
+    # A first rung at 1 epoch, so the killed search holds stopped trials as well as complete ones.
     return ["search", "--budget", "60000", "--space", space_file, "--trials", trials, "--epochs", epochs,
-            "--max-concurrent", 1, "--results-dir", results, "--name", name]
+            "--grace-epochs", 1, "--max-concurrent", 1, "--results-dir", results, "--name", name]
 
 
 def test_kill_9_of_a_search_then_resume_loses_and_repeats_nothing(tmp_path, space_file):

@@ -118,7 +118,8 @@ def space_file(tmp_path):
 def test_nas_search_listens_on_loopback_only(tmp_path, space_file):
     seen = listening_while_running(
         [sys.executable, "-m", "nas.cli", "search", "--budget", "60000", "--space", space_file, "--trials", 3,
-         "--epochs", 4, "--max-concurrent", 1, "--results-dir", tmp_path, "--name", "loopback"], tmp_path / "log")
+         "--epochs", 4, "--grace-epochs", 1, "--max-concurrent", 1, "--results-dir", tmp_path, "--name", "loopback"],
+        tmp_path / "log")
     assert_loopback_only(seen)
 
 
