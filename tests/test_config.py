@@ -18,8 +18,9 @@ from test_search import settings_for, space_file  # noqa: F401 (a fixture)
 from trainers.recipe import get_recipe
 
 CONFIG = {"budget": 100_000, "dataset": "digits", "space": "qkv", "trials": 4, "epochs": 3, "grace_epochs": 1,
-          "seed": 1, "split_seed": 2, "val_fraction": 0.25, "recipe": "proxy", "recipe_overrides": {"lr": 0.01, "ema": True},
-          "objectives": ["val_acc", "params"], "max_concurrent": 2, "data_dir": None}
+          "seed": 1, "split_seed": 2, "val_fraction": 0.25, "recipe": "proxy",
+          "recipe_overrides": {"lr": 0.01, "ema": True}, "objectives": ["val_acc", "params"], "max_concurrent": 2,
+          "data_dir": None}
 
 
 def write(path, values) -> str:
