@@ -18,32 +18,41 @@ def grid(trial, shape):
                       depth=trial.suggest_categorical("depth", DEPTHS), num_heads=2, patch_size=shape.patch_size)
 
 
-ALL = [ArchConfig(embed_dim=dim, depth=depth, num_heads=2, patch_size=2) for dim, depth in itertools.product(DIMS, DEPTHS)]
-SMALLEST = min(count_params(arch, SHAPE) for arch in ALL)
-FEWEST_FLOPS = min(count_flops(arch, SHAPE) for arch in ALL)
+ALL = [ArchConfig(embed_dim=dim, depth=depth, num_heads=2, patch_size=2)
+       for dim, depth in itertools.product(DIMS, DEPTHS)]
 
 
-def test_a_budget_of_exactly_the_smallest_model_is_feasible():
-    check_feasible("grid", grid, Budget(SMALLEST, None, SHAPE), draws=300)
+@pytest.fixture(scope="module")
+def smallest():
+    return min(count_params(arch, SHAPE) for arch in ALL)
 
 
-def test_a_budget_under_the_smallest_model_names_it():
+@pytest.fixture(scope="module")
+def fewest_flops():
+    return min(count_flops(arch, SHAPE) for arch in ALL)
+
+
+def test_a_budget_of_exactly_the_smallest_model_is_feasible(smallest):
+    check_feasible("grid", grid, Budget(smallest, None, SHAPE), draws=300)
+
+
+def test_a_budget_under_the_smallest_model_names_it(smallest):
     with pytest.raises(UsageError) as raised:
-        check_feasible("grid", grid, Budget(SMALLEST - 1, None, SHAPE), draws=300)
+        check_feasible("grid", grid, Budget(smallest - 1, None, SHAPE), draws=300)
     message = str(raised.value)
-    assert f"({SMALLEST - 1:,} params) admits no model of space 'grid'" in message
-    assert "xcit d16 L1 H2" in message and f"with {SMALLEST:,} params" in message
+    assert f"({smallest - 1:,} params) admits no model of space 'grid'" in message
+    assert "xcit d16 L1 H2" in message and f"with {smallest:,} params" in message
 
 
-def test_the_exhausted_search_names_the_same_smallest_model():
-    assert f"with {SMALLEST:,} params" in smallest_description("grid", grid, Budget(1, None, SHAPE))
+def test_the_exhausted_search_names_the_same_smallest_model(smallest):
+    assert f"with {smallest:,} params" in smallest_description("grid", grid, Budget(1, None, SHAPE))
 
 
-def test_a_flops_limit_under_every_model_names_the_fewest_flops():
+def test_a_flops_limit_under_every_model_names_the_fewest_flops(fewest_flops):
     with pytest.raises(UsageError) as raised:
-        check_feasible("grid", grid, Budget(10**9, FEWEST_FLOPS - 1, SHAPE), draws=300)
-    assert f"with {FEWEST_FLOPS:,} FLOPs" in str(raised.value)
-    check_feasible("grid", grid, Budget(10**9, FEWEST_FLOPS, SHAPE), draws=300)
+        check_feasible("grid", grid, Budget(10**9, fewest_flops - 1, SHAPE), draws=300)
+    assert f"with {fewest_flops:,} FLOPs" in str(raised.value)
+    check_feasible("grid", grid, Budget(10**9, fewest_flops, SHAPE), draws=300)
 
 
 def test_a_space_that_always_raises_is_named_with_its_error():
