@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from qkvnas_core.errors import UsageError
 from nas.flags import (count_argument, fraction, integer, non_negative_float, output_folder, path_argument,
-                       positive_float, positive_int, run_name, seed_argument, share, space_argument, split_list)
+                       positive_float, positive_int, run_name, seed_argument, seeds_argument, share, space_argument,
+                       split_list)
 from nas.naming import given, python_names
 from nas.objectives import SCORE, parse_objectives
 
@@ -77,12 +78,12 @@ RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = {
     "top": positive_int, "include_stopped": bool, "trial_ids": _comma_list, "arch": path_argument,
     "baseline": path_argument, "dataset": str, "data_dir": path_argument, "download": bool, "img_size": positive_int,
     "patch_size": positive_int, "val_fraction": fraction, "split_seed": seed_argument, "recipe": str,
-    "epochs": integer, "seed": seed_argument, "out": output_folder, "resume": bool, "device": str, "compile": bool,
+    "epochs": integer, "seed": seed_argument, "seeds": seeds_argument, "out": output_folder, "resume": bool, "device": str, "compile": bool,
     "address": str, "gpus_per_model": non_negative_float, "cpus_per_model": positive_float,
 }
 # The RetrainRequest field a keyword sets, where its name differs.
 RETRAIN_FIELDS = {"trial_ids": "trials", "arch": "archs", "baseline": "baselines"}
-LISTS = ("objectives", "cost", "trial_ids", "logger")
+LISTS = ("objectives", "cost", "trial_ids", "logger", "seeds")
 REPEATED = ("arch", "baseline")
 
 
@@ -198,12 +199,15 @@ def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_st
             baseline: str | list[str] | None = None, dataset: str | None = None,
             data_dir: str | os.PathLike | None = None, download: bool | None = None, img_size: Value = None,
             patch_size: Value = None, val_fraction: Value = None, split_seed: Value = None, recipe: str | None = None,
-            epochs: Value = None, seed: Value = None, out: str | os.PathLike | None = None,
-            resume: bool | None = None, device: str | None = None, compile: bool | None = None,
+            epochs: Value = None, seed: Value = None, seeds: Value | list[int] = None,
+            out: str | os.PathLike | None = None, resume: bool | None = None, device: str | None = None, compile: bool | None = None,
             address: str | None = None, gpus_per_model: Value = None, cpus_per_model: Value = None,
             progress: ProgressCallback | None = None, **recipe_fields: Any) -> RetrainOutcome:
     """Retrain winners with a full recipe and test each once (`nas retrain`); `recipe_fields` as `search` takes
-    them. Each model trains in <run or out>/retrain/<arch_id>/; the outcome's table has a row per model."""
+    them. `seeds`: how many (seed, seed + 1, ...), or a list of seeds. Each model trains in
+    <run or out>/retrain/<arch_id>/ (<arch_id>-seed<S>/ for seed S > 0); the outcome's table has a row per model
+    and seed, its `summary` a row per model (mean and 95% interval), its `comparison` the paired differences to
+    each baseline."""
     keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "recipe_fields")}
     with python_names():
         say = _progress(progress)
@@ -254,7 +258,9 @@ def _parsed(keywords: dict[str, Value], parsers: dict[str, Callable[[str], Any]]
             values[name] = tuple(_parse_text(name, value, _text(item), parse) for item in items)
         else:
             joined = name in LISTS and isinstance(value, (list, tuple))
-            values[name] = _parse_text(name, value, ",".join(map(str, value)) if joined else _text(value), parse)
+            # A list of one seed stays a list ("7,"): "7" alone asks for seven seeds.
+            text = ",".join(map(str, value)) + ("," if name == "seeds" else "") if joined else _text(value)
+            values[name] = _parse_text(name, value, text, parse)
     return values
 
 

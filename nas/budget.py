@@ -124,3 +124,36 @@ def over_budget_reason(budget: Budget, params: int, flops: int | None) -> str:
     return f"{flops:,} FLOPs > max {budget.max_flops:,}"
 
 
+
+
+@dataclass(frozen=True)
+class FeasibleDraw:
+    """An architecture a space drew that meets every limit, with its measured cost."""
+
+    arch: ArchConfig
+    params: int
+    flops: int | None
+
+
+def feasible_draws(space: Space, budget: Budget, count: int, seed: int = 0,
+                   max_draws: int | None = None) -> list[FeasibleDraw]:
+    """`count` distinct architectures drawn by Optuna's random sampler (seeded) that meet every limit, in draw
+    order: the population a budgeted search samples from. Draws that fail, repeat or exceed a limit are skipped,
+    at most `max_draws` in all (default 300 per architecture asked for)."""
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(sampler=sampler)
+    found: dict[str, FeasibleDraw] = {}
+    for _ in range(max_draws or 300 * count):
+        if len(found) == count:
+            break
+        trial = study.ask()
+        try:
+            arch = draw(space, trial, budget.shape)
+            params, flops = budget.measure(arch)
+        except Exception:  # a draw the builders reject is not part of the population
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        study.tell(trial, 0.0)
+        if max(budget.violation(params, flops).values()) <= 0 and arch.arch_id not in found:
+            found[arch.arch_id] = FeasibleDraw(arch, params, flops)
+    return list(found.values())

@@ -85,6 +85,18 @@ def seed_argument(text: str) -> int:
 
 
 @argument_type
+def seeds_argument(text: str) -> int | tuple[int, ...]:
+    """How many seeds (5: --seed, --seed + 1, ... --seed + 4) or which (0,3,7; one seed alone as 7,)."""
+    if "," not in text:
+        return _integer(text, 1, MAX_COUNT, "a number of seeds such as 5, or seeds such as 0,3,7")
+    seeds = tuple(_integer(part, 0, MAX_SEED, "seeds such as 0,3,7 (non-negative integers)")
+                  for part in split_list([text]))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"{text.strip()[:40]!r}: expected distinct seeds such as 0,3,7")
+    return seeds
+
+
+@argument_type
 def fraction(text: str) -> float:
     """A share strictly between 0 and 1 (a validation split)."""
     return _number(text, lambda value: 0 < value < 1, "a number between 0 and 1")

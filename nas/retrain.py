@@ -22,6 +22,7 @@ from qkvnas_core.files import write_text_atomic
 from nas.naming import given, named
 from nas.pareto import pareto_front, scored_trials
 from nas.ray_runtime import check_resources, start_ray
+from nas.seed_stats import baseline_comparison, seed_summary
 from nas.results import find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
 from search_spaces.device import DEFAULT_DEVICE
@@ -104,6 +105,7 @@ class RetrainRequest:
     recipe that fits the dataset (`full_recipe_name`); overrides change its fields. address: run the models as
     Ray tasks on that cluster (cpus/gpus_per_model size them); None trains them here, one after another.
     progress_bar: tqdm's bar through each epoch where stderr is a terminal (the Python API turns it off).
+    seeds: how many seeds each model trains with (seed, seed + 1, ...), or the seeds themselves; the split stays.
     """
 
     run: str
@@ -122,6 +124,7 @@ class RetrainRequest:
     recipe: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    seeds: int | tuple[int, ...] = 1
     out: str | None = None
     resume: bool = False
     device: str = DEFAULT_DEVICE
@@ -139,6 +142,11 @@ class RetrainRequest:
                              f"{named('arch')} PRESET|arch.json or {named('baseline')} PRESET|arch.json")
         if self.seed < 0:
             raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
+        if isinstance(self.seeds, int) and self.seeds < 1:
+            raise UsageError(f"{given('seeds', self.seeds)}: expected a positive number of seeds")
+        if isinstance(self.seeds, tuple) and (not self.seeds or min(self.seeds) < 0
+                                              or len(set(self.seeds)) != len(self.seeds)):
+            raise UsageError(f"{given('seeds', ','.join(map(str, self.seeds)))}: expected distinct non-negative seeds")
         if self.address is None and (self.gpus_per_model != 0.0 or self.cpus_per_model != 1.0):
             raise UsageError(f"{named('gpus_per_model')} / {named('cpus_per_model')}: expected {named('address')} "
                              "(they size Ray tasks)")
@@ -151,14 +159,32 @@ class RetrainRequest:
             raise UsageError("--address under torchrun: expected one or the other (Ray tasks, or one DDP job)")
 
 
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        """The seeds each model trains with."""
+        if isinstance(self.seeds, int):
+            return tuple(range(self.seed, self.seed + self.seeds))
+        return self.seeds
+
+
 @dataclass
 class RetrainOutcome:
-    """What a retrain did: every finished model's result (earlier ones included) and the models that diverged."""
+    """What a retrain did: every finished (model, seed)'s result (earlier ones included), a row each in `table`;
+    per model its seeds' summary, and against each baseline the paired differences (`nas.seed_stats`); the
+    (model, seed) units that diverged, as '<arch_id> seed <seed>'."""
 
     table: pd.DataFrame
     csv_path: Path
     info: DatasetInfo
     diverged: list[str]
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return seed_summary(self.table)
+
+    @property
+    def comparison(self) -> pd.DataFrame:
+        return baseline_comparison(self.table)
 
 
 def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None,
@@ -176,9 +202,16 @@ def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None,
     return picked
 
 
+def model_folder(out: Path, arch_id: str, seed: int) -> Path:
+    """Where one (model, seed) trains: <out>/retrain/<arch-id>/ for seed 0 (as before seeds were asked for),
+    <out>/retrain/<arch-id>-seed<S>/ for another."""
+    return out / "retrain" / (arch_id if seed == 0 else f"{arch_id}-seed{seed}")
+
+
 def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRequest, out: Path, recipe: Recipe,
                   data: DataRequest, say: Callable[[str], None]) -> list[RetrainTask]:
-    """Fit each candidate's patch size to the images and give it its folder; the same model twice trains once."""
+    """Fit each candidate's patch size to the images and give each of its seeds a folder; the same model twice
+    trains once."""
     tasks: dict[str, RetrainTask] = {}
     for candidate in picked:
         arch = fitted_arch(candidate, info.img_size, info.patch_size, request.patch_size)
@@ -193,9 +226,10 @@ def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRe
             continue
         tasks[arch.arch_id] = RetrainTask(
             arch=arch, role=candidate.role, source=candidate.source, folder=out / "retrain" / arch.arch_id,
-            recipe=recipe, overrides=request.overrides, data=data, seed=request.seed, resume=request.resume,
-            device=request.device, compile=request.compile, progress_bar=request.progress_bar)
-    return list(tasks.values())
+            recipe=recipe, overrides=request.overrides, data=data, resume=request.resume, device=request.device,
+            compile=request.compile, progress_bar=request.progress_bar)
+    return [dataclasses.replace(task, seed=seed, folder=model_folder(out, task.arch.arch_id, seed))
+            for task in tasks.values() for seed in request.training_seeds]
 
 
 def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
@@ -271,10 +305,13 @@ def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_mai
     test_size = "no" if data.test is None else f"{len(data.test):,}"
     say(f"data    {info.name}: {len(data.train):,} train / {len(data.val):,} val / {test_size} test at "
         f"{info.img_size} px, {info.num_classes} classes")
-    say(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
+    seeds = request.training_seeds
+    say(describe_recipe(recipe, request.overrides)
+        + (f", seed {seeds[0]}" if len(seeds) == 1 else f", seeds {','.join(map(str, seeds))} (every model with each)"))
     where = (f"Ray at {request.address}" if request.address is not None else
              f"{request.device}{f' x {world.world_size} processes' if world.active else ''}")
-    say(f"models  {len(to_train)} to train on {where}"
+    runs = "" if len(seeds) == 1 else f" (of {len(tasks) // len(seeds)} models x {len(seeds)} seeds)"
+    say(f"models  {len(to_train)}{runs} to train on {where}"
         + (f", {len(finished)} already finished (skipped)" if finished else "") + f" -> {out / 'retrain'}")
 
     csv_path = out / "retrain.csv"
@@ -283,9 +320,9 @@ def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_mai
 
     def on_result(task: RetrainTask, result: dict[str, Any] | None, error: BaseException | None) -> None:
         if error is not None:
-            diverged.append(task.arch.arch_id)
+            diverged.append(f"{task.arch.arch_id} seed {task.seed}")
             if world.is_main:
-                warn(f"{task.arch.arch_id} ({task.source}): {error}")
+                warn(f"{task.arch.arch_id} ({task.source}) seed {task.seed}: {error}")
             return
         results.append(result)
         if world.is_main:

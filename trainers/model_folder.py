@@ -127,9 +127,9 @@ def folder_state(folder: Path) -> str:
 RESULT_FIELDS = {"arch_id": str, "role": str, "source": str, "structure": str, "params": int, "flops": int | None,
                  "backbone_params": int | None, "top1": float | None, "top5": float | None, "best_val_acc": float,
                  "best_epoch": int, "epochs": int, "recipe": str, "overrides": dict, "dataset": str,
-                 "world_size": int, "seconds": float}
+                 "seed": int, "world_size": int, "seconds": float}
 FRACTION_FIELDS = ("top1", "top5", "best_val_acc")
-NON_NEGATIVE_FIELDS = ("params", "flops", "backbone_params", "best_epoch", "epochs", "world_size", "seconds")
+NON_NEGATIVE_FIELDS = ("params", "flops", "backbone_params", "best_epoch", "epochs", "seed", "world_size", "seconds")
 
 
 def read_result(folder: Path) -> dict[str, Any]:
@@ -210,18 +210,23 @@ def start_folder(task: TrainingTask, shape: DataShape) -> None:
 
 
 def results_frame(folders: list[Path], columns: list[str], extra: list[dict[str, Any]] = ()) -> pd.DataFrame:
-    """One row per result.json found in `folders`, updated by `extra` results (same arch_id), in `columns`;
-    baselines first, then the best test top-1, as papers print them."""
-    rows: dict[str, dict[str, Any]] = {}
+    """One row per result.json found in `folders`, updated by `extra` results (same arch_id and seed), in `columns`
+    (arch_id, role, top1 and seed among them); baselines first, then the best mean test top-1, as papers print
+    them."""
+    rows: dict[tuple[str, Any], dict[str, Any]] = {}
     for folder in folders:
         if (folder / RESULT_FILE).is_file():
             result = read_result(folder)
-            rows[str(result.get("arch_id"))] = result
+            rows[str(result.get("arch_id")), result.get("seed")] = result
     for result in extra:
-        rows[str(result["arch_id"])] = result
+        rows[str(result["arch_id"]), result.get("seed")] = result
     records = [{**row, "overrides": json.dumps(row.get("overrides") or {}, sort_keys=True)} for row in rows.values()]
-    return pd.DataFrame(records, columns=columns).sort_values(["role", "top1"], ascending=[True, False],
-                                                               na_position="last", kind="stable")
+    frame = pd.DataFrame(records, columns=columns)
+    # A model's seeds stay together, models ordered by their mean top-1.
+    order = frame.assign(model_top1=frame.groupby("arch_id")["top1"].transform("mean")).sort_values(
+        ["role", "model_top1", "arch_id", "seed"], ascending=[True, False, True, True], na_position="last",
+        kind="stable").index
+    return frame.loc[order]
 
 
 @dataclass

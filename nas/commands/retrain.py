@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nas.flags import add_flag, add_recipe_arguments, path_argument, positive_int, recipe_overrides, split_list
+from nas.flags import (add_flag, add_recipe_arguments, path_argument, positive_int, recipe_overrides, seeds_argument,
+                       split_list)
 from search_spaces.device import DEFAULT_DEVICE
 
 
@@ -37,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "--split-seed", "default: the run's")
     add_recipe_arguments(parser, None, "xcit, or small on digits")
     where = parser.add_argument_group("running")
-    add_flag(where, "--seed", "default 0", default=0)
+    add_flag(where, "--seed", "the first of --seeds; default 0", default=0)
+    where.add_argument("--seeds", type=seeds_argument, default=1, metavar="N|S,S",
+                       help="train every model N times, with seeds --seed ... --seed + N - 1, or with the seeds "
+                            "listed (0,3,7; one seed alone as 7,); the split stays. The table then gives each "
+                            "model's mean and 95%% interval, and the paired difference to each --baseline (default 1)")
     add_flag(where, "--out", "instead of the run folder")
     add_flag(where, "--resume", "interrupted models continue exactly, finished ones are skipped")
     add_flag(where, "--device", default=DEFAULT_DEVICE)
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=tuple(args.baseline or ()), dataset=args.dataset, data_dir=args.data_dir, download=args.download,
         img_size=args.img_size, patch_size=args.patch_size, val_fraction=args.val_fraction,
         split_seed=args.split_seed, recipe=args.recipe, overrides=recipe_overrides(args), seed=args.seed,
-        out=args.out, resume=args.resume, device=args.device, compile=args.compile, address=args.address,
+        seeds=args.seeds, out=args.out, resume=args.resume, device=args.device, compile=args.compile, address=args.address,
         gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model)
     outcome = retrain_run(request, warn=lambda line: print(f"nas retrain: error: {line}", file=sys.stderr,
                                                            flush=True))
@@ -65,8 +70,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nretrained on {outcome.info.name} (test top-1 / top-5 in %, best-by-validation weights) -> "
               f"{outcome.csv_path}")
         print(table_text(outcome.table, {
-            "arch_id": str, "role": str, "source": str, "structure": str,
+            "arch_id": str, "role": str, "source": str, "structure": str, "seed": lambda value: f"{int(value)}",
             "params": lambda value: f"{int(value):,}", "flops": format_count,
             "top1": percent, "top5": percent, "best_val_acc": percent, "epochs": lambda value: f"{int(value)}",
             "recipe": str, "seconds": lambda value: f"{float(value):.0f}s"}))
+        if outcome.table.duplicated("arch_id").any():
+            print("\n" + seeds_text(outcome.summary, outcome.comparison))
     return 1 if outcome.diverged else 0
+
+
+def seeds_text(summary, comparison) -> str:
+    """Per model its seeds' mean, standard deviation and 95% t interval; the paired differences to the baselines."""
+    from nas.tables import interval_text, percent, signed_points, table_text
+
+    shown = summary.assign(top1_interval=[interval_text(low, high) for low, high in
+                                          zip(summary["top1_low"], summary["top1_high"])],
+                           val_interval=[interval_text(low, high) for low, high in
+                                         zip(summary["best_val_acc_low"], summary["best_val_acc_high"])])
+    lines = ["over seeds (in %: mean, standard deviation, 95% t interval of the mean):",
+             table_text(shown, {"source": str, "role": str, "params": lambda value: f"{int(value):,}", "seeds": str,
+                                "top1_mean": percent, "top1_std": percent, "top1_interval": str,
+                                "best_val_acc_mean": percent, "val_interval": str})]
+    if not comparison.empty:
+        shown = comparison.assign(interval=[interval_text(low, high, signed=True)
+                                            for low, high in zip(comparison["low"], comparison["high"])])
+        lines += ["", "against each baseline (test top-1 in points, paired over the seeds both trained):",
+                  table_text(shown, {"source": str, "baseline_source": str, "shared": str,
+                                     "difference": signed_points, "interval": str,
+                                     "p_improvement": lambda value: f"{value:.2f}"})]
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""What several seeds of a model show: per model the mean, standard deviation and 95% interval of its test top-1 and
+best validation accuracy; against each baseline the paired difference over the seeds both trained, with its 95%
+interval, and the probability of improvement.
+
+Intervals are Student-t intervals (scipy.stats.ttest_1samp / ttest_rel): with the 2-10 seeds a retrain affords, a
+bootstrap interval cannot reach beyond the values seen and covers the mean far less often than 95% (with two
+seeds it is the two values themselves), while the t interval widens with few seeds as it should. The probability
+of improvement is rliable's (Agarwal et al., "Deep reinforcement learning at the edge of the statistical
+precipice", NeurIPS 2021): P(X > Y) + P(X = Y) / 2 for a run X of the model and a run Y of the baseline, over every
+pair of their shared seeds, the Mann-Whitney U statistic divided by the number of pairs (scipy.stats.mannwhitneyu).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+# The scores compared: the one test of each trained model, and the validation accuracy that chose its weights.
+METRICS = {"top1": "test top-1", "best_val_acc": "best val_acc"}
+MODEL_COLUMNS = ["arch_id", "role", "source", "structure", "params", "flops"]
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95% Student-t interval of the mean; NaN with fewer than two values, the value itself when all agree."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    interval = stats.ttest_1samp(values, 0.0).confidence_interval(CONFIDENCE)
+    return float(interval.low), float(interval.high)
+
+
+def probability_of_improvement(model: Sequence[float], baseline: Sequence[float]) -> float:
+    """P(X > Y) + P(X = Y) / 2 over every pair of a model run X and a baseline run Y (rliable's definition)."""
+    model, baseline = np.asarray(model, dtype=float), np.asarray(baseline, dtype=float)
+    if len(model) == 0 or len(baseline) == 0:
+        return math.nan
+    return float(stats.mannwhitneyu(model, baseline).statistic) / (len(model) * len(baseline))
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per model of a retrain table (a row per model and seed): its seeds, and per metric its mean,
+    standard deviation (ddof 1) and 95% interval (columns top1_mean, top1_std, top1_low, top1_high, ...)."""
+    rows = []
+    for arch_id, runs in table.groupby("arch_id", sort=False):
+        row = {name: runs[name].iloc[0] for name in MODEL_COLUMNS if name in runs}
+        row["seeds"] = len(runs)
+        row["seed_list"] = ",".join(str(int(seed)) for seed in sorted(runs["seed"]))
+        for metric in METRICS:
+            values = pd.to_numeric(runs[metric], errors="coerce").dropna().to_numpy(dtype=float)
+            low, high = mean_interval(values)
+            row.update({f"{metric}_mean": float(values.mean()) if len(values) else math.nan,
+                        f"{metric}_std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                        f"{metric}_low": low, f"{metric}_high": high})
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    if summary.empty:
+        return summary
+    return summary.sort_values(["role", "top1_mean"], ascending=[True, False], na_position="last",
+                               kind="stable").reset_index(drop=True)
+
+
+def paired_difference(model: pd.DataFrame, baseline: pd.DataFrame, metric: str = "top1") -> dict[str, float]:
+    """model - baseline over the seeds both have: the mean difference, its 95% t interval (ttest_rel) and the
+    probability of improvement; `shared` is the number of those seeds."""
+    joined = model[["seed", metric]].merge(baseline[["seed", metric]], on="seed", suffixes=("_model", "_baseline"))
+    joined = joined.dropna()
+    ours, theirs = joined[f"{metric}_model"].to_numpy(float), joined[f"{metric}_baseline"].to_numpy(float)
+    differences = ours - theirs
+    low, high = math.nan, math.nan
+    if len(joined) >= 2:
+        if np.all(differences == differences[0]):
+            low = high = float(differences[0])
+        else:
+            interval = stats.ttest_rel(ours, theirs).confidence_interval(CONFIDENCE)
+            low, high = float(interval.low), float(interval.high)
+    return {"shared": len(joined), "difference": float(differences.mean()) if len(joined) else math.nan,
+            "low": low, "high": high, "p_improvement": probability_of_improvement(ours, theirs)}
+
+
+def baseline_comparison(table: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    """Every model that is not a baseline against every baseline (role 'baseline') of a retrain table: one row per
+    pair with `paired_difference`'s fields."""
+    if table.empty or "role" not in table:
+        return pd.DataFrame()
+    is_baseline = table["role"] == "baseline"
+    rows = []
+    for model_id, model in table[~is_baseline].groupby("arch_id", sort=False):
+        for baseline_id, baseline in table[is_baseline].groupby("arch_id", sort=False):
+            rows.append({"arch_id": model_id, "source": model["source"].iloc[0], "baseline": baseline_id,
+                         "baseline_source": baseline["source"].iloc[0], "metric": metric,
+                         **paired_difference(model, baseline, metric)})
+    return pd.DataFrame(rows)
