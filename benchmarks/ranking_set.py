@@ -2,7 +2,7 @@
 quarter of them under a second seed, one CSV row per (architecture, seed, epoch). Training-free proxies and rung
 choices are measured against it without training again (benchmarks/proxies.py).
 
-    python benchmarks/ranking_set.py                                   # qkv at 1M on mnist5k: 64 archs, 16 twice
+    python benchmarks/ranking_set.py                                   # qkv at 1M on mnist5k: 48 archs, 12 twice
     python benchmarks/ranking_set.py --space lite --budget 300K --out benchmarks/data/ranking_lite.csv
 
 Each (architecture, seed) trains as one search trial does (the proxy recipe for --epochs, the same data, split and
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--space", default="qkv")
     parser.add_argument("--budget", default="1M", help="params budget (default 1M, the qkv budget of "
                                                        "benchmarks/search_quality.py)")
-    parser.add_argument("--archs", type=int, default=64, help="architectures drawn (default 64)")
+    parser.add_argument("--archs", type=int, default=48, help="architectures drawn (default 48)")
     parser.add_argument("--second-seed-every", type=int, default=4,
                         help="every k-th architecture also trains at seed 1 (default 4: a quarter)")
     parser.add_argument("--epochs", type=int, default=10, help="a trial's full length (default 10, as nas search)")
