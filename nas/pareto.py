@@ -20,6 +20,7 @@ import pandas as pd
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
 from nas.results import Run, read_run, state_counts
+from nas.seed_stats import read_retrain, seed_summary
 from search_spaces.arch import QKVConfig, structure_name
 from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
@@ -173,6 +174,45 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
     with rc_context({"svg.fonttype": "none"}):
         for suffix in ("png", "svg"):
             path = out_stem.with_name(f"{out_stem.name}.{suffix}")
+            with atomic_path(path) as temporary:
+                figure.savefig(temporary, format=suffix)
+            written.append(path)
+    return written
+
+
+def plot_retrained(summary: pd.DataFrame, out_stem: Path, title: str) -> list[Path]:
+    """Retrained models (a `seed_summary`): mean test top-1 against params, a 95% t interval bar where a model has
+    two seeds or more, the models no other beats on both (by their means) ringed and joined; <out_stem>.png/.svg."""
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = summary.dropna(subset=["top1_mean"])
+    points = np.column_stack([-shown["top1_mean"].to_numpy(float), shown["params"].to_numpy(float)])
+    front = shown[~_dominated(points)].sort_values("params")
+    figure = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for row in shown.itertuples():
+        colour = STRUCTURE_COLOURS.get(str(row.structure), UNKNOWN_STRUCTURE_COLOUR)
+        bar = None if pd.isna(row.top1_low) else [[(row.top1_mean - row.top1_low) * 100],
+                                                    [(row.top1_high - row.top1_mean) * 100]]
+        ax.errorbar(row.params * 1e-6, row.top1_mean * 100, yerr=bar, fmt="s" if row.role == "baseline" else "o",
+                    color=colour, capsize=4, zorder=3)
+        ax.annotate(f"{row.source} ({row.seeds} seed{'s' if row.seeds > 1 else ''})",
+                    (row.params * 1e-6, row.top1_mean * 100), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.scatter(front["params"] * 1e-6, front["top1_mean"] * 100, s=140, facecolors="none", edgecolors="black",
+               zorder=4)
+    ax.step(front["params"] * 1e-6, front["top1_mean"] * 100, where="post", color="black", lw=1.0, zorder=2)
+    ax.set_xlabel(AXES["params"].label)
+    ax.set_ylabel("test top-1 (%), mean over seeds, 95% t interval")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    written = []
+    with rc_context({"svg.fonttype": "none"}):
+        for suffix in ("png", "svg"):
+            path = out_stem.with_name(f"{out_stem.name}.{suffix}")
+            out_stem.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temporary:
                 figure.savefig(temporary, format=suffix)
             written.append(path)
@@ -347,6 +387,10 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
             for plot in plots:
                 _copy(plot, out / f"{name}{plot.suffix}")
                 written.append(out / f"{name}{plot.suffix}")
+    retrained = read_retrain(run.path)
+    if retrained is not None and len(retrained):
+        written += plot_retrained(seed_summary(retrained), out / f"{name}_retrained",
+                                  f"{run.name}: retrained models, each seed tested once ({len(retrained)} runs)")
     return ParetoOutcome(front=front, costs=costs, scored=len(scored), dataset=run.settings.get("dataset"), out=out,
                          written=written, references=references, full_fidelity=len(full_fidelity), epochs=epochs,
                          include_stopped=include_stopped)

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from qkvnas_core.errors import UsageError
 
 CONFIDENCE = 0.95
 # The scores compared: the one test of each trained model, and the validation accuracy that chose its weights.
@@ -96,3 +99,65 @@ def baseline_comparison(table: pd.DataFrame, metric: str = "top1") -> pd.DataFra
                          "baseline_source": baseline["source"].iloc[0], "metric": metric,
                          **paired_difference(model, baseline, metric)})
     return pd.DataFrame(rows)
+
+
+RETRAIN_FILE = "retrain.csv"
+RETRAIN_TEXT = ("arch_id", "role", "source", "structure")
+RETRAIN_FRACTIONS = ("top1", "best_val_acc")
+RETRAIN_COUNTS = ("params", "seed")
+
+
+def read_retrain(run_dir: Path) -> pd.DataFrame | None:
+    """A run's retrain.csv (nas retrain's rows, one per model and seed) with its values checked; None when the run
+    has none. Unreadable, a column missing or a value out of range is one UsageError naming the file and column."""
+    path = Path(run_dir) / RETRAIN_FILE
+    if not path.is_file():
+        return None
+    expected = "expected the retrain.csv `nas retrain` writes (a header and a row per model and seed)"
+    try:
+        table = pd.read_csv(path, dtype={name: str for name in RETRAIN_TEXT})
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"{path} is empty: {expected}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"{path} is not readable CSV ({str(error).strip().splitlines()[0]}): {expected}") from None
+    missing = [name for name in (*RETRAIN_TEXT, *RETRAIN_FRACTIONS, *RETRAIN_COUNTS) if name not in table.columns]
+    if missing:
+        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
+    for name in (*RETRAIN_FRACTIONS, *RETRAIN_COUNTS):
+        numbers = pd.to_numeric(table[name], errors="coerce").astype(float)
+        highest = 1.0 if name in RETRAIN_FRACTIONS else float(2**63)
+        bad = (numbers.isna() & (table[name].notna() | (name in RETRAIN_COUNTS))) | ~numbers.between(0, highest) \
+            & numbers.notna()
+        if name in RETRAIN_COUNTS:
+            bad |= (numbers % 1 != 0) & numbers.notna()
+        if bad.any():
+            raise UsageError(f"{path}: column {name} holds {str(table.loc[bad, name].iloc[0])[:40]!r}: expected "
+                             f"{'a fraction from 0 to 1' if name in RETRAIN_FRACTIONS else 'a whole number from 0'}")
+        table[name] = numbers
+    if table[list(RETRAIN_TEXT[:3])].isna().any().any():
+        raise UsageError(f"{path}: an empty arch_id, role or source: {expected}")
+    if table.duplicated(["arch_id", "seed"]).any():
+        raise UsageError(f"{path}: a model and seed appear twice: {expected}")
+    return table
+
+
+def summary_text(summary: pd.DataFrame, comparison: pd.DataFrame) -> str:
+    """Per model its seeds' mean, standard deviation and 95% t interval; the paired differences to the baselines."""
+    from nas.tables import interval_text, percent, signed_points, table_text
+
+    shown = summary.assign(top1_interval=[interval_text(low, high) for low, high in
+                                          zip(summary["top1_low"], summary["top1_high"])],
+                           val_interval=[interval_text(low, high) for low, high in
+                                         zip(summary["best_val_acc_low"], summary["best_val_acc_high"])])
+    lines = ["over seeds (in %: mean, standard deviation, 95% t interval of the mean):",
+             table_text(shown, {"source": str, "role": str, "params": lambda value: f"{int(value):,}", "seeds": str,
+                                "top1_mean": percent, "top1_std": percent, "top1_interval": str,
+                                "best_val_acc_mean": percent, "val_interval": str})]
+    if not comparison.empty:
+        shown = comparison.assign(interval=[interval_text(low, high, signed=True)
+                                            for low, high in zip(comparison["low"], comparison["high"])])
+        lines += ["", "against each baseline (test top-1 in points, paired over the seeds both trained):",
+                  table_text(shown, {"source": str, "baseline_source": str, "shared": str,
+                                     "difference": signed_points, "interval": str,
+                                     "p_improvement": lambda value: f"{value:.2f}"})]
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ from conftest import write_run
 from nas import flags
 from nas.cli import COMMANDS, build_parser, main
 from nas.results import COLUMNS, load_settings, load_trials
+from nas.seed_stats import read_retrain
 from qkvnas_core.errors import UsageError
 from qkvnas_core.units import parse_count
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
@@ -334,6 +335,37 @@ def test_trials_csv_with_any_cell_changed(tmp_path, row, column, value):
         assert code == 0 or (code == 2 and err.count("\n") == 1), err
 
 
+# retrain.csv (nas.seed_stats.read_retrain), read by nas show and nas pareto
+
+RETRAIN_ROWS = pd.DataFrame({"arch_id": ["a", "a", "b", "b"], "role": ["winner", "winner", "baseline", "baseline"],
+                             "source": ["t0000", "t0000", "xcit-n12", "xcit-n12"], "structure": ["F-SNE"] * 2 + ["linear"] * 2,
+                             "params": [100, 100, 120, 120], "flops": [9, 9, 9, 9], "top1": [0.5, 0.6, 0.55, 0.52],
+                             "best_val_acc": [0.5, 0.6, 0.55, 0.52], "seed": [0, 1, 0, 1]})
+
+
+@FUZZ
+@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_retrain_csv_of_any_bytes(tmp_path, data):
+    folder = run_folder(tmp_path / "run", SETTINGS)
+    (folder / "retrain.csv").write_bytes(data)
+    read(lambda: read_retrain(folder), folder / "retrain.csv")
+    code, err = cli_code("show", folder)
+    assert code == 0 or (code == 2 and err.count("\n") == 1), err
+
+
+@FUZZ
+@given(row=st.integers(0, 3), column=st.sampled_from(list(RETRAIN_ROWS.columns)),
+       value=TEXT | JSON_VALUES.map(json.dumps))
+def test_retrain_csv_with_any_cell_changed(tmp_path, row, column, value):
+    folder = run_folder(tmp_path / "run", SETTINGS)
+    table = RETRAIN_ROWS.astype(str)
+    table.loc[row, column] = value
+    (folder / "retrain.csv").write_text(table.to_csv(index=False))
+    if read(lambda: read_retrain(folder), folder / "retrain.csv") is not None:
+        code, err = cli_code("show", folder)
+        assert code == 0 or (code == 2 and err.count("\n") == 1), err
+
+
 # result.json of a finished retrain (trainers.model_folder.read_result), read when a retrain resumes
 
 RETRAIN_ARGS = ("--trial-ids", "t0000", "--epochs", "1", "--recipe", "proxy", "--device", "cpu")
@@ -421,6 +453,9 @@ def test_export_file_of_any_bytes(tmp_path, export_folders, name, data):
 TYPES = {flags.positive_int: lambda value: isinstance(value, int) and 1 <= value <= flags.MAX_COUNT,
          flags.integer: lambda value: isinstance(value, int) and abs(value) <= flags.MAX_COUNT,
          flags.seed_argument: lambda value: isinstance(value, int) and 0 <= value <= flags.MAX_SEED,
+         flags.seeds_argument: lambda value: (isinstance(value, int) and 1 <= value <= flags.MAX_COUNT) or (
+             isinstance(value, tuple) and value and len(set(value)) == len(value)
+             and all(isinstance(seed, int) and 0 <= seed <= flags.MAX_SEED for seed in value)),
          flags.fraction: lambda value: 0 < value < 1,
          flags.share: lambda value: 0 < value <= 1,
          flags.positive_float: lambda value: 0 < value < float("inf"),

@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkvnas_core.units import format_count
     from nas.retrain import RetrainRequest, retrain_run
+    from nas.seed_stats import summary_text
     from nas.tables import percent, table_text
 
     request = RetrainRequest(
@@ -75,27 +76,6 @@ def run(args: argparse.Namespace) -> int:
             "top1": percent, "top5": percent, "best_val_acc": percent, "epochs": lambda value: f"{int(value)}",
             "recipe": str, "seconds": lambda value: f"{float(value):.0f}s"}))
         if outcome.table.duplicated("arch_id").any():
-            print("\n" + seeds_text(outcome.summary, outcome.comparison))
+            print("\n" + summary_text(outcome.summary, outcome.comparison))
     return 1 if outcome.diverged else 0
 
-
-def seeds_text(summary, comparison) -> str:
-    """Per model its seeds' mean, standard deviation and 95% t interval; the paired differences to the baselines."""
-    from nas.tables import interval_text, percent, signed_points, table_text
-
-    shown = summary.assign(top1_interval=[interval_text(low, high) for low, high in
-                                          zip(summary["top1_low"], summary["top1_high"])],
-                           val_interval=[interval_text(low, high) for low, high in
-                                         zip(summary["best_val_acc_low"], summary["best_val_acc_high"])])
-    lines = ["over seeds (in %: mean, standard deviation, 95% t interval of the mean):",
-             table_text(shown, {"source": str, "role": str, "params": lambda value: f"{int(value):,}", "seeds": str,
-                                "top1_mean": percent, "top1_std": percent, "top1_interval": str,
-                                "best_val_acc_mean": percent, "val_interval": str})]
-    if not comparison.empty:
-        shown = comparison.assign(interval=[interval_text(low, high, signed=True)
-                                            for low, high in zip(comparison["low"], comparison["high"])])
-        lines += ["", "against each baseline (test top-1 in points, paired over the seeds both trained):",
-                  table_text(shown, {"source": str, "baseline_source": str, "shared": str,
-                                     "difference": signed_points, "interval": str,
-                                     "p_improvement": lambda value: f"{value:.2f}"})]
-    return "\n".join(lines)

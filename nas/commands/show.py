@@ -82,6 +82,19 @@ def run_summary(run, shown: int) -> str:
     return "\n".join(lines)
 
 
+def retrain_summary(folder: Path) -> str | None:
+    """What `nas retrain` wrote into the run: per model its seeds' mean and interval, and the paired differences to
+    its baselines; None when nothing was retrained."""
+    from nas.seed_stats import RETRAIN_FILE, baseline_comparison, read_retrain, seed_summary, summary_text
+
+    table = read_retrain(folder)
+    if table is None or table.empty:
+        return None
+    summary = seed_summary(table)
+    return (f"retrained ({folder / RETRAIN_FILE}: {len(summary)} models, {len(table)} runs, each tested once):\n"
+            + _indent(summary_text(summary, baseline_comparison(table))))
+
+
 def runs_overview(results_dir: Path) -> str:
     """One row per run folder under `results_dir`: its settings and best figures."""
     import pandas as pd
@@ -122,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
     results_dir = Path(args.results_dir)
     if args.run is None:
         print(runs_overview(results_dir))
-    else:
-        print(run_summary(read_run(find_run(args.run, results_dir)), args.best))
+        return 0
+    folder = find_run(args.run, results_dir)
+    retrained = retrain_summary(folder)
+    if retrained is not None and not (folder / "trials.csv").is_file():
+        print(retrained)  # a folder of retrains alone (nas retrain FOLDER --arch ...)
+        return 0
+    print(run_summary(read_run(folder), args.best))
+    if retrained is not None:
+        print(retrained)
     return 0
