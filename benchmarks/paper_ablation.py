@@ -4,7 +4,8 @@ al., arXiv 2111.10017), the same recipe for all, on mnist5k, several seeds each;
     python benchmarks/paper_ablation.py               # train what is missing (resumable), then write the page
     python benchmarks/paper_ablation.py --report      # only the page, from the committed per-seed results
 
-Each (model, seed) is one `nas.retrain` call into --out (checkpoints, kept out of git); its row joins
+Each (model, seed) is one `nas.retrain` call into --out (checkpoints, kept out of git), --workers at once on one
+torch thread each (two small models side by side use two cores better than one model on both); its row joins
 docs/paper-ablation/retrain.csv and its validation curve docs/paper-ablation/curves.csv as soon as it finishes,
 so a killed run, or a later session on a fresh clone, resumes with the same command: the units those files hold
 are not trained again. Seeds run outer and models inner, so a partial run compares the models on the same seeds.
@@ -16,6 +17,7 @@ import argparse
 import io
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -50,31 +52,45 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, text.getvalue())
 
 
-def train_missing(epochs: int, seeds: int, out: Path) -> None:
-    """Train every (model, seed) the committed files lack, seed by seed, adding each to them as it finishes."""
+def train_unit(source: str, seed: int, epochs: int, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """One (model, seed) through nas.retrain on one torch thread: its retrain.csv row and its validation curve."""
+    import torch
+
     import nas
     from nas.retrain import model_folder
+
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    role = {"baseline": source} if source == BASELINE else {"arch": source}
+    outcome = nas.retrain(out, dataset="mnist5k", seeds=[seed], epochs=epochs, device="cpu", resume=True, **role)
+    row = outcome.table[outcome.table["seed"] == seed]
+    arch_id = row["arch_id"].iloc[0]
+    curve = pd.read_csv(model_folder(out, arch_id, seed) / "metrics.csv")[["epoch", "val_acc"]].assign(
+        arch_id=arch_id, source=source, seed=seed)[CURVE_COLUMNS]
+    return row, curve, time.monotonic() - start
+
+
+def train_missing(epochs: int, seeds: int, out: Path, workers: int) -> None:
+    """Train every (model, seed) the committed files lack, seed by seed, `workers` at once on a thread each,
+    adding each to the files as it finishes."""
     from trainers.from_scratch import RETRAIN_COLUMNS
 
     out.mkdir(parents=True, exist_ok=True)
     DATA.mkdir(parents=True, exist_ok=True)
-    for seed in range(seeds):
-        for source in (BASELINE, *MODELS):
-            table = read_table(DATA / "retrain.csv", RETRAIN_COLUMNS)
-            if ((table["source"] == source) & (table["seed"] == seed)).any():
-                continue
-            start = time.monotonic()
-            role = {"baseline": source} if source == BASELINE else {"arch": source}
-            outcome = nas.retrain(out, dataset="mnist5k", seeds=[seed], epochs=epochs, device="cpu", resume=True,
-                                  **role)
-            row = outcome.table[outcome.table["seed"] == seed]
-            curve = pd.read_csv(model_folder(out, row["arch_id"].iloc[0], seed) / "metrics.csv")[["epoch", "val_acc"]].assign(
-                arch_id=row["arch_id"].iloc[0], source=source, seed=seed)[CURVE_COLUMNS]
-            curves = read_table(DATA / "curves.csv", CURVE_COLUMNS)
-            write_table(DATA / "curves.csv", pd.concat([curves, curve], ignore_index=True))
-            write_table(DATA / "retrain.csv", pd.concat([table, row], ignore_index=True))
-            print(f"{source} seed {seed}: top1 {row['top1'].iloc[0]:.2%} ({time.monotonic() - start:.0f} s)",
-                  flush=True)
+    table = read_table(DATA / "retrain.csv", RETRAIN_COLUMNS)
+    done = set(zip(table["source"], table["seed"]))
+    todo = [(source, seed) for seed in range(seeds) for source in (BASELINE, *MODELS) if (source, seed) not in done]
+    print(f"{len(todo)} (model, seed) units to train, {len(done)} done -> {DATA}", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {pool.submit(train_unit, source, seed, epochs, out): (source, seed) for source, seed in todo}
+        for future in as_completed(futures):
+            source, seed = futures[future]
+            row, curve, seconds = future.result()
+            table = pd.concat([read_table(DATA / "retrain.csv", RETRAIN_COLUMNS), row], ignore_index=True)
+            curves = pd.concat([read_table(DATA / "curves.csv", CURVE_COLUMNS), curve], ignore_index=True)
+            write_table(DATA / "curves.csv", curves.sort_values(["source", "seed", "epoch"]))
+            write_table(DATA / "retrain.csv", table.sort_values(["role", "source", "seed"]))
+            print(f"{source} seed {seed}: top1 {row['top1'].iloc[0]:.2%} ({seconds:.0f} s)", flush=True)
 
 
 def rank_settling(curves: pd.DataFrame) -> pd.DataFrame:
@@ -213,10 +229,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoints (not committed)")
+    parser.add_argument("--workers", type=int, default=2, help="units trained at once, one thread each")
     parser.add_argument("--report", action="store_true", help="only write the page from the committed results")
     args = parser.parse_args()
     if not args.report:
-        train_missing(args.epochs, args.seeds, args.out)
+        train_missing(args.epochs, args.seeds, args.out, args.workers)
     table = read_table(DATA / "retrain.csv")
     curves = read_table(DATA / "curves.csv", CURVE_COLUMNS)
     write_text_atomic(PAGE, page(table, curves, args.epochs, args.seeds))
