@@ -44,30 +44,39 @@ def _loss_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return scored
 
 
+def _per_image(x: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """An activation's input as (batch, units): batch-first (B, ...), or stacked ahead of the batch (T, B * N, ...),
+    as the QKV embedding holds Q, K and V; None when rows are not images in order (a mixture of experts' routed
+    tokens)."""
+    if x.dim() >= 2 and x.shape[0] == batch:
+        return x.reshape(batch, -1)
+    if x.dim() >= 3 and x.shape[1] % batch == 0:
+        return x.reshape(x.shape[0], batch, -1).transpose(0, 1).reshape(batch, -1)
+    return None
+
+
 def naswot(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> float:
     """log|K_H| (slogdet) with K_H = c c^T + (1 - c)(1 - c)^T, c the binary codes (pre-activation > 0) of each image
-    over every activation layer. Images pass one at a time, so every activation belongs to one image whatever its
-    layout (the QKV embedding stacks Q, K and V ahead of the batch; a mixture of experts routes tokens)."""
+    over every activation layer whose input keeps images apart (`_per_image`). -inf when K_H is singular: at
+    initialisation every image shares one pattern (timm's SwiGLU starts its gates' bias at 1, so all are on)."""
     scored = _scoring_copy(model)
-    codes: list[torch.Tensor] = []
+    batch = len(images)
+    kernel = torch.zeros(batch, batch, dtype=torch.float64)
 
     def add_codes(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        codes.append((inputs[0].detach().flatten() > 0).to(torch.float64))
+        units = _per_image(inputs[0].detach(), batch)
+        if units is not None:
+            codes = (units > 0).to(torch.float64)
+            kernel.add_(codes @ codes.T + (1 - codes) @ (1 - codes).T)
 
     handles = [module.register_forward_hook(add_codes) for module in scored.modules()
                if isinstance(module, ACTIVATIONS)]
-    rows = []
     try:
         with torch.no_grad():
-            for image in images:
-                codes.clear()
-                scored(image[None])
-                rows.append(torch.cat(codes))
+            scored(images)
     finally:
         for handle in handles:
             handle.remove()
-    binary = torch.stack(rows)
-    kernel = binary @ binary.T + (1 - binary) @ (1 - binary).T
     return float(torch.linalg.slogdet(kernel).logabsdet)
 
 
