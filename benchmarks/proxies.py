@@ -94,6 +94,34 @@ def proxy_scores(archs: pd.DataFrame, settings: dict, path: Path) -> pd.DataFram
     return scores
 
 
+def default_budget_seconds(draws: int = 10) -> pd.DataFrame:
+    """Seconds each proxy takes per architecture at `nas search`'s defaults (digits, qkv space, 3.1M params,
+    the proxy recipe's batch of 64), over `draws` random feasible architectures."""
+    import torch
+
+    from nas.budget import Budget, feasible_draws
+    from nas.search import SearchSettings, load_search_data
+    from search_spaces.build import build_model
+    from search_spaces.proxies import PROXIES
+    from search_spaces.spaces import load_space
+    from trainers.batches import make_batches
+    from trainers.recipe import PROXY
+
+    settings = SearchSettings(name="timing", budget=3_100_000)
+    data = load_search_data(settings)
+    images, labels = next(iter(make_batches(data.train, data.info, None, torch.device("cpu"),
+                                            batch_size=PROXY.batch_size, train=True, seed=BATCH_SEED).epoch(0)))
+    rows = []
+    for found in feasible_draws(load_space(settings.space), Budget(settings.budget, None, data.info.shape), draws):
+        model = build_model(found.arch, data.info.shape)
+        for name, proxy in PROXIES.items():
+            start = time.perf_counter()
+            proxy(model, images, labels)
+            rows.append({"arch_id": found.arch.arch_id, "params": found.params, "proxy": name,
+                         "seconds": time.perf_counter() - start})
+    return pd.DataFrame(rows)
+
+
 def correlations(frame: pd.DataFrame, columns: list[str], band: str) -> list[dict]:
     rows = []
     for column in columns:
@@ -148,6 +176,12 @@ def report(table: pd.DataFrame, scores: pd.DataFrame, settings: dict) -> tuple[s
     return "\n".join(lines) + "\n", result
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="a ranking-set CSV (its .json beside it)")
@@ -160,6 +194,10 @@ def main() -> None:
     stem = args.set.with_suffix("")
     scores = proxy_scores(archs, settings, Path(f"{stem}-scores.csv"))
     text, result = report(table, scores, settings)
+    timing = default_budget_seconds().groupby("proxy")["seconds"].agg(["median", "max"])
+    text += ("\nAt nas search's defaults (digits, qkv space, 3.1M params, batch 64, 10 random feasible "
+             f"architectures, {torch_threads()} torch threads), seconds per architecture, median / max: "
+             + ", ".join(f"{name} {row['median']:.3f} / {row['max']:.3f}" for name, row in timing.iterrows()) + ".\n")
     write_text_atomic(Path(f"{stem}-proxies.md"), text)
     result.to_csv(Path(f"{stem}-proxies.csv"), index=False)
     print(text)

@@ -12,6 +12,7 @@ A space may carry `initial_points`: parameter dicts the searcher tries first (e.
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -195,7 +196,9 @@ def load_space(spec: str) -> Space:
     path = Path(path_text)
     if not path.is_file():
         raise UsageError(f"space file {path_text}: not found; expected path/to/file.py:function")
-    module_spec = importlib.util.spec_from_file_location(f"user_space_{path.stem}", path)
+    # Read as Python source whatever its suffix: a file that is not Python fails to load, one line.
+    loader = importlib.machinery.SourceFileLoader(f"user_space_{path.stem}", str(path))
+    module_spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)

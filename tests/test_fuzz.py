@@ -31,6 +31,7 @@ from nas import flags
 from nas.cli import COMMANDS, build_parser, main
 from nas.results import COLUMNS, load_settings, load_trials
 from nas.seed_stats import read_retrain
+from search_spaces.spaces import load_space
 from qkvnas_core.errors import UsageError
 from qkvnas_core.units import parse_count
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
@@ -446,6 +447,17 @@ def test_export_file_of_any_bytes(tmp_path, export_folders, name, data):
     folder = copy_export(export_folders["qkvnas"], tmp_path / "export")
     (folder / name).write_bytes(data)
     read(lambda: load_exported(folder), folder / name)
+
+
+# A space file (search_spaces.spaces.load_space): any bytes under any suffix load or are one line naming the file
+
+@FUZZ
+@given(data=st.binary(max_size=200), suffix=st.sampled_from([".py", ".txt", "", ".json"]))
+def test_space_file_of_any_bytes(tmp_path, data, suffix):
+    path = tmp_path / f"space{suffix}"
+    path.write_bytes(data)
+    space = read(lambda: load_space(f"{path}:space"), path)
+    assert space is None or callable(space)
 
 
 # Flags (nas.flags and each command's argparse types)
