@@ -128,7 +128,7 @@ def describe_arch(spec: str, *, img_size: int | None = None, in_chans: int | Non
     """`named_arch(spec)` at the shape to count it at: the sizes given, else the recorded (or a preset's published)
     shape, else ImageNet's (224 px, 3 channels, 1000 classes), assumed. `patch_size` replaces the architecture's
     (and the shape's)."""
-    from search_spaces.presets import PRESETS
+    from search_spaces.presets import PRESETS, fit_patch_size, patch_size_for
 
     arch, recorded, source = named_arch(spec)
     given = {name: value for name, value in
@@ -145,4 +145,10 @@ def describe_arch(spec: str, *, img_size: int | None = None, in_chans: int | Non
     shape = dataclasses.replace(recorded or dataclasses.replace(IMAGENET, patch_size=arch.patch_size), **given)
     if patch_size is not None:
         arch, shape = arch.replace(patch_size=patch_size), dataclasses.replace(shape, patch_size=patch_size)
+    elif "img_size" in given:
+        # The rule nas train and nas retrain follow: a patch that does not fit the images takes theirs.
+        fitted = fit_patch_size(arch, shape.img_size, patch_size_for(shape.img_size))
+        if fitted.patch_size != arch.patch_size:
+            words += f"; patch {arch.patch_size} -> {fitted.patch_size} to fit {shape.img_size} px (--patch-size sets it)"
+            arch, shape = fitted, dataclasses.replace(shape, patch_size=fitted.patch_size)
     return Description(arch, shape, words, assumed)

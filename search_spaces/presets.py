@@ -102,6 +102,18 @@ def load_arch_and_shape(spec: str) -> tuple[ArchConfig, DataShape | None]:
     return get_preset(spec), None
 
 
+def patch_size_for(img_size: int) -> int:
+    """The patch size images of a side take: 2 for 8 px, 4 for 32 px, 8 for 64-96 px, 16 for 160 px and up (a token
+    grid of about 4 to 14 per side)."""
+    if img_size < 16:
+        return 2
+    if img_size < 64:
+        return 4
+    if img_size < 160:
+        return 8
+    return 16
+
+
 def fit_patch_size(arch: ArchConfig, img_size: int, dataset_patch_size: int, patch_size: int | None = None) -> ArchConfig:
     """Give `arch` the patch size its images need: an explicit one, else the dataset's when the arch's does not fit.
 

@@ -77,8 +77,11 @@ def test_describe_says_it_assumed_imagenet_for_a_file_without_a_shape(cli, tmp_p
     assert f"ImageNet's, assumed: {path} records no data shape" in out
     code, out, _ = cli("describe", path, "--json")
     assert code == 0 and "data_shape" not in json.loads(out)
+    # Patch 16 leaves 2 x 2 tokens at 32 px: describe fits it as nas train and nas retrain do (fit_patch_size).
     code, out, _ = cli("describe", path, "--img-size", "32", "--in-chans", "1", "--num-classes", "10", "--json")
-    assert code == 0 and read_arch_json(out)[1] == DataShape(32, 1, 10, 16)
+    assert code == 0 and read_arch_json(out)[1] == DataShape(32, 1, 10, 4)
+    code, out, _ = cli("describe", path, "--img-size", "32", "--patch-size", "16")
+    assert code == 0 and " p16 " in out and "to fit" not in out  # an explicit patch is kept
 
 
 def test_default_run_trial_costs_what_its_search_recorded(cli, tmp_path):

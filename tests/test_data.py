@@ -22,6 +22,7 @@ from dataset_files import (CIFAR10_NAMES, write_cars_annotations, write_cifar10,
                            write_jpeg, write_stanford_cars, write_stl10)
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
+from search_spaces.presets import patch_size_for
 from trainers import data
 from trainers.batches import allows_hflip
 from trainers.data import FileImageDataset, FileSplit, TensorSplit, dataset_names, load_dataset
@@ -435,7 +436,7 @@ def test_mnist5k_splits_are_the_shipped_csv_rows():
     splits = load_dataset("mnist5k", val_fraction=0.2)
     info = splits.info
     assert (info.num_classes, info.in_chans, info.img_size) == (10, 1, 28)
-    assert info.patch_size == data._patch_size_for(28) and info.class_names == tuple("0123456789")
+    assert info.patch_size == patch_size_for(28) and info.class_names == tuple("0123456789")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (3200, 800, 1000)
     for split in (splits.train, splits.val, splits.test):
         assert split.images.dtype == torch.uint8 and split.images.shape[1:] == (1, 28, 28)

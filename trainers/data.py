@@ -22,6 +22,7 @@ from PIL import Image
 
 from qkvnas_core.errors import UsageError
 from search_spaces.shape import DataShape
+from search_spaces.presets import patch_size_for
 from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, stratified_sample
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -136,20 +137,9 @@ class DatasetEntry:
     read: Callable[[SourceRequest], SourceData]
 
 
-def _patch_size_for(img_size: int) -> int:
-    """2 for 8 px, 4 for 32 px, 8 for 64-96 px, 16 for 160 px and up: a token grid of about 4 to 14 per side."""
-    if img_size < 16:
-        return 2
-    if img_size < 64:
-        return 4
-    if img_size < 160:
-        return 8
-    return 16
-
-
 def _info(name: str, num_classes: int, img_size: int, in_chans: int, mean: tuple[float, ...],
           std: tuple[float, ...], class_names: tuple[str, ...] | None = None) -> DatasetInfo:
-    return DatasetInfo(name, DataShape(img_size, in_chans, num_classes, _patch_size_for(img_size)), mean, std,
+    return DatasetInfo(name, DataShape(img_size, in_chans, num_classes, patch_size_for(img_size)), mean, std,
                        class_names)
 
 
@@ -582,7 +572,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     if img_size is not None and img_size != info.img_size:
         train, val = _resized(train, img_size), _resized(val, img_size)
         test = _resized(test, img_size) if test is not None else None
-        info = replace(info, shape=replace(info.shape, img_size=img_size, patch_size=_patch_size_for(img_size)))
+        info = replace(info, shape=replace(info.shape, img_size=img_size, patch_size=patch_size_for(img_size)))
     return DatasetSplits(info, train, val, test)
 
 
