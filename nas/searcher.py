@@ -141,7 +141,7 @@ class BudgetedSearcher(Searcher):
             self.infeasible_streak = 0
             self.trained_ids.add(arch.arch_id)
             self.running[trial_id] = ot_trial
-            seed = self.seed + ot_trial.number
+            seed = ot_trial.user_attrs.get("seed", self.seed + ot_trial.number)  # a retried trial keeps its seed
             _set_constraints(ot_trial, violation)
             _set_attrs(ot_trial, arch=arch.to_json(), params=params, flops=flops, seed=seed, state="queued")
             self._recorded()
@@ -383,10 +383,13 @@ def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
 
 def close_interrupted(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by Ctrl-C, a crash or kill -9 are recorded as failed (interrupted) and told FAIL, so
-    the study's history is clean; they do not count as trained and their architectures may be drawn again."""
+    the study's history is clean, and enqueued again with their parameters and seed: the next draw of a resume
+    trains the same architecture with the same seed to its end (`retry_of` names the trial it replaces)."""
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         _set_attrs(optuna.Trial(study, trial._trial_id), state="failed", reason=INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
+        again = {"retry_of": trial.number, **({"seed": trial.user_attrs["seed"]} if "seed" in trial.user_attrs else {})}
+        study.enqueue_trial(trial.params, user_attrs=again)
         numbers.append(trial.number)
     return numbers

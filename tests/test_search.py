@@ -460,9 +460,15 @@ def test_the_study_records_each_trial_from_draw_to_end(tmp_path, space_file):
     trials = render_trials(study).set_index("trial_id")
     assert (trials.loc["t0003", "state"], trials.loc["t0003", "reason"]) == ("failed", INTERRUPTED)
     assert list(trials.index) == ["t0000", "t0001", "t0002", "t0003"]
-    # Drawn again, a trained architecture is skipped; an interrupted one may be trained again.
+    # Drawn again, a trained architecture is skipped; an interrupted one is trained again first, with its seed.
     again = BudgetedSearcher(load_space(space_file), Budget(BUDGET, None, DIGITS), study, seed=7, epochs=3)
     assert again.trained_ids == {trials.loc["t0000", "arch_id"], trials.loc["t0001", "arch_id"]}
+    # Optuna's queue is first in, first out: the last initial point (trial 4) goes first, then the retry.
+    assert again.suggest("d")["trial_number"] == 4
+    retried = again.suggest("e")
+    assert ArchConfig.from_dict(retried["arch"]).arch_id == trials.loc["t0003", "arch_id"]
+    assert retried["seed"] == trials.loc["t0003", "seed"] == 7 + 3 and retried["trial_number"] == 5
+    assert study.trials[5].user_attrs["retry_of"] == 3
 
 
 def test_counts_stay_integers_in_trials_csv(tmp_path):
