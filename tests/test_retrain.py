@@ -194,17 +194,18 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ray_trains_the_models_as_separate_tasks(tmp_path, cli):
+def test_ray_trains_each_model_and_seed_as_a_separate_task(tmp_path, cli):
     run = write_run(tmp_path / "run")
     code, out, err = cli("retrain", run, "--trial-ids", "t0000,t0001", "--epochs", "1", *FAST_PROXY,
-                             "--address", "local", "--cpus-per-model", "1")
+                             "--address", "local", "--cpus-per-model", "1", "--seeds", "2")
     assert code == 0, err
     table = pd.read_csv(run / "retrain.csv")
-    assert sorted(table["source"]) == ["t0000", "t0001"] and table["top1"].between(0, 1).all()
-    assert "2 to train on Ray at local" in out
+    assert sorted(zip(table["source"], table["seed"])) == [("t0000", 0), ("t0000", 1), ("t0001", 0), ("t0001", 1)]
+    assert table["top1"].between(0, 1).all() and "4 (of 2 models x 2 seeds) to train on Ray at local" in out
     for arch in (TINY_LINEAR, TINY_FSNE):
-        result = json.loads((run / "retrain" / arch.arch_id / "result.json").read_text())
-        assert result["epochs"] == 1 and result["test_images"] == DIGITS_TEST_IMAGES
+        for folder in (run / "retrain" / arch.arch_id, run / "retrain" / f"{arch.arch_id}-seed1"):
+            result = json.loads((folder / "result.json").read_text())
+            assert result["epochs"] == 1 and result["test_images"] == DIGITS_TEST_IMAGES
 
 
 def test_a_broken_or_foreign_checkpoint_in_an_interrupted_folder_fails_cleanly(tmp_path, cli):
