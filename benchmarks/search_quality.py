@@ -61,7 +61,7 @@ DONE_ENDINGS = ("finished", "exhausted", "already trained")
 RAY_PROCESSES_FILE = "ray_processes.json"
 # Settings that define a run: an existing folder must hold the same, or --out mixes two benchmarks.
 FIXED_SETTINGS = ("dataset", "space", "budget", "epochs", "train_fraction", "sampler", "early_stopping",
-                  "objectives", "seed", "grace_epochs", "reduction_factor")
+                  "objectives", "seed", "grace_epochs", "reduction_factor", "startup")
 IQM_TRIM = 0.25
 BOOTSTRAP_RESAMPLES = 9999
 CONFIDENCE = 0.95
@@ -74,6 +74,7 @@ class Method:
     sampler: str
     early_stopping: str
     objectives: tuple[str, ...]
+    startup: str | None = None
 
 
 METHODS = {
@@ -81,6 +82,8 @@ METHODS = {
     "random+asha": Method("random", "asha", ("val_acc",)),
     "tpe+asha": Method("tpe", "asha", ("val_acc",)),
     "mo-tpe+mo-asha": Method("tpe", "asha", ("val_acc", "params")),
+    # The multi-objective search whose first 8 draws are ZiCo's best of 64 (nas search --startup proxy:zico).
+    "zico+mo-tpe+mo-asha": Method("tpe", "asha", ("val_acc", "params"), "proxy:zico"),
 }
 
 
@@ -93,7 +96,7 @@ def method_slug(method: str) -> str:
 def method_of(settings: dict) -> str:
     """The method a run's search.json describes (the recorded settings, not the folder name, are the truth)."""
     found = Method(settings.get("sampler", "tpe"), settings.get("early_stopping", "asha"),
-                   tuple(settings.get("objectives") or ("val_acc",)))
+                   tuple(settings.get("objectives") or ("val_acc",)), settings.get("startup"))
     for name, method in METHODS.items():
         if method == found:
             return name
@@ -127,6 +130,7 @@ def plan_runs(args: argparse.Namespace) -> list[RunPlan]:
                     name=f"{args.dataset}-{space}-{method_slug(method)}-seed{seed}", results_dir=str(args.out),
                     budget=args.budget[space], dataset=args.dataset, space=space, seed=seed,
                     objectives=list(spec.objectives), sampler=spec.sampler, early_stopping=spec.early_stopping,
+                    startup=spec.startup,
                     epochs=args.epochs, epoch_budget=args.epoch_budget,
                     # Every trial trains at least one epoch: the epoch budget always binds before the trial count.
                     trials=args.epoch_budget, train_fraction=args.train_fraction,

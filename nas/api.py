@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 from qkvnas_core.errors import UsageError
 from nas.flags import (count_argument, fraction, integer, non_negative_float, output_folder, path_argument,
                        positive_float, positive_int, run_name, seed_argument, seeds_argument, share, space_argument,
+                       startup_argument,
                        split_list)
 from nas.naming import given, python_names
 from nas.objectives import SCORE, parse_objectives
@@ -63,6 +64,7 @@ SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {
     "space": space_argument, "patch_size": positive_int, "dataset": str, "data_dir": path_argument,
     "classes": positive_int, "train_fraction": share, "img_size": positive_int, "val_fraction": fraction,
     "split_seed": seed_argument, "trials": positive_int, "epoch_budget": positive_int, "sampler": str,
+    "startup": startup_argument,
     "early_stopping": str, "grace_epochs": positive_int, "reduction_factor": positive_int,
     "max_concurrent": positive_int, "cpus_per_model": positive_float, "gpus_per_model": non_negative_float,
     "address": str, "seed": seed_argument, "recipe": str, "epochs": integer, "name": run_name,
@@ -115,7 +117,7 @@ def search(*, budget: str | int | None = None, config: str | os.PathLike | None 
            patch_size: Value = None, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
            classes: Value = None, train_fraction: Value = None, img_size: Value = None, val_fraction: Value = None,
            split_seed: Value = None, trials: Value = None, epoch_budget: Value = None, sampler: str | None = None,
-           early_stopping: str | None = None, grace_epochs: Value = None, reduction_factor: Value = None,
+           startup: str | None = None, early_stopping: str | None = None, grace_epochs: Value = None, reduction_factor: Value = None,
            max_concurrent: Value = None, cpus_per_model: Value = None, gpus_per_model: Value = None,
            address: str | None = None, seed: Value = None, recipe: str | None = None, epochs: Value = None,
            name: str | None = None, results_dir: str | os.PathLike | None = None,

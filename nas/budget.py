@@ -128,11 +128,13 @@ def over_budget_reason(budget: Budget, params: int, flops: int | None) -> str:
 
 @dataclass(frozen=True)
 class FeasibleDraw:
-    """An architecture a space drew that meets every limit, with its measured cost."""
+    """An architecture a space drew that meets every limit, with its measured cost and the Optuna parameters that
+    draw it again (`study.enqueue_trial(params)`)."""
 
     arch: ArchConfig
     params: int
     flops: int | None
+    suggested: dict
 
 
 def feasible_draws(space: Space, budget: Budget, count: int, seed: int = 0,
@@ -155,5 +157,5 @@ def feasible_draws(space: Space, budget: Budget, count: int, seed: int = 0,
             continue
         study.tell(trial, 0.0)
         if max(budget.violation(params, flops).values()) <= 0 and arch.arch_id not in found:
-            found[arch.arch_id] = FeasibleDraw(arch, params, flops)
+            found[arch.arch_id] = FeasibleDraw(arch, params, flops, dict(trial.params))
     return list(found.values())

@@ -13,12 +13,13 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import user_path
 from qkvnas_core.units import parse_count
 from search_spaces.device import DEVICE_HELP
+from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
 RECIPE_DEST = "recipe_field_"
 METAVARS = {"int": "N", "float": "F", "str": "TEXT"}
@@ -97,15 +98,23 @@ def seeds_argument(text: str) -> int | tuple[int, ...]:
 
 
 @argument_type
+def startup_argument(text: str) -> str | None:
+    """How a search starts: random, or proxy:NAME (nas.startup.parse_startup; imported only when given)."""
+    from nas.startup import parse_startup
+
+    return parse_startup(text)
+
+
+@argument_type
 def fraction(text: str) -> float:
-    """A share strictly between 0 and 1 (a validation split)."""
-    return _number(text, lambda value: 0 < value < 1, "a number between 0 and 1")
+    """A validation share: trainers.holdout's VAL_FRACTION range."""
+    return _number(text, VAL_FRACTION.holds, VAL_FRACTION.expected)
 
 
 @argument_type
 def share(text: str) -> float:
-    """A share above 0, at most 1 (a fraction of the training set)."""
-    return _number(text, lambda value: 0 < value <= 1, "a number above 0, at most 1")
+    """A share of the training set: trainers.holdout's TRAIN_FRACTION range."""
+    return _number(text, TRAIN_FRACTION.holds, TRAIN_FRACTION.expected)
 
 
 @argument_type
@@ -215,8 +224,13 @@ VOCABULARY: dict[str, Word] = {
 }
 
 
-def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, detail: str = "",
-             **options: Any) -> argparse.Action:
+class ArgumentContainer(Protocol):
+    """What flags are added to: a parser or one of its argument groups (argparse names no public type for both)."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def add_flag(parser: ArgumentContainer, flag: str, detail: str = "", **options: Any) -> argparse.Action:
     """`flag` as VOCABULARY defines it; `detail` (what this command adds: its default, its use) follows the
     meaning; `options` are argparse's (default, action="append", ...)."""
     word = VOCABULARY[flag]
@@ -226,8 +240,7 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: st
     return parser.add_argument(flag, **{"type": word.type, "metavar": word.metavar, "help": text, **options})
 
 
-def add_hidden_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, alias: str,
-                     action: argparse.Action) -> None:
+def add_hidden_alias(parser: ArgumentContainer, alias: str, action: argparse.Action) -> None:
     """An old spelling of `action`'s flag, still read but not shown in --help."""
     parser.add_argument(alias, type=action.type, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from qkvnas_core.errors import UsageError
 from nas.naming import given, named
 
+# The score every search maximises, the metric a trial reports and the trials table's column.
 SCORE = "val_acc"
-# Each cost objective and the search setting that limits it.
+# Each cost and the search setting that limits it (the plots' limit lines, the hypervolume's reference point).
 COST_LIMIT_SETTINGS = {"params": "budget", "flops": "max_flops"}
 DEFAULT_OBJECTIVES = (SCORE, "params")
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -41,12 +42,18 @@ def directions(objectives: Sequence[str]) -> list[str]:
     return ["maximize" if name == SCORE else "minimize" for name in objectives]
 
 
+def _limits(budget: int, max_flops: int | None) -> dict[str, int | None]:
+    """Each cost's limit by cost name (None: the run set none)."""
+    settings = {"budget": budget, "max_flops": max_flops}
+    return {cost: settings[setting] for cost, setting in COST_LIMIT_SETTINGS.items()}
+
+
 def cost_limits(objectives: Sequence[str], budget: int, max_flops: int | None) -> dict[str, float]:
     """Each cost objective's limit: the hypervolume's reference point (val_acc's is 0)."""
-    limits = {"budget": budget, "max_flops": max_flops}
+    limits = _limits(budget, max_flops)
     values = {}
     for name in objectives[1:]:
-        limit = limits[COST_LIMIT_SETTINGS[name]]
+        limit = limits[name]
         if limit is None:
             raise UsageError(f"{given('objectives', ','.join(objectives))} without {named('max_flops')}: a FLOPs "
                              "objective needs its limit (the hypervolume's reference point); expected "
@@ -58,7 +65,4 @@ def cost_limits(objectives: Sequence[str], budget: int, max_flops: int | None) -
 def reference_limits(budget: int, max_flops: int | None) -> dict[str, float]:
     """The costs a run's hypervolume is measured over, with their limits: params (the budget) always, and FLOPs
     when the run has a FLOPs limit; whatever the objectives, so single- and multi-objective runs compare."""
-    limits = {"params": float(budget)}
-    if max_flops is not None:
-        limits["flops"] = float(max_flops)
-    return limits
+    return {cost: float(limit) for cost, limit in _limits(budget, max_flops).items() if limit is not None}

@@ -2,9 +2,10 @@
 
 Domination rule: trial a dominates b when a's val_acc is at least b's and every cost of a is at most
 b's, and a is strictly better in at least one of them. Equal points dominate neither; they are one
-point, represented by the first of them in trial_id (string) order. Only trials scored at full fidelity
-(complete: every epoch ran) take part, unless stopped trials are asked for too (`include_stopped`: ASHA
-scored them after fewer epochs, so they are not comparable); and only those with a value for every cost.
+point, represented by the first of them in trial_id (string) order. moocore decides it (`non_dominated`).
+Only trials scored at full fidelity (complete: every epoch ran) take part, unless stopped trials are asked
+for too (`include_stopped`: ASHA scored them after fewer epochs, so they are not comparable); and only
+those with a value for every cost.
 """
 from __future__ import annotations
 
@@ -14,22 +15,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import moocore
 import numpy as np
 import pandas as pd
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
-from nas.results import Run, read_run, state_counts
+from nas.objectives import COST_LIMIT_SETTINGS, SCORE
+from nas.results import SCORED_STATES, Run, TrialState, read_run, state_counts
 from nas.seed_stats import read_retrain, seed_summary
 from search_spaces.arch import QKVConfig, structure_name
 from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 
-SCORE = "val_acc"
-SCORED_STATES = ("complete", "stopped")
 COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
-# Settings that name the run's limit on a cost; drawn as a vertical line on that cost's plot.
-COST_LIMITS = {"params": "budget", "flops": "max_flops"}
 LATENCY_COLUMNS = ("latency_ms", "throughput", "latency_device")
 # (label, preset, ImageNet top-1, published params or None when the preset's count is the published one).
 # The paper's F-SNE has 3.1M params; its hidden width is not given, so our preset (hidden ratio 1, 2.87M)
@@ -73,18 +72,15 @@ UNKNOWN_STRUCTURE_COLOUR = "#333333"
 def scored_trials(table: pd.DataFrame, include_stopped: bool = True) -> pd.DataFrame:
     """The trials that have a score: complete (scored at full fidelity), and stopped ones unless
     `include_stopped` is False; each with a val_acc."""
-    states = SCORED_STATES if include_stopped else ("complete",)
+    states = SCORED_STATES if include_stopped else (TrialState.COMPLETE,)
     return table[table["state"].isin(states) & table[SCORE].notna()]
 
 
-def _dominated(points: np.ndarray) -> np.ndarray:
-    """Row i is dominated when another row is <= in every column and < in one (all columns minimised)."""
-    dominated = np.zeros(len(points), dtype=bool)
-    for index, point in enumerate(points):
-        at_most = np.all(points <= point, axis=1)
-        below = np.any(points < point, axis=1)
-        dominated[index] = bool(np.any(at_most & below))
-    return dominated
+def non_dominated(rows: pd.DataFrame, maximised: str, minimised: Sequence[str]) -> np.ndarray:
+    """Which `rows` no other row dominates (the module's rule: `maximised` at least, each of `minimised` at most,
+    one strictly better), by moocore; of equal rows only the first is non-dominated."""
+    points = rows[[maximised, *minimised]].to_numpy(dtype=float)
+    return moocore.is_nondominated(points, maximise=[True] + [False] * len(minimised), keep_weakly=False)
 
 
 def pareto_front(table: pd.DataFrame, costs: Sequence[str], include_stopped: bool = False) -> pd.DataFrame:
@@ -96,12 +92,9 @@ def pareto_front(table: pd.DataFrame, costs: Sequence[str], include_stopped: boo
     missing = [name for name in [SCORE, "state", "trial_id", *costs] if name not in table.columns]
     if missing:
         raise UsageError(f"trials table lacks column(s) {', '.join(missing)}: expected them to draw a Pareto front")
-    candidates = scored_trials(table, include_stopped).dropna(subset=costs)
-    candidates = candidates.sort_values("trial_id", kind="stable").drop_duplicates(subset=[SCORE, *costs])
-    # Accuracy is negated so every column is minimised.
-    points = np.column_stack([-candidates[SCORE].to_numpy(dtype=float),
-                              *(candidates[name].to_numpy(dtype=float) for name in costs)])
-    front = candidates[~_dominated(points)]
+    # In trial_id order, so the first of equal trials is the one kept.
+    candidates = scored_trials(table, include_stopped).dropna(subset=costs).sort_values("trial_id", kind="stable")
+    front = candidates[non_dominated(candidates, SCORE, costs)]
     return front.sort_values([costs[0], SCORE, "trial_id"], ascending=[True, False, True],
                              kind="stable").reset_index(drop=True)
 
@@ -130,12 +123,12 @@ def plot_front(table: pd.DataFrame, front: pd.DataFrame, cost: str, budget: floa
     for name in ordered:
         colour = STRUCTURE_COLOURS.get(name, UNKNOWN_STRUCTURE_COLOUR)
         group = trials[trials["structure"].astype(str) == name]
-        for state, face in (("complete", colour), ("stopped", "none")):
+        for state, face in ((TrialState.COMPLETE, colour), (TrialState.STOPPED, "none")):
             part = group[group["state"] == state]
             ax.scatter(part[cost] * axis.scale, part[SCORE] * 100, s=28, facecolors=face, edgecolors=colour,
                        linewidths=1.2, zorder=3)
         handles.append(Line2D([], [], ls="", marker="o", color=colour, label=f"{name} ({len(group)})"))
-    if (trials["state"] == "stopped").any():
+    if (trials["state"] == TrialState.STOPPED).any():
         handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="#555555",
                               label="hollow: stopped early\n(fewer epochs)"))
 
@@ -188,8 +181,7 @@ def plot_retrained(summary: pd.DataFrame, out_stem: Path, title: str) -> list[Pa
     from matplotlib.figure import Figure
 
     shown = summary.dropna(subset=["top1_mean"])
-    points = np.column_stack([-shown["top1_mean"].to_numpy(float), shown["params"].to_numpy(float)])
-    front = shown[~_dominated(points)].sort_values("params")
+    front = shown[non_dominated(shown, "top1_mean", ["params"])].sort_values("params")
     figure = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
@@ -380,7 +372,7 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
     written = [csv_path]
     for cost in costs:
         stem = out / (name if len(costs) == 1 else f"{name}_{cost}")
-        limit = run.settings.get(COST_LIMITS[cost]) if cost in COST_LIMITS else None
+        limit = run.settings.get(COST_LIMIT_SETTINGS[cost]) if cost in COST_LIMIT_SETTINGS else None
         plots = plot_front(table, front, COST_COLUMNS[cost], limit, stem, references, title=title)
         written += plots
         if len(costs) > 1 and cost == costs[0]:

@@ -11,9 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from qkvnas_core.units import format_count, format_duration
-from nas.results import INTERRUPTED, best_trial, interrupted_count, trained_count
-
-TRAINED_STATES = ("complete", "stopped")
+from nas.results import INTERRUPTED, SCORED_STATES, TrialState, best_trial, interrupted_count, trained_count
 
 
 class ProgressLine(str):
@@ -43,11 +41,11 @@ def seconds_left(trials: pd.DataFrame, target: int, epochs: int) -> float | None
     if ran.empty:
         return None
     pace = float(ran["seconds"].sum()) / float(ran["epochs"].sum())
-    running = trials[trials["state"] == "running"]
+    running = trials[trials["state"] == TrialState.RUNNING]
     done = running["epochs"].fillna(0).astype(float)
     own_pace = (running["seconds"].astype(float) / done.where(done > 0)).fillna(pace)
     running_left = ((epochs - done).clip(lower=0) * own_pace).tolist()
-    trained = trials[trials["state"].isin(TRAINED_STATES) & (trials["reason"] != INTERRUPTED)]
+    trained = trials[trials["state"].isin(SCORED_STATES) & (trials["reason"] != INTERRUPTED)]
     per_trial = float(trained["seconds"].mean()) if len(trained) else epochs * pace
     to_start = max(0, target - trained_count(trials) - len(running))
     shared = (sum(running_left) + to_start * per_trial) / max(1, len(running))
@@ -87,19 +85,19 @@ class Progress:
             f"best val_acc {best['val_acc']:.2%} ({format_count(best['params'])} params, {best['trial_id']})")
         hypervolume = self.hypervolume(trials) if self.hypervolume else None
         interrupted = interrupted_count(trials)
-        counts = trials["state"].value_counts()
-        status = (f"{trained}/{self.target} trained: {counts.get('complete', 0)} complete, "
-                  f"{counts.get('stopped', 0)} stopped, {counts.get('failed', 0) - interrupted} failed, "
-                  f"{counts.get('running', 0)} in progress, {counts.get('queued', 0)} queued, "
-                  f"{counts.get('infeasible', 0)} infeasible"
+        counts = {state: int((trials["state"] == state).sum()) for state in TrialState}
+        status = (f"{trained}/{self.target} trained: {counts[TrialState.COMPLETE]} complete, "
+                  f"{counts[TrialState.STOPPED]} stopped, {counts[TrialState.FAILED] - interrupted} failed, "
+                  f"{counts[TrialState.RUNNING]} in progress, {counts[TrialState.QUEUED]} queued, "
+                  f"{counts[TrialState.INFEASIBLE]} infeasible"
                   f"{f', {interrupted} interrupted (trained again)' if interrupted else ''} | {best_text}"
                   f"{f' | hypervolume {hypervolume:.4f}' if hypervolume is not None else ''}")
         if force and status == self.last_status:
             return
         self.last_status = status
-        summary = " | ".join([f"{counts.get('running', 0)} running", best_text,
+        summary = " | ".join([f"{counts[TrialState.RUNNING]} running", best_text,
                               *([f"hypervolume {hypervolume:.4f}"] if hypervolume is not None else []), left])
         self.say(ProgressLine(f"[{format_duration(now - self.start):>7}] {status} | {left}", trained=trained,
-                              target=self.target, running=int(counts.get("running", 0)),
+                              target=self.target, running=counts[TrialState.RUNNING],
                               best_val_acc=None if best is None else float(best["val_acc"]), hypervolume=hypervolume,
                               seconds_left=left_seconds, summary=summary))

@@ -12,17 +12,20 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 from qkvnas_core.errors import UsageError
 
 # Addresses that start a Ray of this process's own rather than join one.
 LOCAL_ADDRESSES = (None, "local")
 CONNECT_TIMEOUT_S = 5.0
+# psutil's start times follow the wall clock, which NTP may shift between two sessions; a recycled pid would need
+# the pid space to wrap around within this of the recorded process's start.
+START_TIME_TOLERANCE_S = 1.0
 
 
 def check_reachable(address: str) -> None:
@@ -49,14 +52,10 @@ def single_machine_mode() -> Iterator[None]:
     servers listen on every interface. Ray reads the mode from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when
     it is imported, and has no init argument for it (`ray.init(_node_ip_address="127.0.0.1")` is turned back
     into the external address), so the flag it read is set here, whenever ray was imported."""
-    from ray._private import ray_constants
+    from nas.ray_compat import cluster_mode
 
-    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with cluster_mode(False):
         yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def start_ray(address: str | None, log_to_driver: bool = False) -> bool:
@@ -98,43 +97,29 @@ def check_resources(cpus: float, gpus: float, what: str) -> None:
                      f"{most_cpus:g} CPUs and {most_gpus:g} GPUs: expected at most that much per trial")
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command name: [2] is the parent, [19] the start time."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def ray_processes() -> list[tuple[int, int]]:
+def ray_processes() -> list[tuple[int, float]]:
     """(pid, start time) of this process's Ray descendants (GCS, raylet, agents, workers): what to stop if this
-    process is killed before it can shut Ray down."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    found, todo = [], list(children.get(os.getpid(), []))
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            found.append((pid, int(_stat_fields(pid)[19])))
-        except (OSError, IndexError, ValueError):
-            continue
+    process is killed before it can shut Ray down. The start time (psutil's, seconds since the epoch) tells a
+    recycled pid from the process recorded."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found.append((process.pid, process.create_time()))
     return sorted(found)
 
 
-def stop_leftovers(processes: list[tuple[int, int]]) -> int:
+def stop_leftovers(processes: list[tuple[int, float]]) -> int:
     """Kill the Ray processes a killed session left running (its agents outlive their raylet for a minute or more,
     and hang on SIGTERM trying to reach the dead GCS); a pid counts only with its recorded start time (a
     recycled pid is another process). Returns how many were stopped."""
     stopped = 0
     for pid, started in processes:
         try:
-            if int(_stat_fields(pid)[19]) != started:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) > START_TIME_TOLERANCE_S:
                 continue
-            os.kill(pid, signal.SIGKILL)
+            process.kill()
             stopped += 1
-        except (OSError, IndexError, ValueError):
+        except psutil.Error:
             continue
     return stopped

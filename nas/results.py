@@ -5,6 +5,7 @@ command (pareto, show, retrain) reads the run back through `load_trials`.
 """
 from __future__ import annotations
 
+import enum
 import os
 import re
 from dataclasses import dataclass
@@ -18,8 +19,32 @@ from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, read_json_object, write_text_atomic
+from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
-STATES = ("complete", "stopped", "failed", "infeasible", "running", "queued")
+
+class TrialState(str, enum.Enum):
+    """A trial's state in trials.csv and in its study's `state` user attr: a str, so the table's values and the
+    words compare equal."""
+
+    COMPLETE = "complete"  # every epoch ran: scored at full fidelity
+    STOPPED = "stopped"  # ASHA ended it early: scored after fewer epochs
+    FAILED = "failed"
+    INFEASIBLE = "infeasible"  # over a limit or unbuildable: never trained
+    RUNNING = "running"
+    QUEUED = "queued"
+
+    # Written, formatted and hashed as the word itself (StrEnum's behaviour, which Python 3.10 lacks), so a CSV
+    # holds "complete" and pandas' isin finds a member among the words.
+    __str__ = str.__str__
+    __format__ = str.__format__
+    __hash__ = str.__hash__
+
+
+STATES = tuple(TrialState)
+# Trials with a validation accuracy to rank; only complete ones were scored at full fidelity.
+SCORED_STATES = (TrialState.COMPLETE, TrialState.STOPPED)
+# Trials that went through Ray and ended.
+ENDED_STATES = (*SCORED_STATES, TrialState.FAILED)
 # The reason of a trial a crash or Ctrl-C cut short: failed, but not counted as trained, and tried again on resume.
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 # val_acc is the trial's best validation accuracy, reached after best_epoch of its `epochs`; epochs_spent is the
@@ -68,7 +93,7 @@ def write_trials(path: Path, trials: pd.DataFrame) -> None:
 
 def trained_count(trials: pd.DataFrame) -> int:
     """Trials that went through Ray and ended (interrupted ones are not counted: a resume replaces them)."""
-    ended = trials["state"].isin(["complete", "stopped", "failed"]) & trials["seed"].notna()
+    ended = trials["state"].isin(ENDED_STATES) & trials["seed"].notna()
     return int((ended & (trials["reason"] != INTERRUPTED)).sum())
 
 
@@ -77,8 +102,9 @@ def interrupted_count(trials: pd.DataFrame) -> int:
 
 
 def best_trial(trials: pd.DataFrame) -> dict[str, Any] | None:
-    """The row with the best val_acc so far (fewest params on a tie), or None before any score."""
-    scored = trials[trials["state"].isin(["complete", "stopped", "running"]) & trials["val_acc"].notna()]
+    """The row with the best val_acc so far (fewest params on a tie; a running trial's epochs so far count), or
+    None before any score."""
+    scored = trials[trials["state"].isin((*SCORED_STATES, TrialState.RUNNING)) & trials["val_acc"].notna()]
     if scored.empty:
         return None
     return scored.sort_values(["val_acc", "params"], ascending=[False, True], kind="stable").iloc[0].to_dict()
@@ -128,17 +154,17 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
 # as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
 SETTINGS_FIELDS = {
     **dict.fromkeys(("name", "study_name", "results_dir", "dataset", "data_dir", "space", "recipe", "address",
-                     "started", "finished", "ended", "sampler", "early_stopping"), str),
+                     "started", "finished", "ended", "sampler", "early_stopping", "startup"), str),
     **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
                      "epochs", "grace_epochs", "reduction_factor", "max_concurrent", "max_infeasible_streak",
                      "sessions", "split_version", "seed", "split_seed", "epoch_budget"), int),
     **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
-    "verbose": bool, "ray_processes": list[tuple[int, int]], "versions": dict[str, str], "recipe_overrides": dict,
+    "verbose": bool, "ray_processes": list[tuple[int, float]], "versions": dict[str, str], "recipe_overrides": dict,
     "objectives": list[str], "loggers": list[str], "hypervolume": float, "hypervolume_reference": dict[str, float],
 }
 POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
                      "epochs", "epoch_budget")
-FRACTION_SETTINGS = ("val_fraction", "train_fraction")
+FRACTION_SETTINGS = {setting.name: setting for setting in (VAL_FRACTION, TRAIN_FRACTION)}
 
 
 def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str, Any]:
@@ -156,11 +182,12 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
         for name, value in settings.items():
             if value is None or SETTINGS_FIELDS.get(name) not in (int, float):
                 continue
+            if name in FRACTION_SETTINGS:
+                FRACTION_SETTINGS[name].check(value)
+                continue
             lowest = 1 if name in POSITIVE_SETTINGS else 0
             if value < lowest:
                 raise UsageError(f"{name}={value}: expected a number of at least {lowest}")
-            if name in FRACTION_SETTINGS and not 0 < value <= 1:
-                raise UsageError(f"{name}={value}: expected a fraction above 0, at most 1")
         if settings.get("img_size") is not None and settings.get("num_classes") is not None:
             DataShape(img_size=settings["img_size"], in_chans=settings.get("in_chans") or 3,
                       num_classes=settings["num_classes"])

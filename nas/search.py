@@ -39,12 +39,13 @@ from nas.progress import Progress
 from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
 from nas.results import best_trial, load_settings, trained_count, write_trials
 from nas.scheduler import RungScheduler
+from nas.startup import POOL_PER_DRAW, STARTUP_DRAWS, parse_startup, startup_points
 from nas.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
                           trial_curves)
 from nas.tracking import DEFAULT_LOGGERS, check_loggers, tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
-from trainers.holdout import DEFAULT_VAL_FRACTION, SPLIT_VERSION
+from trainers.holdout import DEFAULT_VAL_FRACTION, SPLIT_VERSION, TRAIN_FRACTION, VAL_FRACTION
 from trainers.recipe import PROXY, get_recipe
 from trainers.trial import TrialSettings, run_trial
 
@@ -100,6 +101,7 @@ class SearchSettings:
     early_stopping: str = "asha"
     epoch_budget: int | None = None
     loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))
+    startup: str | None = None  # None: the sampler's random phase; proxy:NAME (nas.startup)
 
     def __post_init__(self) -> None:
         # The Optuna study keeps its first name even if the run folder is renamed or moved later.
@@ -116,10 +118,8 @@ class SearchSettings:
             raise UsageError(f"{given('split_seed', split_seed)}: expected a non-negative integer")
         if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 2:
             raise UsageError(f"{given('reduction_factor', self.reduction_factor)}: expected an integer of at least 2")
-        if not 0 < self.val_fraction < 1:
-            raise UsageError(f"--val-fraction {self.val_fraction}: expected a number between 0 and 1")
-        if not 0 < self.train_fraction <= 1:
-            raise UsageError(f"--train-fraction {self.train_fraction}: expected a number above 0, at most 1")
+        for setting in (VAL_FRACTION, TRAIN_FRACTION):
+            setting.check(getattr(self, setting.name), given(setting.name, getattr(self, setting.name)))
         if not self.cpus_per_trial > 0 or not self.gpus_per_trial >= 0:
             raise UsageError(f"{given('cpus_per_trial', self.cpus_per_trial)} "
                              f"{given('gpus_per_trial', self.gpus_per_trial)}: expected a positive CPU count and a GPU "
@@ -130,6 +130,11 @@ class SearchSettings:
             if getattr(self, name) not in choices:
                 raise UsageError(f"{given(name, getattr(self, name))}: expected one of {', '.join(choices)}")
         check_loggers(self.loggers)
+        if self.startup is not None:
+            try:
+                parse_startup(self.startup)
+            except UsageError as error:
+                raise UsageError(f"{given('startup', self.startup)}: {str(error).partition(': ')[2]}") from None
         if "epochs" in self.recipe_overrides:
             raise UsageError(f"{given('recipe_overrides', self.recipe_overrides)}: expected epochs as a setting of its "
                              f"own ({named('epochs')})")
@@ -289,6 +294,16 @@ class SearchSession:
             self.clock.write()
         self.progress.show(trials, force=ended)
 
+    def startup_points(self) -> list[dict[str, Any]]:
+        """The new search's first points: the space's initial points, then a proxy's picks (--startup)."""
+        settings = self.settings
+        if settings.startup is not None:
+            self.progress.say(f"startup: scoring {STARTUP_DRAWS * POOL_PER_DRAW} feasible draws with "
+                              f"{settings.startup}; the best {STARTUP_DRAWS} train first")
+        return startup_points(settings.startup, self.space, self.budget, self.splits,
+                              get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
+                              settings.seed)
+
     def tune(self, remaining: int) -> BudgetedSearcher:
         """Ray Tune's part: `remaining` trials; returns the searcher, which knows why it stopped drawing."""
         settings = self.settings
@@ -299,7 +314,7 @@ class SearchSession:
         searcher = BudgetedSearcher(
             self.space, self.budget, self.study, settings.seed, settings.epochs,
             settings.max_infeasible_streak, on_record=self.save_trials,
-            initial_points=None if self.resumed else list(getattr(self.space, "initial_points", [])),
+            initial_points=None if self.resumed else self.startup_points(),
             sampler=functools.partial(make_sampler, kind=settings.sampler), objectives=settings.objectives,
             epoch_budget=settings.epoch_budget)
         if settings.early_stopping == "asha":

@@ -24,18 +24,18 @@ from typing import Any, Callable
 
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import TrialState as OptunaState
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from qkvnas_core.errors import UsageError
 from nas.budget import Budget, over_budget_reason
-from nas.objectives import directions
-from nas.results import INTERRUPTED, trial_row, trials_frame
+from nas.objectives import SCORE, directions
+from nas.optuna_compat import running_trial, set_system_attr
+from nas.results import INTERRUPTED, TrialState, trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import Space, draw
 
-METRIC = "val_acc"
 # Draws in a row without a new feasible architecture after which the searcher draws at random instead of TPE.
 RANDOM_AFTER_STREAK = 20
 NSGA2_POPULATION = 8
@@ -45,8 +45,8 @@ CURVE_ATTR = "val_acc_curve"
 # it below every over-budget draw.
 UNBUILDABLE = 1e18
 # The state Optuna holds for a trial that recorded none of its own (a study from an older version).
-TOLD_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "stopped", TrialState.FAIL: "failed",
-               TrialState.RUNNING: "running"}
+TOLD_STATES = {OptunaState.COMPLETE: TrialState.COMPLETE, OptunaState.PRUNED: TrialState.STOPPED,
+               OptunaState.FAIL: TrialState.FAILED, OptunaState.RUNNING: TrialState.RUNNING}
 
 
 def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
@@ -64,7 +64,7 @@ def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
 
 
-def open_study(storage_url: str, study_name: str, seed: int, objectives: Sequence[str] = (METRIC,),
+def open_study(storage_url: str, study_name: str, seed: int, objectives: Sequence[str] = (SCORE,),
                sampler: str = "tpe") -> optuna.Study:
     """The run's study (created on first use): maximise val_acc, minimise each cost objective; no Optuna pruner
     (ASHA decides)."""
@@ -91,10 +91,10 @@ class BudgetedSearcher(Searcher):
             initial_points: list[dict[str, Any]] | None = None,
             on_record: Callable[[bool], None] | None = None,
             sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
-            objectives: Sequence[str] = (METRIC,),
+            objectives: Sequence[str] = (SCORE,),
             epoch_budget: int | None = None,
     ) -> None:
-        super().__init__(metric=METRIC, mode="max")
+        super().__init__(metric=SCORE, mode="max")
         self.space = space
         self.budget = budget
         self.study = study
@@ -112,7 +112,8 @@ class BudgetedSearcher(Searcher):
         self.last_results: dict[str, dict[str, Any]] = {}
         # Architectures already trained (or training): drawn again, they are skipped, not retrained.
         trials = render_trials(study)
-        trained = (trials["state"] != "infeasible") & trials["arch_id"].notna() & (trials["reason"] != INTERRUPTED)
+        trained = ((trials["state"] != TrialState.INFEASIBLE) & trials["arch_id"].notna()
+                   & (trials["reason"] != INTERRUPTED))
         self.trained_ids = set(trials.loc[trained, "arch_id"])
         self.epochs_spent = epochs_spent(study)
         for point in initial_points or []:
@@ -143,7 +144,7 @@ class BudgetedSearcher(Searcher):
             self.running[trial_id] = ot_trial
             seed = ot_trial.user_attrs.get("seed", self.seed + ot_trial.number)  # a retried trial keeps its seed
             _set_constraints(ot_trial, violation)
-            _set_attrs(ot_trial, arch=arch.to_json(), params=params, flops=flops, seed=seed, state="queued")
+            _set_attrs(ot_trial, arch=arch.to_json(), params=params, flops=flops, seed=seed, state=TrialState.QUEUED)
             self._recorded()
             return {"arch": arch.to_dict(), "trial_number": ot_trial.number, "seed": seed, "params": params,
                     "flops": flops}
@@ -183,7 +184,7 @@ class BudgetedSearcher(Searcher):
         """A repeat of a trained architecture: failed in Optuna (TPE ignores it), no row, no training."""
         self.infeasible_streak += 1
         ot_trial.set_user_attr("duplicate_of", arch.arch_id)
-        self.study.tell(ot_trial, state=TrialState.FAIL)
+        self.study.tell(ot_trial, state=OptunaState.FAIL)
 
     def _reject(self, ot_trial: optuna.Trial, arch: ArchConfig | None, params: int | None, flops: int | None,
                 violation: dict[str, float], reason: str) -> None:
@@ -192,7 +193,7 @@ class BudgetedSearcher(Searcher):
         self.infeasible_streak += 1
         _set_constraints(ot_trial, violation)
         _set_attrs(ot_trial, arch=arch.to_json() if arch is not None else None, params=params, flops=flops,
-                   state="infeasible", reason=reason)
+                   state=TrialState.INFEASIBLE, reason=reason)
         self.study.tell(ot_trial, self._values(0.0, params, flops))
         self._recorded()
 
@@ -200,7 +201,7 @@ class BudgetedSearcher(Searcher):
         """Ray started the trial (its callbacks see this; a Searcher does not)."""
         ot_trial = self.running.get(trial_id)
         if ot_trial is not None:
-            ot_trial.set_user_attr("state", "running")
+            ot_trial.set_user_attr("state", TrialState.RUNNING)
             self._recorded()
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -217,7 +218,7 @@ class BudgetedSearcher(Searcher):
         epoch = int(result["training_iteration"])
         if len(curve) >= epoch:
             return
-        curve.append(float(result[METRIC]))
+        curve.append(float(result[SCORE]))
         ot_trial.set_user_attr(CURVE_ATTR, curve)
         if len(self.objectives) == 1:
             ot_trial.report(curve[-1], epoch)
@@ -239,27 +240,27 @@ class BudgetedSearcher(Searcher):
 
     def record_failure(self, trial_id: str, reason: str) -> None:
         """The end of a trial that raised, with its reason (Ray's callbacks read it from the trial's error files)."""
-        self._end(trial_id, "failed", None, reason)
+        self._end(trial_id, TrialState.FAILED, None, reason)
 
-    def _end(self, trial_id: str, state: str, result: dict[str, Any] | None, reason: str) -> None:
+    def _end(self, trial_id: str, state: TrialState, result: dict[str, Any] | None, reason: str) -> None:
         ot_trial = self.running.pop(trial_id, None)
         if ot_trial is None:
             return
         reported = self.last_results.pop(trial_id, {})
-        if result and METRIC in result and result.get("training_iteration") != reported.get("training_iteration"):
+        if result and SCORE in result and result.get("training_iteration") != reported.get("training_iteration"):
             # Ray does not pass the result that made ASHA stop a trial to on_trial_result: its epoch counts too.
             self._record_result(ot_trial, result)
-        if state == "stopped":
+        if state == TrialState.STOPPED:
             reason = f"stopped by ASHA after {(result or reported).get('training_iteration')} epochs"
         _set_attrs(ot_trial, state=state, reason=reason, epochs_spent=self.epochs_spent)
-        if state == "complete":
+        if state == TrialState.COMPLETE:
             attrs = ot_trial.user_attrs
             self.study.tell(ot_trial, self._values(float(result["best_val_acc"]), attrs.get("params"),
                                                    attrs.get("flops")))
-        elif state == "stopped":
-            self.study.tell(ot_trial, state=TrialState.PRUNED)
+        elif state == TrialState.STOPPED:
+            self.study.tell(ot_trial, state=OptunaState.PRUNED)
         else:
-            self.study.tell(ot_trial, state=TrialState.FAIL)
+            self.study.tell(ot_trial, state=OptunaState.FAIL)
         self._recorded(ended=True)
 
     def _recorded(self, ended: bool = False) -> None:
@@ -292,8 +293,8 @@ def unbuildable_violation(budget: Budget) -> dict[str, float]:
 def _set_constraints(ot_trial: optuna.Trial, violation: dict[str, float]) -> None:
     for key, value in violation.items():
         ot_trial.set_constraint(key, value)
-    # optuna-dashboard reads only the pre-5.0 list in system attr "constraints" (Optuna has no public setter).
-    ot_trial.storage.set_trial_system_attr(ot_trial._trial_id, "constraints", list(violation.values()))
+    # optuna-dashboard reads only the pre-5.0 list in system attr "constraints".
+    set_system_attr(ot_trial, "constraints", list(violation.values()))
 
 
 def _set_attrs(ot_trial: optuna.Trial, **attrs: Any) -> None:
@@ -338,7 +339,7 @@ def epochs_spent(study: optuna.Study) -> int:
     return sum(len(curve_of(trial)) for trial in study.get_trials(deepcopy=False))
 
 
-def trial_curves(study: optuna.Study, objectives: Sequence[str] = (METRIC,)) -> list[tuple[int, list[list[float]]]]:
+def trial_curves(study: optuna.Study, objectives: Sequence[str] = (SCORE,)) -> list[tuple[int, list[list[float]]]]:
     """(trial number, the objectives' values after each epoch) of every trained trial, for ASHA's rungs after a
     resume: val_acc of that epoch, and the trial's costs (fixed for a trial)."""
     curves = []
@@ -362,11 +363,11 @@ def render_trials(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        if "duplicate_of" in attrs or trial.state == TrialState.WAITING:
+        if "duplicate_of" in attrs or trial.state == OptunaState.WAITING:
             continue
         state = attrs.get("state", TOLD_STATES[trial.state])
         # A failure that recorded no reason was cut off as it was drawn (or in a study from an older version).
-        reason = attrs.get("reason", INTERRUPTED if state == "failed" else "")
+        reason = attrs.get("reason", INTERRUPTED if state == TrialState.FAILED else "")
         arch = _arch(attrs["arch"]) if "arch" in attrs else None
         rows.append(trial_row(trial.number, state, reason, arch, attrs.get("params"), attrs.get("flops"),
                               attrs.get("seed"), curve_of(trial), attrs.get("seconds", 0.0),
@@ -374,11 +375,11 @@ def render_trials(study: optuna.Study) -> pd.DataFrame:
     return trials_frame(rows)
 
 
-def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
+def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> TrialState:
     """complete (every epoch ran), stopped (ASHA ended it early) or failed."""
     if error or not result or result.get("best_val_acc") is None or result.get("failed"):
-        return "failed"
-    return "complete" if result.get("training_iteration", 0) >= epochs else "stopped"
+        return TrialState.FAILED
+    return TrialState.COMPLETE if result.get("training_iteration", 0) >= epochs else TrialState.STOPPED
 
 
 def close_interrupted(study: optuna.Study) -> list[int]:
@@ -386,9 +387,9 @@ def close_interrupted(study: optuna.Study) -> list[int]:
     the study's history is clean, and enqueued again with their parameters and seed: the next draw of a resume
     trains the same architecture with the same seed to its end (`retry_of` names the trial it replaces)."""
     numbers = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        _set_attrs(optuna.Trial(study, trial._trial_id), state="failed", reason=INTERRUPTED)
-        study.tell(trial.number, state=TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        _set_attrs(running_trial(study, trial), state=TrialState.FAILED, reason=INTERRUPTED)
+        study.tell(trial.number, state=OptunaState.FAIL)
         again = {"retry_of": trial.number, **({"seed": trial.user_attrs["seed"]} if "seed" in trial.user_attrs else {})}
         study.enqueue_trial(trial.params, user_attrs=again)
         numbers.append(trial.number)

@@ -20,7 +20,7 @@ from search_spaces.attention import (LinformerAttention, NystromAttention, Perfo
 from search_spaces.ffn import SwiGLUMoE, experts_per_block, ffn_hidden_sizes
 from search_spaces.qkv import QKVEmbedding
 from search_spaces.shape import DataShape
-from search_spaces.timm_models import attach_timm_config
+from search_spaces.timm_config import attach_timm_config
 
 ATTENTION_CLASSES: dict[str, type[QKVAttention]] = {
     "softmax": SoftmaxAttention, "performer": PerformerAttention, "nystrom": NystromAttention,
@@ -171,7 +171,7 @@ def _build_vit(arch: ArchConfig, shape: DataShape, drop_path_rate: float) -> Vis
 def build_model(arch: ArchConfig, shape: DataShape, drop_path_rate: float = 0.0) -> nn.Module:
     """Build the timm backbone `arch` names, for images and labels of `shape`, and give the chosen blocks its
     QKV embedding. (`shape.patch_size` is the data's suggestion; the model's patch is `arch.patch_size`.) The
-    model carries timm's `pretrained_cfg` and rebuild arguments (search_spaces/timm_models.py), so timm's
+    model carries timm's `pretrained_cfg` and rebuild arguments (search_spaces/timm_config.py), so timm's
     `save_for_hf` saves it.
 
     drop_path_rate: stochastic depth, timm's rule per backbone (XCiT: the same rate in every block; ViT: rising

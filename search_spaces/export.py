@@ -36,11 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from search_spaces import timm_models  # noqa: F401  registers qkvnas_vit / qkvnas_xcit: what is exported loads in timm
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
 from search_spaces.memory import INFERENCE_COPIES, check_fits
 from search_spaces.shape import DataShape
-from search_spaces.timm_models import read_timm_architecture, timm_architecture, timm_pretrained_cfg
+from search_spaces.timm_config import read_timm_architecture, timm_architecture, timm_pretrained_cfg
+from search_spaces.torch_compat import torchscript_onnx_opsets
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path, check_json_fields, json_value, read_json_object, user_path
 
@@ -76,16 +78,9 @@ def read_inputs(data: Any, path: str = "") -> DataShape:
     return shape
 
 
-def supported_opsets() -> range:
-    """The ONNX opsets torch's TorchScript-based exporter supports, as this torch records them."""
-    from torch.onnx import _constants
-
-    return range(_constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1)
-
-
 def check_opset(opset: int) -> None:
     """An opset torch's exporter does not support is one UsageError, before anything is built or written."""
-    supported = supported_opsets()
+    supported = torchscript_onnx_opsets()
     if opset not in supported:
         raise UsageError(f"ONNX opset {opset}: torch {torch.__version__}'s exporter supports opsets {supported.start} "
                          f"to {supported.stop - 1}; expected one of those (default {ONNX_OPSET})")

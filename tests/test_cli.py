@@ -42,7 +42,7 @@ def test_presets_table(cli):
 @pytest.mark.parametrize("argv,fragment", [
     (["describe", "xcit-huge"], "unknown preset 'xcit-huge'"),
     (["describe", "missing.json"], "missing.json: not found"),
-    (["describe", "xcit-n12", "--img-size", "8"], "img_size=8 with patch_size=16"),
+    (["describe", "xcit-n12", "--img-size", "8", "--patch-size", "16"], "img_size=8 with patch_size=16"),
     (["search", "--budget", "3.1X"], "'3.1X': expected a positive count"),
     (["search", "--budget", "3.1M", "--trials", "0"], "argument --trials: 0: expected a positive integer"),
 ])

@@ -2,6 +2,7 @@
 repeats nothing and leaves no Ray process behind. (Ray's sockets are tested in test_loopback.py.)"""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import signal
@@ -10,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import FSNE, TINY, write_run
+from nas.ray_runtime import START_TIME_TOLERANCE_S
 from test_search import TINY_SPACE
 
 pytestmark = pytest.mark.slow
@@ -34,15 +37,13 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def alive(processes: list[list[int]]) -> list[int]:
+def alive(processes: list[list[float]]) -> list[int]:
     """Recorded (pid, start time) pairs still running as the same process."""
     running = []
     for pid, started in processes:
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) == started:
+        with contextlib.suppress(psutil.Error):
+            if abs(psutil.Process(pid).create_time() - started) <= START_TIME_TOLERANCE_S:
                 running.append(pid)
-        except (OSError, IndexError, ValueError):
-            continue
     return running
 
 

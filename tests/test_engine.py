@@ -11,7 +11,8 @@ from search_spaces.build import build_model
 from search_spaces.shape import DataShape
 from trainers.batches import TensorBatches, make_batches
 from trainers.data import DatasetInfo, TensorSplit
-from trainers.engine import EpochMetrics, StopTraining, TrainingDiverged, evaluate, fit
+from trainers.engine import StopTraining, TrainingDiverged, evaluate, fit
+from trainers.metrics import EpochMetrics
 from trainers.optim import build_optimizer, build_scheduler, build_training
 from trainers.recipe import get_recipe
 from trainers.runtime import CrossRankBatchNorm2d, Distributed, seed_everything, select_device

@@ -19,7 +19,7 @@ from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig
 from search_spaces.build import build_model
 from search_spaces.export import hub_layout, load_exported, with_data_cfg
 from search_spaces.shape import DataShape
-from search_spaces.timm_models import timm_architecture
+from search_spaces.timm_config import timm_architecture
 from trainers.checkpoint import load_checkpoint
 from trainers.engine import fit
 from trainers.recipe import get_recipe

@@ -1,9 +1,11 @@
 """Ray's network, on real processes and sockets: a local Ray listens on loopback only whoever starts it (`nas search`,
 `nas retrain --address local`, a search from Python that imported ray first), and `nas retrain --address` is
-checked for reachability and resources as `nas search` is."""
+checked for reachability and resources as `nas search` is; a killed session's recorded processes are stopped only
+while their start time matches."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, write_run
+from nas.ray_runtime import ray_processes, stop_leftovers
 from test_search import TINY_SPACE
 
 # A RAY_ADDRESS (or a cluster `ray start` left behind) must not capture a local Ray: it starts its own.
@@ -156,3 +159,14 @@ def test_retrain_refuses_more_cpus_per_model_than_a_node_has(tmp_path, cli):
                        "--address", "local", "--cpus-per-model", cpus)
     assert code == 2 and f"--cpus-per-model {cpus} --gpus-per-model 0 needs {cpus} CPUs" in err, err
     assert not (run / "retrain").exists()
+
+
+def test_leftovers_are_found_and_stopped_only_with_their_recorded_start_time():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        recorded = json.loads(json.dumps([process for process in ray_processes() if process[0] == child.pid]))
+        assert len(recorded) == 1
+        assert stop_leftovers([(child.pid, recorded[0][1] + 60)]) == 0 and child.poll() is None  # a recycled pid
+        assert stop_leftovers(recorded) == 1 and child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()

@@ -32,6 +32,7 @@ from search_spaces.memory import INFERENCE_COPIES, check_fits
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, dataclass_from_json, parse_json, read_json_object, write_bytes_atomic
+from trainers.metrics import EpochMetrics
 from trainers.recipe import Recipe
 
 FORMAT = "qkvnas-checkpoint/1"
@@ -237,8 +238,6 @@ WEIGHTS = ("model", "ema")
 def check_record(record: dict[str, Any], path: Path) -> None:
     """Every field a later step reads, present, of its JSON type and in range (the arch, recipe, data shape and
     epoch history as their classes read them): one UsageError naming the file and the field."""
-    from trainers.engine import EpochMetrics  # the engine imports this module
-
     try:
         check_json_fields(record, RECORD_FIELDS)
         check_json_fields(record["dataset"], {"name": str}, "dataset")

@@ -23,7 +23,8 @@ from PIL import Image
 from qkvnas_core.errors import UsageError
 from search_spaces.shape import DataShape
 from search_spaces.presets import patch_size_for
-from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, stratified_sample
+from trainers.holdout import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, TRAIN_FRACTION, VAL_FRACTION,
+                             stratified_sample)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -522,10 +523,8 @@ def _resized(split: Split, img_size: int) -> Split:
 
 def _check_arguments(val_fraction: float, seed: int, classes: int | None, train_fraction: float,
                      img_size: int | None) -> None:
-    if not 0 < val_fraction < 1:
-        raise UsageError(f"val_fraction={val_fraction}: expected a fraction strictly between 0 and 1")
-    if not 0 < train_fraction <= 1:
-        raise UsageError(f"train_fraction={train_fraction}: expected a fraction in (0, 1]")
+    VAL_FRACTION.check(val_fraction)
+    TRAIN_FRACTION.check(train_fraction)
     if seed < 0:
         raise UsageError(f"seed={seed}: expected a non-negative integer")
     if classes is not None and classes < 2:

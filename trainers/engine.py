@@ -25,6 +25,7 @@ from search_spaces.arch import ArchConfig
 from trainers import checkpoint as ckpt
 from trainers.batches import Batches, TensorBatches, make_batches
 from trainers.data import DatasetInfo, DatasetSplits, FileSplit, TensorSplit
+from trainers.metrics import EpochMetrics
 from trainers.optim import Training, build_training
 from trainers.recipe import Recipe
 from trainers.runtime import Distributed, configure_threads, distributed, seed_everything, select_device
@@ -49,23 +50,6 @@ class TrainingDiverged(RuntimeError):
 
 class StopTraining(Exception):
     """Raised by an `on_epoch` callback to end `fit` early and cleanly (the epoch is already saved)."""
-
-
-@dataclass
-class EpochMetrics:
-    """One epoch. val_* measure the better of the model and its EMA (`weights` says which); with EMA off,
-    the model. seconds covers training and evaluation (not the checkpoint write); images_per_s training only."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_acc: float
-    val_top5: float
-    lr: float
-    seconds: float
-    images_per_s: float
-    ema_val_acc: float | None = None
-    weights: str = "model"
 
 
 def describe_epoch(metrics: EpochMetrics, epochs: int) -> str:

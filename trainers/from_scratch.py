@@ -20,7 +20,7 @@ from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.memory import TRAINING_COPIES, check_fits
 from search_spaces.presets import fit_patch_size
 from trainers.data import DataRequest, DatasetSplits
-from trainers.engine import EpochMetrics
+from trainers.metrics import EpochMetrics
 from trainers.model_folder import (TrainingTask, describe_test, plan, say_on_main, train_in_folder)
 from trainers.recipe import Recipe, describe_recipe
 from trainers.runtime import init_distributed, seed_everything, select_device

@@ -1,11 +1,15 @@
-"""How a share of a labelled set is held out: the validation defaults, the version of the rule, and the seeded,
-stratified sample (scikit-learn's) every split of `trainers.data` is drawn with.
+"""How a share of a labelled set is held out: the validation defaults, the range each fraction setting takes (one
+check, used by every reader of it), the version of the rule, and the seeded, stratified sample (scikit-learn's)
+every split of `trainers.data` is drawn with.
 
 Imports neither numpy nor scikit-learn at module level, so command-line parsers can read the defaults.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from qkvnas_core.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -17,6 +21,34 @@ TRANSFER_VAL_FRACTION = 0.1
 # Which images a fraction and a seed hold out: 1 was a hand-written per-class draw, 2 is scikit-learn's
 # train_test_split. search.json and result.json record it, so a resume never mixes two versions' splits.
 SPLIT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class FractionRange:
+    """The shares a fraction setting takes: above 0, below 1, and 1 itself (the whole set) when `whole`."""
+
+    name: str
+    whole: bool
+
+    @property
+    def expected(self) -> str:
+        """What a message says the setting takes."""
+        return "a number above 0, at most 1" if self.whole else "a number strictly between 0 and 1"
+
+    def holds(self, value: float) -> bool:
+        return 0 < value < 1 or (self.whole and value == 1)
+
+    def check(self, value: float, given: str = "") -> float:
+        """`value` when in range, else one UsageError naming it as `given` ('--val-fraction 1.0'; default
+        'val_fraction=1.0')."""
+        if not self.holds(value):
+            raise UsageError(f"{given or f'{self.name}={value}'}: expected {self.expected}")
+        return value
+
+
+# Holding out the whole set would leave nothing to train on; training on the whole of what is left is the default.
+VAL_FRACTION = FractionRange("val_fraction", whole=False)
+TRAIN_FRACTION = FractionRange("train_fraction", whole=True)
 
 
 def stratified_sample(labels: np.ndarray, fraction: float, seed: int, stream: int) -> np.ndarray:

@@ -37,8 +37,9 @@ from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetInfo, DatasetSplits
-from trainers.engine import EpochMetrics, describe_epoch, evaluate, fit
+from trainers.engine import describe_epoch, evaluate, fit
 from trainers.holdout import SPLIT_VERSION
+from trainers.metrics import EpochMetrics
 from trainers.recipe import Recipe
 from trainers.runtime import distributed
 

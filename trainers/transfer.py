@@ -22,8 +22,9 @@ from qkvnas_core.files import write_text_atomic
 from search_spaces.device import DEFAULT_DEVICE
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetSplits, dataset_names
-from trainers.engine import EpochMetrics, TrainingDiverged
+from trainers.engine import TrainingDiverged
 from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
+from trainers.metrics import EpochMetrics
 from trainers.model_folder import (RESULT_FILE, TrainingTask, describe_test, plan, read_result, say_on_main,
                                    train_in_folder)
 from trainers.recipe import TRANSFER, describe_recipe, get_recipe

@@ -12,7 +12,8 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
 from trainers.data import DatasetSplits
-from trainers.engine import EpochMetrics, fit
+from trainers.engine import fit
+from trainers.metrics import EpochMetrics
 from trainers.recipe import Recipe
 from trainers.runtime import seed_everything, select_device
 

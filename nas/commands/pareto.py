@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.pareto import SCORE, parse_costs, write_pareto
+    from nas.objectives import SCORE
+    from nas.pareto import parse_costs, write_pareto
     from nas.results import find_run
 
     outcome = write_pareto(find_run(args.run), costs=parse_costs(args.cost), reference=args.reference,

@@ -13,7 +13,8 @@ from typing import TextIO
 
 from qkvnas_core.errors import UsageError
 from nas.flags import (add_flag, add_hidden_alias, add_recipe_arguments, argument_type, count_argument,
-                       path_argument, positive_int, recipe_overrides, run_name, share, space_argument)
+                       path_argument, positive_int, recipe_overrides, run_name, share, space_argument,
+                       startup_argument)
 from nas.objectives import EARLY_STOPPING, SAMPLERS, parse_objectives
 from nas.tracking import parse_loggers
 from trainers.holdout import DEFAULT_VAL_FRACTION
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="stop drawing trials once the trials' epochs add up to this (running ones finish)")
     run.add_argument("--sampler", choices=SAMPLERS, default=None,
                      help="tpe (default; multi-objective TPE with costs), nsga2, or random")
+    run.add_argument("--startup", type=startup_argument, default=None, metavar="random|proxy:NAME",
+                     help="the first draws: the sampler's random ones (random, default), or proxy:zico (the best "
+                          "8 of 64 feasible draws by the training-free proxy, trained first; see docs/search.md)")
     run.add_argument("--early-stopping", choices=EARLY_STOPPING, default=None,
                      help="asha (default; multi-objective ASHA with costs) or none")
     run.add_argument("--grace-epochs", type=positive_int, default=None, metavar="N",
@@ -87,8 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # The flags that set a SearchSettings field of the same name (the recipe flags come through recipe_overrides).
-SETTINGS_FLAGS = ("budget", "max_flops", "objectives", "sampler", "early_stopping", "epoch_budget", "space",
-                  "patch_size", "dataset", "data_dir", "classes", "train_fraction", "img_size", "val_fraction",
+SETTINGS_FLAGS = ("budget", "max_flops", "objectives", "sampler", "startup", "early_stopping", "epoch_budget",
+                  "space", "patch_size", "dataset", "data_dir", "classes", "train_fraction", "img_size", "val_fraction",
                   "split_seed", "trials", "grace_epochs", "reduction_factor", "max_concurrent", "cpus_per_trial",
                   "gpus_per_trial", "address", "seed", "name", "results_dir", "verbose", "loggers", "recipe")
 

@@ -38,7 +38,8 @@ def _indent(text: str) -> str:
 def run_summary(run, shown: int) -> str:
     """The terminal summary of one run (a nas.results.Run)."""
     from qkvnas_core.units import format_count, format_duration
-    from nas.pareto import SCORE, pareto_front, scored_trials
+    from nas.objectives import SCORE
+    from nas.pareto import pareto_front, scored_trials
     from nas.results import state_counts
     from search_spaces.arch import ArchConfig
 
@@ -100,8 +101,9 @@ def runs_overview(results_dir: Path) -> str:
     import pandas as pd
 
     from qkvnas_core.units import format_count
-    from nas.pareto import SCORE, scored_trials
-    from nas.results import read_run
+    from nas.objectives import SCORE
+    from nas.pareto import scored_trials
+    from nas.results import ENDED_STATES, TrialState, read_run
 
     if not results_dir.is_dir():
         raise UsageError(f"results folder {results_dir}: not found; expected the folder `nas search` writes "
@@ -118,8 +120,8 @@ def runs_overview(results_dir: Path) -> str:
         budget = run.settings.get("budget")
         row = {"run": run.name, "dataset": run.settings.get("dataset", ""),
                "budget": format_count(budget) if budget is not None else "",
-               "trained": int(table["state"].isin(["complete", "stopped", "failed"]).sum()),
-               "infeasible": int((table["state"] == "infeasible").sum()), "best val_acc": "", "its params": ""}
+               "trained": int(table["state"].isin(ENDED_STATES).sum()),
+               "infeasible": int((table["state"] == TrialState.INFEASIBLE).sum()), "best val_acc": "", "its params": ""}
         if not scored.empty:
             best = scored.sort_values([SCORE, "params"], ascending=[False, True], kind="stable").iloc[0]
             row.update({"best val_acc": f"{best[SCORE] * 100:.2f}%", "its params": format_count(best["params"])})

@@ -1,0 +1,52 @@
+"""--startup proxy:NAME: a pool of feasible draws scored by the proxy, the best enqueued first in the study."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas.budget import Budget, feasible_draws
+from nas.searcher import BudgetedSearcher, open_study
+from nas.startup import POOL_PER_DRAW, parse_startup, proxy_draws, startup_points
+from qkvnas_core.errors import UsageError
+from search_spaces.arch import ArchConfig
+from search_spaces.build import build_model
+from search_spaces.proxies import zico
+from search_spaces.spaces import load_space
+from trainers.batches import make_batches
+from trainers.data import load_dataset
+from trainers.recipe import PROXY
+from trainers.runtime import seed_everything
+
+from test_search import BUDGET, DIGITS, space_file  # noqa: F401 (a fixture)
+
+
+def test_startup_reads_random_or_a_known_proxy():
+    assert parse_startup("random") is None and parse_startup("proxy:zico") == "proxy:zico"
+    for text in ("proxy:", "proxy:nope", "zico", "Proxy:zico", ""):
+        with pytest.raises(UsageError, match="expected random or proxy:NAME"):
+            parse_startup(text)
+
+
+def test_the_proxy_picks_the_best_of_the_pool_and_the_search_trains_them_first(tmp_path, space_file):
+    space, budget = load_space(space_file), Budget(BUDGET, None, DIGITS)
+    splits = load_dataset("digits", val_fraction=0.2)
+    picked = proxy_draws("proxy:zico", space, budget, splits, PROXY, seed=3, count=2)
+
+    # The oracle: every draw of the same pool scored by hand on the first training batch, seeded alike.
+    images, labels = next(iter(make_batches(splits.train, splits.info, None, torch.device("cpu"),
+                                            batch_size=PROXY.batch_size, train=True, seed=3).epoch(0)))
+    by_hand = {}
+    for found in feasible_draws(space, budget, 2 * POOL_PER_DRAW, seed=3):
+        seed_everything(3)
+        by_hand[found.arch.arch_id] = zico(build_model(found.arch, DIGITS), images, labels)
+    best = sorted(by_hand, key=by_hand.get, reverse=True)[:2]
+    assert [item.draw.arch.arch_id for item in picked] == best
+    assert [item.score for item in picked] == pytest.approx([by_hand[arch_id] for arch_id in best])
+
+    points = startup_points("proxy:zico", space, budget, splits, PROXY, seed=3)
+    initial = list(space.initial_points)
+    assert points[:len(initial)] == initial and len(points) > len(initial)
+    study = open_study(f"sqlite:///{tmp_path}/study.db", "startup", seed=3)
+    searcher = BudgetedSearcher(space, budget, study, seed=3, epochs=2, initial_points=points[len(initial):])
+    drawn = [ArchConfig.from_dict(searcher.suggest(f"t{index}")["arch"]).arch_id for index in range(2)]
+    assert drawn == best
