@@ -149,21 +149,19 @@ def report(table: pd.DataFrame, scores: pd.DataFrame, settings: dict) -> tuple[s
         joined = archs.set_index("arch_id").join(at_epoch.rename("at_epoch")).dropna(subset=["at_epoch"])
         tau, low, high = kendall_interval(joined["at_epoch"], joined["score_seed0"])
         rungs.append({"epoch": epoch, "tau": tau, "low": low, "high": high})
-    seconds = {name: float(scores[f"{name}_seconds"].median()) for name in PROXIES}
     interval = lambda row: f"{row['tau']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"  # noqa: E731
     lines = [f"Ranking set: {settings['space']} space at {settings['budget']:,} params on {settings['dataset']}, "
              f"{len(archs)} architectures ({len(twice)} at two seeds), {settings['epochs']}-epoch trials, train "
              f"fraction {settings['train_fraction']}; Kendall tau with the full-length score (best val_acc, seed 0), "
              "bootstrap 95% interval.", "",
-             "| score | all: tau [95%] | upper half by params: tau [95%] | median s per architecture |",
-             "|---|---:|---:|---:|"]
+             "| score | all: tau [95%] | upper half by params: tau [95%] |",
+             "|---|---:|---:|"]
     for column in columns:
         every = result[(result["band"] == "all") & (result["score"] == column)].iloc[0]
         top = result[(result["band"] == "upper half") & (result["score"] == column)].iloc[0]
-        lines.append(f"| {column} | {interval(every)} | {interval(top)} (n={top['archs']}) | "
-                     f"{seconds.get(column, float('nan')):.3f} |".replace("| nan |", "| - |"))
+        lines.append(f"| {column} | {interval(every)} | {interval(top)} (n={top['archs']}) |")
     ceiling_row = result[result["score"].str.startswith("noise")].iloc[0]
-    lines += [f"| noise ceiling (seed 0 vs seed 1, n={ceiling_row['archs']}) | {interval(ceiling_row)} | | |", "",
+    lines += [f"| noise ceiling (seed 0 vs seed 1, n={ceiling_row['archs']}) | {interval(ceiling_row)} | |", "",
               "Rung correlation within the set (val_acc after the epoch against the full-length score, seed 0):", "",
               "| epoch | " + " | ".join(str(row["epoch"]) for row in rungs) + " |",
               "|---|" + "---:|" * len(rungs),
