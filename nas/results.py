@@ -203,6 +203,21 @@ FRACTION_COLUMNS = ("val_acc", "last_val_acc")
 LARGEST_COUNT = 2**53
 
 
+def read_csv_table(path: Path, expected: str, text_columns: Sequence[str], required: Sequence[str]) -> pd.DataFrame:
+    """A CSV a command wrote, read back: `text_columns` as text; empty, unreadable or lacking a `required` column is
+    one UsageError naming the file and `expected`."""
+    try:
+        table = pd.read_csv(path, dtype={name: str for name in text_columns})
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"{path} is empty: {expected}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"{path} is not readable CSV ({str(error).strip().splitlines()[0]}): {expected}") from None
+    missing = [name for name in required if name not in table.columns]
+    if missing:
+        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
+    return table
+
+
 def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
     """A run's trials.csv with its values checked (ids, states, numbers, architectures); missing, empty or corrupt
     is one UsageError naming the file, and the column and trial where a value is wrong."""
@@ -213,15 +228,7 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise UsageError(f"{path}: not found; expected the run folder to hold the trials.csv `nas search` writes")
     expected = "expected a header row and one row per trial, as `nas search` writes"
-    try:
-        table = pd.read_csv(path, dtype={name: str for name in TEXT_COLUMNS})
-    except pd.errors.EmptyDataError:
-        raise UsageError(f"{path} is empty: {expected}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise UsageError(f"{path} is not readable CSV ({str(error).strip().splitlines()[0]}): {expected}") from None
-    missing = [name for name in REQUIRED_COLUMNS if name not in table.columns]
-    if missing:
-        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
+    table = read_csv_table(path, expected, TEXT_COLUMNS, REQUIRED_COLUMNS)
 
     def refuse(name: str, rows: pd.Series, what: str) -> None:
         row = table[rows].iloc[0]

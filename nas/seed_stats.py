@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from qkvnas_core.errors import UsageError
+from nas.results import read_csv_table
 
 CONFIDENCE = 0.95
 # The scores compared: the one test of each trained model, and the validation accuracy that chose its weights.
@@ -114,15 +115,7 @@ def read_retrain(run_dir: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     expected = "expected the retrain.csv `nas retrain` writes (a header and a row per model and seed)"
-    try:
-        table = pd.read_csv(path, dtype={name: str for name in RETRAIN_TEXT})
-    except pd.errors.EmptyDataError:
-        raise UsageError(f"{path} is empty: {expected}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise UsageError(f"{path} is not readable CSV ({str(error).strip().splitlines()[0]}): {expected}") from None
-    missing = [name for name in (*RETRAIN_TEXT, *RETRAIN_FRACTIONS, *RETRAIN_COUNTS) if name not in table.columns]
-    if missing:
-        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}: {expected}")
+    table = read_csv_table(path, expected, RETRAIN_TEXT, (*RETRAIN_TEXT, *RETRAIN_FRACTIONS, *RETRAIN_COUNTS))
     for name in (*RETRAIN_FRACTIONS, *RETRAIN_COUNTS):
         numbers = pd.to_numeric(table[name], errors="coerce").astype(float)
         highest = 1.0 if name in RETRAIN_FRACTIONS else float(2**63)

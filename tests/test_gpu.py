@@ -24,6 +24,7 @@ from search_spaces.latency import device_name, measure_latency
 from search_spaces.memory import BYTES_PER_PARAM, TRAINING_COPIES
 from search_spaces.shape import DataShape
 from test_engine import DIGITS, TINY_FSNE, tiny_model
+from test_gpu_check import figures
 from test_retrain import read_metrics, write_run
 from trainers.batches import LoaderBatches, TensorImageDataset, image_transform, make_batches
 from trainers.checkpoint import load_checkpoint
@@ -173,16 +174,6 @@ def test_resume_on_cuda_gives_the_uninterrupted_run_rng_states_included(digits, 
     assert distance(resumed_model.state_dict(), straight_weights) <= max(10 * noise, 1e-6), noise
 
 
-def running_at_once(intervals: list[tuple[float, float]]) -> int:
-    """The most (start, end) intervals holding one instant; at a tie an end comes before a start."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    most = running = 0
-    for _, change in events:
-        running += change
-        most = max(most, running)
-    return most
-
-
 @pytest.mark.slow
 def test_four_trials_train_at_once_on_one_gpu_with_a_quarter_each(cli, tmp_path, monkeypatch):
     """`--gpus-per-model 0.25` packs four trials onto one GPU. The oracle is the trials' own record in study.db:
@@ -209,7 +200,7 @@ def test_four_trials_train_at_once_on_one_gpu_with_a_quarter_each(cli, tmp_path,
     assert len(complete) == 4, [trial.user_attrs.get("reason") for trial in study.trials]
     spans = [(trial.datetime_complete.timestamp() - trial.user_attrs["seconds"], trial.datetime_complete.timestamp())
              for trial in complete]
-    assert running_at_once(spans) == 4, spans
+    assert figures.running_at_once(spans) == 4, spans
 
 
 @pytest.mark.slow
