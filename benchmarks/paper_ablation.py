@@ -222,7 +222,8 @@ def reading(summary: pd.DataFrame, comparison: pd.DataFrame) -> list[str]:
             verdict = "loses to linear QKV: the whole interval lies below 0"
         else:
             verdict = "is not told apart from linear QKV: the interval holds 0"
-        lines.append(f"- {source} {verdict} ({points(row['difference'])} points over {int(row['shared'])} seeds).")
+        seeds = f"{int(row['shared'])} seed{'s' if row['shared'] != 1 else ''}"
+        lines.append(f"- {source} {verdict} ({points(row['difference'])} points over {seeds}).")
     lines += [
         "",
         "mnist5k at 28 px is not ImageNet at 224 px: 3,200 training images of hand-written digits, 49 tokens, a short",

@@ -49,7 +49,7 @@ def probability_of_improvement(model: Sequence[float], baseline: Sequence[float]
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per model of a retrain table (a row per model and seed): its seeds, and per metric its mean,
-    standard deviation (ddof 1) and 95% interval (columns top1_mean, top1_std, top1_low, top1_high, ...)."""
+    standard deviation (ddof 1) and 95% interval, cut to [0, 1] (columns top1_mean, top1_std, top1_low, ...)."""
     rows = []
     for arch_id, runs in table.groupby("arch_id", sort=False):
         row = {name: runs[name].iloc[0] for name in MODEL_COLUMNS if name in runs}
@@ -58,6 +58,8 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
         for metric in METRICS:
             values = pd.to_numeric(runs[metric], errors="coerce").dropna().to_numpy(dtype=float)
             low, high = mean_interval(values)
+            # An accuracy's mean lies in [0, 1]: few seeds stretch the t interval past it.
+            low, high = max(low, 0.0), min(high, 1.0)
             row.update({f"{metric}_mean": float(values.mean()) if len(values) else math.nan,
                         f"{metric}_std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                         f"{metric}_low": low, f"{metric}_high": high})
