@@ -384,13 +384,14 @@ def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> Tria
 
 def close_interrupted(study: optuna.Study) -> list[int]:
     """Trials left RUNNING by Ctrl-C, a crash or kill -9 are recorded as failed (interrupted) and told FAIL, so
-    the study's history is clean, and enqueued again with their parameters and seed: the next draw of a resume
-    trains the same architecture with the same seed to its end (`retry_of` names the trial it replaces)."""
+    the study's history is clean; one that was drawn (it has an architecture) is enqueued again with its parameters
+    and seed, so the next draw of a resume trains the same architecture with the same seed to its end (`retry_of`
+    names the trial it replaces). One cut off while being drawn had nothing to train: it is only closed."""
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         _set_attrs(running_trial(study, trial), state=TrialState.FAILED, reason=INTERRUPTED)
         study.tell(trial.number, state=OptunaState.FAIL)
-        again = {"retry_of": trial.number, **({"seed": trial.user_attrs["seed"]} if "seed" in trial.user_attrs else {})}
-        study.enqueue_trial(trial.params, user_attrs=again)
+        if "arch" in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": trial.user_attrs["seed"]})
         numbers.append(trial.number)
     return numbers
