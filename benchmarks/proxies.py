@@ -100,7 +100,8 @@ def default_budget_seconds(draws: int = 10) -> pd.DataFrame:
     import torch
 
     from nas.budget import Budget, feasible_draws
-    from nas.search import SearchSettings, load_search_data
+    from nas.search import load_search_data
+    from nas.settings import SearchSettings
     from search_spaces.build import build_model
     from search_spaces.proxies import PROXIES
     from search_spaces.spaces import load_space

@@ -38,7 +38,7 @@ _worker_data = None
 
 def search_settings(settings: dict[str, Any]):
     """The `nas search` settings whose trials the set imitates (data, split, recipe)."""
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
     return SearchSettings(name="ranking-set", budget=settings["budget"], dataset=settings["dataset"],
                           space=settings["space"], epochs=settings["epochs"],
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="units trained at once, one thread each")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
     from trainers.recipe import PROXY
 
     try:

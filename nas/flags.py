@@ -80,6 +80,28 @@ def integer(text: str) -> int:
     return _integer(text, -MAX_COUNT, MAX_COUNT, "an integer")
 
 
+@functools.cache  # one parser per bound, so that every flag with the same bound shares it
+def integer_at_least(lowest: int) -> Callable[[str], int]:
+    @argument_type
+    def at_least(text: str) -> int:
+        return _integer(text, lowest, MAX_COUNT, f"an integer of at least {lowest}")
+
+    at_least.__name__ = f"integer_at_least_{lowest}"
+    return at_least
+
+
+@functools.cache
+def choice_argument(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """One of `choices`, as argparse's choices= reads it, refused with the parsers' message."""
+    @argument_type
+    def choice(text: str) -> str:
+        if text not in choices:
+            raise UsageError(f"{text[:40]!r}: expected one of {', '.join(choices)}")
+        return text
+
+    return choice
+
+
 @argument_type
 def seed_argument(text: str) -> int:
     return _integer(text, 0, MAX_SEED, "a non-negative integer")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,6 @@ from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, read_json_object, write_text_atomic
-from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
 
 class TrialState(str, enum.Enum):
@@ -150,44 +150,41 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
     raise UsageError(f"run folder {spec}: not found; expected a folder written by `nas search`, e.g. results/<run>")
 
 
-# The fields of search.json that commands read, with their JSON types; each may be absent (a resume checks the rest
-# as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
-SETTINGS_FIELDS = {
-    **dict.fromkeys(("name", "study_name", "results_dir", "dataset", "data_dir", "space", "recipe", "address",
-                     "started", "finished", "ended", "sampler", "early_stopping", "startup"), str),
-    **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
-                     "epochs", "grace_epochs", "reduction_factor", "max_concurrent", "max_infeasible_streak",
-                     "sessions", "split_version", "seed", "split_seed", "epoch_budget"), int),
-    **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
-    "verbose": bool, "ray_processes": list[tuple[int, float]], "versions": dict[str, str], "recipe_overrides": dict,
-    "objectives": list[str], "loggers": list[str], "hypervolume": float, "hypervolume_reference": dict[str, float],
+# What search.json records beside the settings (nas.settings.SearchSettings gives theirs): the session's record.
+RECORD_FIELDS = {
+    **dict.fromkeys(("started", "finished", "ended"), str), **dict.fromkeys(("sessions", "split_version"), int),
+    **dict.fromkeys(("num_classes", "in_chans"), int), "seconds": float, "ray_processes": list[tuple[int, float]],
+    "versions": dict[str, str], "hypervolume": float, "hypervolume_reference": dict[str, float],
 }
-POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
-                     "epochs", "epoch_budget")
-FRACTION_SETTINGS = {setting.name: setting for setting in (VAL_FRACTION, TRAIN_FRACTION)}
+# The record's counts of which 0 means nothing; the others are from 1.
+RECORD_COUNTS_FROM_ZERO = ("sessions", "split_version", "seconds", "hypervolume")
 
 
 def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str, Any]:
-    """A run's search.json, each field commands read of its JSON type and in range (the data shape as DataShape
-    reads it); missing is an error when `required`, else {}; anything else wrong is one UsageError naming the
-    file and the field."""
+    """A run's search.json, settings by their current names (nas.settings.RENAMED), each field of its JSON type
+    and each setting's number in its flag's range (the data shape as DataShape reads it); missing is an error when
+    `required`, else {}; anything else wrong is one UsageError naming the file and the field. Every field may be
+    absent: a resume checks the settings whole, as SearchSettings."""
+    from nas.settings import SearchSettings, check_value, parser_of, renamed, settings_of
+
     path = Path(run_dir) / "search.json"
     if not path.is_file():
         if required:
             raise UsageError(f"{path}: not found; expected a run folder written by nas search")
         return {}
-    settings = read_json_object(path, "the settings object `nas search` writes")
+    settings = renamed(read_json_object(path, "the settings object `nas search` writes"))
+    hints = {**typing.get_type_hints(SearchSettings), **RECORD_FIELDS}
     try:
-        check_json_fields(settings, {name: hint | None for name, hint in SETTINGS_FIELDS.items()})
+        check_json_fields(settings, {name: hint | None for name, hint in hints.items()})
+        flagged = settings_of(SearchSettings)
         for name, value in settings.items():
-            if value is None or SETTINGS_FIELDS.get(name) not in (int, float):
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if name in FRACTION_SETTINGS:
-                FRACTION_SETTINGS[name].check(value)
-                continue
-            lowest = 1 if name in POSITIVE_SETTINGS else 0
-            if value < lowest:
-                raise UsageError(f"{name}={value}: expected a number of at least {lowest}")
+            if name in flagged:
+                check_value(name, value, parser_of(name, flagged[name][1]))
+            elif value < (0 if name in RECORD_COUNTS_FROM_ZERO else 1):
+                raise UsageError(f"{name}={value}: expected a number of at least "
+                                 f"{0 if name in RECORD_COUNTS_FROM_ZERO else 1}")
         if settings.get("img_size") is not None and settings.get("num_classes") is not None:
             DataShape(img_size=settings["img_size"], in_chans=settings.get("in_chans") or 3,
                       num_classes=settings["num_classes"])

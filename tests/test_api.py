@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import io
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -107,13 +108,24 @@ def test_pareto_writes_the_front_and_prints_nothing(make_run, tmp_path, capsys):
 def test_retrain_trains_the_front_winner_and_prints_nothing(make_run, tmp_path, capsys, monkeypatch):
     run_dir = make_run(tmp_path / "run")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # where tqdm would draw its bar
-    outcome = nas.retrain(run_dir, top=1, epochs=2, warmup_epochs=1, device="cpu", out=tmp_path / "out")
+    lines: list[str] = []
+    outcome = nas.retrain(run_dir, top=1, epochs=2, warmup_epochs=1, device="cpu", out=tmp_path / "out",
+                          progress=lines.append)
     assert capsys.readouterr() == ("", "")
     front = pareto_front(load_trials(run_dir), ["params"])
     winner = front.sort_values("val_acc").iloc[-1]
     assert list(outcome.table["source"]) == [winner["trial_id"]] and outcome.diverged == []
     assert list(outcome.table["epochs"]) == [2]
     assert (tmp_path / "out" / "retrain" / winner["arch_id"] / "result.json").is_file()
+    # `progress` got the lines `nas retrain` prints, the trainers' among them, and only for the call.
+    assert any(line.startswith("data    digits: ") for line in lines)
+    assert any(line.startswith("models  1 to train on cpu") for line in lines)
+    assert [line.split()[:2] for line in lines if line.startswith(("train ", "test "))] == [
+        ["train", winner["arch_id"]], ["test", f"{winner['arch_id']}:"]]
+    assert logging.getLogger("qkvnas").handlers == [handler for handler in logging.getLogger("qkvnas").handlers
+                                                    if isinstance(handler, logging.NullHandler)]
+    again = nas.retrain(run_dir, top=1, epochs=2, warmup_epochs=1, device="cpu", out=tmp_path / "out", resume=True)
+    assert capsys.readouterr() == ("", "") and list(again.table["epochs"]) == [2]
 
 
 @FUZZ
@@ -210,14 +222,13 @@ def test_keywords_are_the_commands_flags_read_by_the_same_parsers(command, funct
             assert inspect.unwrap(action.type) is inspect.unwrap(parse) or name in api.LISTS, name
         assert isinstance(action, argparse._AppendAction) == (name in api.REPEATED or name in ("cost", "trial_ids"))
         if command == "search":
-            assert action.dest in (api.SEARCH_FIELDS.get(name, name), RECIPE_DEST + name), name
+            assert action.dest in (name, RECIPE_DEST + name), name
 
 
 def test_resume_takes_the_settings_a_resume_may_change():
-    from nas.search import RESUMABLE
+    from nas.settings import SearchSettings, resumable
 
-    keyword_of = {field: name for name, field in api.SEARCH_FIELDS.items()}
-    assert keywords(nas.resume) - {"results_dir"} == {keyword_of.get(field, field) for field in RESUMABLE}
+    assert keywords(nas.resume) - {"results_dir"} == set(resumable(SearchSettings)) == set(api.RESUME_FLAGS)
 
 
 def test_the_api_names_stay_functions_and_import_nothing_heavy():

@@ -288,7 +288,7 @@ SETTINGS = {"name": "run", "study_name": "run", "budget": 100_000, "results_dir"
             "dataset": "digits", "data_dir": None, "classes": None, "train_fraction": 1.0, "img_size": 8,
             "val_fraction": 0.2, "space": "qkv", "patch_size": 2, "trials": 4, "epochs": 3, "grace_epochs": 1,
             "reduction_factor": 4, "recipe": "proxy", "recipe_overrides": {}, "max_concurrent": None,
-            "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "address": None, "seed": 0, "max_infeasible_streak": 300,
+            "cpus_per_model": 1.0, "gpus_per_model": 0.0, "address": None, "seed": 0, "max_infeasible_streak": 300,
             "verbose": False, "sessions": 1, "versions": {"torch": "2"}, "split_version": 2, "num_classes": 10,
             "in_chans": 1, "started": "2025-01-01T00:00:00", "finished": None, "ray_processes": [[12, 34]],
             "seconds": 12.5}

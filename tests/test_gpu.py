@@ -194,7 +194,7 @@ def test_four_trials_train_at_once_on_one_gpu_with_a_quarter_each(cli, tmp_path,
                        tmp_path / "results", "--name", "shared-gpu")
     assert code == 0, err
     run_dir = tmp_path / "results" / "shared-gpu"
-    assert json.loads((run_dir / "search.json").read_text())["gpus_per_trial"] == 0.25
+    assert json.loads((run_dir / "search.json").read_text())["gpus_per_model"] == 0.25
     study = optuna.load_study(study_name="shared-gpu", storage=f"sqlite:///{run_dir / 'study.db'}")
     complete = [trial for trial in study.trials if trial.user_attrs.get("state") == "complete"]
     assert len(complete) == 4, [trial.user_attrs.get("reason") for trial in study.trials]
