@@ -30,14 +30,16 @@ search_quality.csv (every grid point) and search_quality.png (hypervolume IQM ag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,7 @@ from scipy import stats
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_json_atomic, write_text_atomic
+from qkvnas_core.log import Forward, handled_by
 from qkvnas_core.units import format_count, parse_count
 
 if TYPE_CHECKING:
@@ -184,8 +187,13 @@ def run_benchmark(args: argparse.Namespace) -> bool:
     print(f"{len(plans)} runs in {args.out}: {len(plans) - len(todo)} done, {len(todo)} to run", flush=True)
     if not todo:
         return True
+    import optuna
     import ray
 
+    # This program owns its process: Optuna's INFO lines and Ray Tune's trial errors (the reason of a failed trial
+    # is in its run's trials.csv) stay off its output, as `nas search` keeps them off.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     # Ray's agents outlive a benchmark killed with -9 for a minute or more: the next start stops them.
     leftovers = args.out / RAY_PROCESSES_FILE
     if leftovers.is_file():
@@ -204,9 +212,11 @@ def run_benchmark(args: argparse.Namespace) -> bool:
             if state == "resume":
                 changes = {name: getattr(settings, name) for name in
                            ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial")}
-                result = resume_search(plan.run_dir, changes, on_progress=progress_printer(args.verbose))
+                with progress_lines(args.verbose):
+                    result = resume_search(plan.run_dir, changes)
             else:
-                result = run_search(settings, on_progress=progress_printer(args.verbose))
+                with progress_lines(args.verbose):
+                    result = run_search(settings)
             epochs = int(result.trials["epochs"].fillna(0).sum())
             print(f"    ended {result.ended} in {time.monotonic() - start:.0f} s: {epochs} epochs in "
                   f"{result.trained} trials, hypervolume {result.hypervolume:.4f}"
@@ -221,8 +231,11 @@ def run_benchmark(args: argparse.Namespace) -> bool:
     return True
 
 
-def progress_printer(verbose: bool) -> Callable[[str], None] | None:
-    return (lambda line: print(f"    {line}", flush=True)) if verbose else None
+def progress_lines(verbose: bool) -> contextlib.AbstractContextManager:
+    """With --verbose, the search's lines (logged under "qkvnas") printed as they come, indented."""
+    if not verbose:
+        return contextlib.nullcontext()
+    return handled_by(Forward(lambda line: print(f"    {line}", flush=True)))
 
 
 # ---------------------------------------------------------------------------------------------------- analysis

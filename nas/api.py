@@ -5,12 +5,14 @@ values the command line takes, as strings or numbers (`budget="3.1M"` or `budget
 takes a comma-separated list or repeats). Every value goes through the parser its flag goes through
 (nas/flags.py), before any work starts; bad input is one `UsageError` (a `ValueError`) naming the keyword as
 Python writes it: `budget='3.1X': expected a positive count such as 3.1M, ...`. The libraries' own checks name
-keywords too (nas/naming.py). Nothing is printed: `progress`, a callable taking one line (`print`,
-`lines.append`), gets the lines the command would print. Imports nothing heavy until called, so `import nas`
-stays quick.
+keywords too (nas/naming.py). Nothing is printed: the libraries log the lines the command would print, under
+the "qkvnas" logger (qkvnas_core.log), and `progress`, a callable taking one line (`print`, `lines.append`), gets
+them for the call (`logging.basicConfig(level=logging.INFO)` shows them too). Imports nothing heavy until
+called, so `import nas` stays quick.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -127,15 +129,14 @@ def search(*, budget: str | int | None = None, config: str | os.PathLike | None 
     settings the keywords override; `recipe_fields` set the trials' recipe fields (`batch_size=32`, `lr=1e-2`:
     trainers.recipe.Recipe's names and types, which it checks). Returns the run."""
     keywords = {key: value for key, value in locals().items() if key not in ("progress", "recipe_fields")}
-    with python_names():
-        say = _progress(progress)
+    with python_names(), _progress(progress):
         settings = search_settings(**keywords, **_recipe_fields("search", recipe_fields))
         if settings.run_dir.exists():
             raise UsageError(f"{given('name', settings.name)}: run folder {settings.run_dir} already exists; expected "
                              f"a new name, or nas.resume({str(settings.run_dir)!r}) to continue it")
         from nas.search import run_search
 
-        result = run_search(settings, on_progress=say)
+        result = run_search(settings)
         return _search_run(result.run_dir, result.study, result.ended, result.note)
 
 
@@ -164,13 +165,12 @@ def resume(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike
     """Continue a run (`nas search RUN --resume`): finished trials are kept, `trials` may be raised; the other
     settings stay the run's own. `run`: its folder, its name under `results_dir` (results), or a SearchRun."""
     keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "results_dir")}
-    with python_names():
-        say = _progress(progress)
+    with python_names(), _progress(progress):
         run_dir = _run_folder(run, results_dir)
         changes = {SEARCH_FIELDS.get(key, key): value for key, value in _parsed(keywords, SEARCH_FLAGS).items()}
         from nas.search import resume_search
 
-        result = resume_search(run_dir, changes, on_progress=say)
+        result = resume_search(run_dir, changes)
         return _search_run(result.run_dir, result.study, result.ended, result.note)
 
 
@@ -186,14 +186,13 @@ def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None =
            out: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> ParetoOutcome:
     """Write the run's front (`nas pareto`): pareto.csv and a plot per cost; returns the front and the files."""
     keywords = {key: value for key, value in locals().items() if key not in ("run", "progress")}
-    with python_names():
-        say = _progress(progress)
+    with python_names(), _progress(progress):
         run_dir = _run_folder(run)
         options = _parsed(keywords, PARETO_FLAGS)
         from nas.pareto import write_pareto
 
         return write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
-                            say=say, **options)
+                            **options)
 
 
 def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_stopped: bool | None = None,
@@ -211,8 +210,7 @@ def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_st
     and seed, its `summary` a row per model (mean and 95% interval), its `comparison` the paired differences to
     each baseline."""
     keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "recipe_fields")}
-    with python_names():
-        say = _progress(progress)
+    with python_names(), _progress(progress):
         overrides = _recipe_fields("retrain", recipe_fields)
         run_dir = _run_folder(run)
         options = _parsed(keywords, RETRAIN_FLAGS)
@@ -222,7 +220,7 @@ def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_st
 
         request = RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False,
                                  **{RETRAIN_FIELDS.get(key, key): value for key, value in options.items()})
-        return retrain_run(request, say=say, warn=say)
+        return retrain_run(request)
 
 
 def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -235,13 +233,15 @@ def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
     return dict(fields)
 
 
-def _progress(progress: ProgressCallback | None) -> ProgressCallback:
-    """The line callback the libraries get: `progress`, or one that drops every line."""
+def _progress(progress: ProgressCallback | None) -> contextlib.AbstractContextManager:
+    """For the call: the lines the libraries log (INFO and up) forwarded to `progress`; nothing without one."""
+    from qkvnas_core.log import Forward, handled_by
+
     if progress is None:
-        return lambda line: None
+        return contextlib.nullcontext()
     if not callable(progress):
         raise UsageError(f"{given('progress', progress)}: expected a callable taking one line, such as print")
-    return progress
+    return handled_by(Forward(progress))
 
 
 def _parsed(keywords: dict[str, Value], parsers: dict[str, Callable[[str], Any]]) -> dict[str, Any]:

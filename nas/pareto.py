@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import pandas as pd
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
+from qkvnas_core.log import logger
 from nas.objectives import COST_LIMIT_SETTINGS, SCORE
 from nas.results import SCORED_STATES, Run, TrialState, read_run, state_counts
 from nas.seed_stats import read_retrain, seed_summary
@@ -28,6 +29,7 @@ from search_spaces.arch import QKVConfig, structure_name
 from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 
+log = logger(__name__)
 COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 LATENCY_COLUMNS = ("latency_ms", "throughput", "latency_device")
 # (label, preset, ImageNet top-1, published params or None when the preset's count is the published one).
@@ -248,8 +250,7 @@ def _run_shape(run: Run, why: str) -> DataShape:
                      num_classes=int(run.setting("num_classes", why)))
 
 
-def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str,
-                  say: Callable[[str], None]) -> pd.DataFrame:
+def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str) -> pd.DataFrame:
     """`table` plus latency columns, measured for `rows` (one measurement per distinct architecture)."""
     from search_spaces.arch import ArchConfig
     from search_spaces.build import build_model
@@ -264,7 +265,7 @@ def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str,
     table = table.copy()
     for column in LATENCY_COLUMNS:
         table[column] = pd.Series(dtype=str if column == "latency_device" else float)
-    say(f"measuring latency of {table.loc[rows, 'arch'].nunique()} architectures on {device}")
+    log.info(f"measuring latency of {table.loc[rows, 'arch'].nunique()} architectures on {device}")
     measured: dict[str, dict[str, float]] = {}
     for index in rows:
         arch_json = table.at[index, "arch"]
@@ -327,14 +328,13 @@ class ParetoOutcome:
 
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
                  measure_latency: bool = False, device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None,
-                 name: str = "pareto", say: Callable[[str], None] = print,
-                 include_stopped: bool = False) -> ParetoOutcome:
+                 name: str = "pareto", include_stopped: bool = False) -> ParetoOutcome:
     """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
 
     With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg. The front is
     drawn from trials scored at the full number of epochs unless `include_stopped`; stopped trials are drawn hollow.
     `nas search` writes its own front as `search_front.*`, so a front a user drew with `nas pareto` (pareto.*)
-    is never overwritten by a resumed search. `say` gets the progress lines (latency being measured).
+    is never overwritten by a resumed search. Logs a line while latency is measured.
     """
     run = read_run(run_dir)
     costs = parse_costs(costs)
@@ -357,10 +357,10 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
                              f"expected a {column} column to use cost {cost!r}")
     if "latency" in costs:
         # Any scored trial may be on a front that includes latency, so all of them are measured.
-        table = _with_latency(table, scored.index, run, device, say)
+        table = _with_latency(table, scored.index, run, device)
     front = pareto_front(table, [COST_COLUMNS[cost] for cost in costs], include_stopped)
     if measure_latency and "latency" not in costs:
-        front = _with_latency(front, front.index, run, device, say)
+        front = _with_latency(front, front.index, run, device)
     references = reference_points(run) if reference else None
 
     out.mkdir(parents=True, exist_ok=True)

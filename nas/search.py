@@ -5,14 +5,13 @@ study.db (Optuna's SQLite storage, the record of truth), trials.csv (rendered fr
 written atomically) and one Ray experiment folder per session (`ray-1`, `ray-2` after a resume).
 `resume_search(run_dir)` reopens the study: finished trials are kept and never rerun; trials a crash left
 running are closed as failed (interrupted). Both build one `SearchSession`, run it, and return a `SearchResult`;
-they print nothing (`on_progress` receives the live view's lines).
+they print nothing: their lines are logged (qkvnas_core.log; the live view's are nas.progress's).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
-import logging
 import os
 import platform
 import time
@@ -28,6 +27,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from qkvnas_core.errors import UsageError
+from qkvnas_core.log import logger
 from qkvnas_core.files import dataclass_from_json, exclusive_lock, write_json_atomic
 from nas.budget import Budget, check_feasible, smallest_description
 from nas.objectives import (DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, SCORE, check_objectives, cost_limits,
@@ -49,7 +49,7 @@ from trainers.holdout import DEFAULT_VAL_FRACTION, SPLIT_VERSION, TRAIN_FRACTION
 from trainers.recipe import PROXY, get_recipe
 from trainers.trial import TrialSettings, run_trial
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logger(__name__)
 
 # Settings a resume may change; the others define the run and stay as they were.
 RESUMABLE = ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose",
@@ -179,8 +179,8 @@ def load_search_data(settings: SearchSettings) -> DatasetSplits:
     return dataclasses.replace(splits, test=None)
 
 
-def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainable: Callable | None = None,
-                  on_progress: Callable[[str], None] | None = None) -> SearchResult:
+def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
+                  trainable: Callable | None = None) -> SearchResult:
     """Continue the run in `run_dir` with its own settings. `changes` are the settings given again: the
     RESUMABLE ones change (validated as for a new run); any other is one UsageError, as it would silently
     make the run a different search. The run folder is locked before its search.json is read."""
@@ -202,18 +202,17 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainabl
             raise UsageError(f"--resume {run_dir}: its validation split is version {record.get('split_version', 1)} "
                              f"(an older qkvnas), this version draws {SPLIT_VERSION}, with other images; expected a "
                              "new run (--name)")
-        return open_session(settings, record, stack, trainable, on_progress).run()
+        return open_session(settings, record, stack, trainable).run()
 
 
-def run_search(settings: SearchSettings, trainable: Callable | None = None,
-               on_progress: Callable[[str], None] | None = None) -> SearchResult:
-    """Run a new search into `settings.run_dir`; `on_progress` receives the live view's lines (none by default).
+def run_search(settings: SearchSettings, trainable: Callable | None = None) -> SearchResult:
+    """Run a new search into `settings.run_dir`; the live view's lines are logged (nas.progress).
     `trainable` replaces the trial function (tests inject faults with it)."""
     if settings.run_dir.exists():
         raise UsageError(f"run folder {settings.run_dir} already exists: `nas search {settings.run_dir} --resume` "
                          "continues it; expected --name NEW for a new run")
     with contextlib.ExitStack() as stack:
-        return open_session(settings, None, stack, trainable, on_progress).run()
+        return open_session(settings, None, stack, trainable).run()
 
 
 @dataclass(frozen=True)
@@ -298,8 +297,8 @@ class SearchSession:
         """The new search's first points: the space's initial points, then a proxy's picks (--startup)."""
         settings = self.settings
         if settings.startup is not None:
-            self.progress.say(f"startup: scoring {STARTUP_DRAWS * POOL_PER_DRAW} feasible draws with "
-                              f"{settings.startup}; the best {STARTUP_DRAWS} train first")
+            log.info(f"startup: scoring {STARTUP_DRAWS * POOL_PER_DRAW} feasible draws with {settings.startup}; "
+                     f"the best {STARTUP_DRAWS} train first")
         return startup_points(settings.startup, self.space, self.budget, self.splits,
                               get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
                               settings.seed)
@@ -308,9 +307,6 @@ class SearchSession:
         """Ray Tune's part: `remaining` trials; returns the searcher, which knows why it stopped drawing."""
         settings = self.settings
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        if not settings.verbose:
-            # Failed trials are recorded with their reason in trials.csv; Ray's tracebacks would bury the view.
-            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         searcher = BudgetedSearcher(
             self.space, self.budget, self.study, settings.seed, settings.epochs,
             settings.max_infeasible_streak, on_record=self.save_trials,
@@ -367,13 +363,12 @@ class SearchSession:
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
-                 trainable: Callable | None, on_progress: Callable[[str], None] | None) -> SearchSession:
+                 trainable: Callable | None) -> SearchSession:
     """Check everything a session needs (space, data, budget, Ray and its resources), then record its start:
     search.json, the study (trials a stopped session left running closed as interrupted) and trials.csv.
 
     `record` is the run's search.json on a resume (its folder already locked), None for a new run; nothing is
     written before every check has passed. `stack` shuts down a Ray started here and releases the lock."""
-    say = on_progress or (lambda line: None)
     resumed = record is not None
     run_dir = settings.run_dir
     space = load_space(settings.space)
@@ -396,7 +391,7 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     record = dict(record or {})
     stopped = stop_leftovers([tuple(process) for process in record.get("ray_processes") or []])
     if stopped:
-        say(f"stopped {stopped} Ray processes the killed session left running")
+        log.info(f"stopped {stopped} Ray processes the killed session left running")
     record.update(settings.to_dict())
     record.update(sessions=int(record.get("sessions", 0)) + 1, versions=versions(), split_version=SPLIT_VERSION,
                   patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
@@ -410,7 +405,7 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     trials = render_trials(study)
     write_trials(run_dir / TRIALS_FILE, trials)
     limits = reference_limits(settings.budget, settings.max_flops)
-    progress = Progress(settings.trials, trained_count(trials), say,
+    progress = Progress(settings.trials, trained_count(trials),
                         hypervolume=functools.partial(run_hypervolume, limits=limits), epochs=settings.epochs)
     return SearchSession(settings, resumed, space, splits, budget, study, clock, progress,
                          trainable or run_trial, limits)

@@ -145,9 +145,11 @@ def view_trials(running: int = 1, curve_of_running: tuple = (0.3, 0.4)):
 
 def progress_line(trials, target: int):
     from nas.progress import Progress
+    from qkvnas_core.log import Forward, handled_by
 
     lines = []
-    Progress(target, 0, lines.append, epochs=10).show(trials, force=True)
+    with handled_by(Forward(lines.append)):
+        Progress(target, 0, epochs=10).show(trials, force=True)
     return lines[0]
 
 

@@ -121,9 +121,11 @@ def test_references_only_for_imagenet(tmp_path, capsys):
     assert "XCiT-N12" not in (run / "pareto.svg").read_text()
 
 
-def test_latency_columns(tmp_path):
+def test_latency_columns(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     assert main(["pareto", str(run), "--measure-latency"]) == 0
+    # The library logs the line (qkvnas_core.log); `nas` prints it.
+    assert capsys.readouterr().out.startswith("measuring latency of ")
     front = pd.read_csv(run / "pareto.csv")
     assert (front["latency_ms"] > 0).all() and (front["throughput"] > 0).all()
     assert main(["pareto", str(run), "--cost", "latency", "--out", str(tmp_path / "by-latency")]) == 0

@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from qkvnas_core.files import exclusive_lock
+from qkvnas_core.log import Forward, handled_by
 
 from nas.budget import Budget
 from nas.cli import main
@@ -491,7 +492,8 @@ def test_progress_tells_queued_running_and_interrupted_apart():
                                      1000, None, number, [0.5] if state == "complete" else [])
                            for number, state in enumerate(["queued", "running", "failed", "complete"])])
     lines = []
-    Progress(target=4, already=0, say=lines.append, epochs=1).show(trials, force=True)
+    with handled_by(Forward(lines.append)):
+        Progress(target=4, already=0, epochs=1).show(trials, force=True)
     (line,) = lines
     assert "1/4 trained: 1 complete, 0 stopped, 0 failed, 1 in progress, 1 queued" in line
     assert "1 interrupted (trained again)" in line and "best val_acc 50.00%" in line and "t0003" in line

@@ -25,16 +25,16 @@ from trainers.data import DataRequest, DatasetSplits, dataset_names
 from trainers.engine import TrainingDiverged
 from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
 from trainers.metrics import EpochMetrics
-from trainers.model_folder import (RESULT_FILE, TrainingTask, describe_test, plan, read_result, say_on_main,
-                                   train_in_folder)
+from trainers.model_folder import RESULT_FILE, TrainingTask, describe_test, plan, read_result, train_in_folder
 from trainers.recipe import TRANSFER, describe_recipe, get_recipe
-from trainers.runtime import init_distributed, seed_everything
+from trainers.runtime import init_distributed, main_rank_logger, seed_everything
 
 PAPER_DATASETS = ("cifar10", "cifar100", "stanford_cars", "stl10")
 LEAD_COLUMNS = ["arch_id", "role", "source", "structure", "params"]
 
 # The fresh head starts as timm initialises one (truncated normal, std 0.02; nn.Linear's default is ~5x wider).
 HEAD_INIT_STD = 0.02
+log = main_rank_logger(__name__)
 
 
 def load_pretrained(path: str | Path) -> ckpt.Checkpoint:
@@ -87,8 +87,7 @@ class TransferTask(TrainingTask):
 
 
 def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplits,
-             on_epoch: Callable[[EpochMetrics], None] | None = None,
-             say: Callable[[str], None] = say_on_main) -> dict[str, Any] | None:
+             on_epoch: Callable[[EpochMetrics], None] | None = None) -> dict[str, Any] | None:
     """Fine-tune `checkpoint` on `data` (loaded at the checkpoint's image size), test once, write result.json.
 
     Returns the result, or None when `on_epoch` stopped training early.
@@ -101,13 +100,13 @@ def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplit
     params = sum(parameter.numel() for parameter in model.parameters())
     headline = (f"finetune {task.arch.arch_id} ({task.role}, {task.source}) on {info.name} at {info.img_size} px, "
                 f"{info.num_classes} classes: {params:,} params -> {task.folder}")
-    done = train_in_folder(task, model, data, headline, on_epoch, say,
+    done = train_in_folder(task, model, data, headline, on_epoch,
                            pretrained_on=checkpoint.record["dataset"]["name"],
                            backbone_params=params - head_params(model))
     if done is None:
         return None
     run, result = done
-    say(f"test    {task.arch.arch_id} on {info.name}: {describe_test(run)}; best epoch {run.best_epoch}, "
+    log.info(f"test    {task.arch.arch_id} on {info.name}: {describe_test(run)}; best epoch {run.best_epoch}, "
         f"{run.seconds:.1f}s")
     return result
 
@@ -238,9 +237,11 @@ class TransferOutcome:
     diverged: int
 
 
-def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_main,
-                 warn: Callable[[str], None] = print) -> TransferOutcome:
-    """Plan every fine-tune (one UsageError before anything is written), run those not finished, test each once."""
+def transfer_run(request: TransferRequest) -> TransferOutcome:
+    """Plan every fine-tune (one UsageError before anything is written), run those not finished, test each once.
+
+    Its lines are logged (rank 0 only under torchrun): progress at INFO, a fine-tune whose training diverged at
+    ERROR (the others go on)."""
     datasets = parse_datasets(request.datasets)
     folders_of = data_dirs(request.data_dirs, datasets)
     recipe = get_recipe(request.recipe, **request.overrides)
@@ -260,8 +261,8 @@ def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_m
     to_train, results = plan(tasks)
     if world.active:
         torch.distributed.barrier()  # every rank has read the folders before rank 0 writes to them
-    say(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
-    say(f"models  {len(models)} x {len(datasets)} datasets: {len(to_train)} fine-tunes to run"
+    log.info(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
+    log.info(f"models  {len(models)} x {len(datasets)} datasets: {len(to_train)} fine-tunes to run"
         + (f", {len(results)} already finished (skipped)" if results else "") + f" -> {out / 'transfer'}")
 
     csv_path = out / "transfer.csv"
@@ -274,11 +275,10 @@ def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_m
             loaded.clear()  # one transfer set in memory at a time (CIFAR-10 at 224 px is 7.5 GB as uint8)
             loaded[key] = task.data.load()
         try:
-            result = finetune(task, checkpoints[task.checkpoint], loaded[key], say=say)
+            result = finetune(task, checkpoints[task.checkpoint], loaded[key])
         except TrainingDiverged as error:
             diverged += 1
-            if world.is_main:
-                warn(f"{task.arch.arch_id} on {task.data.name}: {error}")
+            log.error(f"{task.arch.arch_id} on {task.data.name}: {error}")
             continue
         results.append(result)
         if world.is_main:

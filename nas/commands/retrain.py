@@ -10,7 +10,6 @@ Exit codes: 0 every model trained; 1 a model's training diverged (the others sti
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nas.flags import (add_flag, add_recipe_arguments, path_argument, positive_int, recipe_overrides, seeds_argument,
                        split_list)
@@ -65,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         split_seed=args.split_seed, recipe=args.recipe, overrides=recipe_overrides(args), seed=args.seed,
         seeds=args.seeds, out=args.out, resume=args.resume, device=args.device, compile=args.compile, address=args.address,
         gpus_per_model=args.gpus_per_model, cpus_per_model=args.cpus_per_model)
-    outcome = retrain_run(request, warn=lambda line: print(f"nas retrain: error: {line}", file=sys.stderr,
-                                                           flush=True))
+    outcome = retrain_run(request)  # a model that diverged: `nas retrain: error: ...` on stderr (nas/cli.py)
     if len(outcome.table):
         print(f"\nretrained on {outcome.info.name} (test top-1 / top-5 in %, best-by-validation weights) -> "
               f"{outcome.csv_path}")

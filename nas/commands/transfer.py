@@ -10,7 +10,6 @@ Exit codes: 0 done; 1 a fine-tune diverged (the others still ran); 2 bad input; 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
 from search_spaces.device import DEFAULT_DEVICE
@@ -70,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         data_dirs=tuple(args.data_dir or ()), download=args.download, val_fraction=args.val_fraction,
         split_seed=args.split_seed, recipe=args.recipe, overrides=recipe_overrides(args), seed=args.seed,
         out=args.out, resume=args.resume, device=args.device, compile=args.compile)
-    outcome = transfer_run(request, warn=lambda line: print(f"nas transfer: error: {line}", file=sys.stderr,
-                                                             flush=True))
+    outcome = transfer_run(request)  # a fine-tune that diverged: `nas transfer: error: ...` on stderr (nas/cli.py)
     if len(outcome.table):
         print(f"\ntransfer test top-1 (%), fine-tuned at each model's training resolution; params without the "
               f"classifier head -> {outcome.csv_path}")
