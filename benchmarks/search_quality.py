@@ -51,7 +51,7 @@ from qkvnas_core.log import Forward, handled_by
 from qkvnas_core.units import format_count, parse_count
 
 if TYPE_CHECKING:
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
 DEFAULT_OUT = Path("benchmarks/runs/search_quality")
 # Sub-1M budgets that admit models of each space on mnist5k (28 px, patch 4): about 60% of lite's random draws
@@ -122,7 +122,7 @@ class RunPlan:
 
 
 def plan_runs(args: argparse.Namespace) -> list[RunPlan]:
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
     plans = []
     for space in args.spaces:
@@ -139,8 +139,8 @@ def plan_runs(args: argparse.Namespace) -> list[RunPlan]:
                     trials=args.epoch_budget, train_fraction=args.train_fraction,
                     grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor,
                     max_concurrent=args.max_concurrent or trial_slots(args.cpus_per_trial, args.gpus_per_trial),
-                    cpus_per_trial=args.cpus_per_trial,
-                    gpus_per_trial=args.gpus_per_trial), method))
+                    cpus_per_model=args.cpus_per_trial,
+                    gpus_per_model=args.gpus_per_trial), method))
     return plans
 
 
@@ -211,7 +211,7 @@ def run_benchmark(args: argparse.Namespace) -> bool:
                 shutil.rmtree(plan.run_dir)
             if state == "resume":
                 changes = {name: getattr(settings, name) for name in
-                           ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial")}
+                           ("trials", "epoch_budget", "max_concurrent", "cpus_per_model", "gpus_per_model")}
                 with progress_lines(args.verbose):
                     result = resume_search(plan.run_dir, changes)
             else:

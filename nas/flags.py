@@ -128,6 +128,12 @@ def startup_argument(text: str) -> str | None:
 
 
 @argument_type
+def comma_list(text: str) -> list[str]:
+    """'t1,t2' -> ['t1', 't2']."""
+    return split_list([text])
+
+
+@argument_type
 def fraction(text: str) -> float:
     """A validation share: trainers.holdout's VAL_FRACTION range."""
     return _number(text, VAL_FRACTION.holds, VAL_FRACTION.expected)

@@ -124,6 +124,73 @@ TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
 
 
 @dataclass(frozen=True)
+class RunFolder:
+    """A run's folder and the files `nas search`, `nas pareto` and `nas retrain` keep in it: the one place a run
+    file is named. search.json holds the settings and the sessions' record, study.db the Optuna study (the record
+    of truth), trials.csv the table rendered from it; retrain.csv a row per retrained (model, seed)."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The folder's name: a run moved or renamed is the run there now, as a resume takes it."""
+        return self.path.name
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "search.json"
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.csv"
+
+    @property
+    def study_file(self) -> Path:
+        return self.path / "study.db"
+
+    @property
+    def storage(self) -> str:
+        """The study's Optuna storage URL (absolute, so a Ray worker in another folder finds it)."""
+        return f"sqlite:///{self.study_file.resolve()}"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the session that runs the search (qkvnas_core.files.exclusive_lock)."""
+        return self.path / ".lock"
+
+    @property
+    def retrain_file(self) -> Path:
+        return self.path / "retrain.csv"
+
+    @property
+    def retrain_dir(self) -> Path:
+        """Where each retrained (model, seed) has its folder (nas.retrain.model_folder)."""
+        return self.path / "retrain"
+
+    def front_file(self, name: str, suffix: str) -> Path:
+        """A front's table (.csv) or plot (.png): pareto, search_front, hypervolume."""
+        return self.path / f"{name}{suffix}"
+
+    def settings(self, required: bool = True) -> dict[str, Any]:
+        return load_settings(self.path, required)
+
+    def trials(self) -> pd.DataFrame:
+        return load_trials(self.path)
+
+    def read(self) -> Run:
+        return read_run(self.path)
+
+    def load_study(self, study_name: str) -> Any:
+        """The run's Optuna study; one UsageError when study.db is not there."""
+        import optuna
+
+        if not self.study_file.is_file():
+            raise UsageError(f"{self.study_file}: not found; expected the Optuna study `nas search` writes in its run "
+                             "folder")
+        return optuna.load_study(study_name=study_name, storage=self.storage)
+
+
+@dataclass(frozen=True)
 class Run:
     """One run folder read back: its settings (search.json, {} when absent) and its trials table."""
 
@@ -136,9 +203,13 @@ class Run:
         """The folder's name: a run moved or renamed is the run there now, as a resume takes it."""
         return self.path.name
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
+
     def setting(self, key: str, why: str) -> Any:
         if self.settings.get(key) is None:
-            raise UsageError(f"{self.path / 'search.json'} has no {key!r}: expected it {why}")
+            raise UsageError(f"{self.folder.settings_file} has no {key!r}: expected it {why}")
         return self.settings[key]
 
 
@@ -167,7 +238,7 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
     absent: a resume checks the settings whole, as SearchSettings."""
     from nas.settings import SearchSettings, check_value, parser_of, renamed, settings_of
 
-    path = Path(run_dir) / "search.json"
+    path = RunFolder(Path(run_dir)).settings_file
     if not path.is_file():
         if required:
             raise UsageError(f"{path}: not found; expected a run folder written by nas search")
@@ -221,7 +292,7 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir}: not found; expected a folder written by `nas search`, e.g. results/<run>")
-    path = run_dir / "trials.csv"
+    path = RunFolder(run_dir).trials_file
     if not path.is_file():
         raise UsageError(f"{path}: not found; expected the run folder to hold the trials.csv `nas search` writes")
     expected = "expected a header row and one row per trial, as `nas search` writes"
@@ -268,20 +339,19 @@ def read_run(run_dir: str | Path) -> Run:
 
 def check_against_study(run: Run) -> None:
     """Every trial study.db records as ended must have its row: the study is the record of truth."""
-    study_path = run.path / "study.db"
     name = run.settings.get("study_name") or run.settings.get("name")
-    if not study_path.is_file() or not name:
+    if not run.folder.study_file.is_file() or not name:
         return
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_path.resolve()}")
+    study = run.folder.load_study(name)
     ended = {trial.number for trial in study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
         if "duplicate_of" not in trial.user_attrs}
     listed = {int(trial_id[1:]) for trial_id in run.table["trial_id"].astype(str) if trial_id[1:].isdigit()}
     missing = sorted(ended - listed)
     if missing:
-        raise UsageError(f"{run.path / 'trials.csv'} lacks {len(missing)} of the {len(ended)} trials study.db records "
+        raise UsageError(f"{run.folder.trials_file} lacks {len(missing)} of the {len(ended)} trials study.db records "
                          f"(first: t{missing[0]:04d}): the table is damaged; `nas search {run.path} --resume` rebuilds "
                          "it from the study, the record of truth")
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,13 @@ import torch
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
 from qkvnas_core.log import handled_by
-from nas.naming import given, named
+from nas.naming import given
 from nas.pareto import pareto_front, scored_trials
 from nas.ray_runtime import check_resources, start_ray
 from nas.seed_stats import baseline_comparison, seed_summary
+from nas.settings import RetrainRequest
 from nas.results import find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
-from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.presets import fit_patch_size, load_arch
 from trainers.data import DataRequest, DatasetInfo
 from trainers.engine import TrainingDiverged
@@ -102,76 +102,6 @@ def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path,
     return picked
 
 
-@dataclass(frozen=True)
-class RetrainRequest:
-    """What `nas retrain` asks for: which models, on which data, with which recipe, where and how to run them.
-
-    dataset, data_dir, val_fraction and split_seed default to the run's own (None); recipe None is the full
-    recipe that fits the dataset (`full_recipe_name`); overrides change its fields. address: run the models as
-    Ray tasks on that cluster (cpus/gpus_per_model size them); None trains them here, one after another.
-    progress_bar: tqdm's bar through each epoch where stderr is a terminal (the Python API turns it off).
-    seeds: how many seeds each model trains with (seed, seed + 1, ...), or the seeds themselves; the split stays.
-    """
-
-    run: str
-    top: int | None = None
-    include_stopped: bool = False
-    trials: tuple[str, ...] = ()
-    archs: tuple[str, ...] = ()
-    baselines: tuple[str, ...] = ()
-    dataset: str | None = None
-    data_dir: str | None = None
-    download: bool = False
-    img_size: int | None = None
-    patch_size: int | None = None
-    val_fraction: float | None = None
-    split_seed: int | None = None
-    recipe: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    seeds: int | tuple[int, ...] = 1
-    out: str | None = None
-    resume: bool = False
-    device: str = DEFAULT_DEVICE
-    compile: bool = False
-    address: str | None = None
-    gpus_per_model: float = 0.0
-    cpus_per_model: float = 1.0
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        if self.top is not None and self.top < 1:
-            raise UsageError(f"--top {self.top}: expected a positive number of winners")
-        if self.top is None and not self.trials and not self.archs and not self.baselines:
-            raise UsageError(f"nothing to retrain: expected {named('top')} K, {named('trial_ids')} ID,ID, "
-                             f"{named('arch')} PRESET|arch.json or {named('baseline')} PRESET|arch.json")
-        if self.seed < 0:
-            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise UsageError(f"{given('seeds', self.seeds)}: expected a positive number of seeds")
-        if isinstance(self.seeds, tuple) and (not self.seeds or min(self.seeds) < 0
-                                              or len(set(self.seeds)) != len(self.seeds)):
-            raise UsageError(f"{given('seeds', ','.join(map(str, self.seeds)))}: expected distinct non-negative seeds")
-        if self.address is None and (self.gpus_per_model != 0.0 or self.cpus_per_model != 1.0):
-            raise UsageError(f"{named('gpus_per_model')} / {named('cpus_per_model')}: expected {named('address')} "
-                             "(they size Ray tasks)")
-        if not 0 <= self.gpus_per_model <= 1:
-            raise UsageError(f"{given('gpus_per_model', self.gpus_per_model)}: expected 0 to 1 (one process per model; "
-                             "train one model on several GPUs with torchrun instead)")
-        if self.cpus_per_model <= 0:
-            raise UsageError(f"--cpus-per-model {self.cpus_per_model}: expected a positive number")
-        if self.address is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise UsageError("--address under torchrun: expected one or the other (Ray tasks, or one DDP job)")
-
-
-    @property
-    def training_seeds(self) -> tuple[int, ...]:
-        """The seeds each model trains with."""
-        if isinstance(self.seeds, int):
-            return tuple(range(self.seed, self.seed + self.seeds))
-        return self.seeds
-
-
 @dataclass
 class RetrainOutcome:
     """What a retrain did: every finished (model, seed)'s result (earlier ones included), a row each in `table`;
@@ -195,14 +125,14 @@ class RetrainOutcome:
 def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None) -> list[Candidate]:
     """Every model the request names, winners first, before any patch size meets the data."""
     picked: list[Candidate] = []
-    if request.top is not None or request.trials:
+    if request.top is not None or request.trial_ids:
         table = load_trials(run_dir)
         path = run_dir / "trials.csv"
         if request.top is not None:
             picked += front_winners(table, request.top, path, searched_at, request.include_stopped)
-        picked += trial_winners(table, list(request.trials), path, searched_at)
-    picked += [Candidate(load_arch(spec), "winner", spec) for spec in request.archs]
-    picked += [Candidate(load_arch(spec), "baseline", spec) for spec in request.baselines]
+        picked += trial_winners(table, list(request.trial_ids), path, searched_at)
+    picked += [Candidate(load_arch(spec), "winner", spec) for spec in request.arch]
+    picked += [Candidate(load_arch(spec), "baseline", spec) for spec in request.baseline]
     return picked
 
 

@@ -1,4 +1,5 @@
-"""Settings declared once: a search's settings as one dataclass, each field's metadata its flag.
+"""Settings declared once: a search's settings (`SearchSettings`) and a retrain's (`RetrainRequest`) as one
+dataclass each, each field's metadata its flag.
 
 A `Setting` in a field's metadata holds what its flag shows (help, metavar, group), the parser its text goes
 through, and whether a resume may change it. Everything else is derived from the fields: `nas search`'s flags
@@ -25,11 +26,13 @@ from typing import Any, Union
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json
-from nas.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, count_argument,
-                       integer, integer_at_least, positive_int, run_name, share, space_argument, startup_argument)
+from nas.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, comma_list,
+                       count_argument, integer, integer_at_least, path_argument, positive_int, run_name, seeds_argument,
+                       share, space_argument, startup_argument)
 from nas.naming import given, named
 from nas.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
 from nas.tracking import DEFAULT_LOGGERS, check_loggers, parse_loggers
+from search_spaces.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_VAL_FRACTION
 from trainers.recipe import PROXY, get_recipe
 
@@ -41,12 +44,19 @@ RENAMED = {"cpus_per_trial": "cpus_per_model", "gpus_per_trial": "gpus_per_model
 # What a run recorded before these settings existed: one objective, TPE, ASHA.
 EARLIER_DEFAULTS = {"objectives": ["val_acc"], "sampler": "tpe", "early_stopping": "asha"}
 # nas search's argument groups, in the order --help shows them.
-GROUPS = {
+SEARCH_GROUPS = {
     "what": "what to search (--budget, or a --config file that gives it)",
     "data": "data (search scores on a validation split of the training set)",
     "trials": "trials and scheduling",
     "recipe": "",  # the recipe flags' own group (nas.flags.add_recipe_arguments)
     "output": "output",
+}
+# nas retrain's.
+RETRAIN_GROUPS = {
+    "models": ("models", "at least one of --top, --trial-ids, --arch, --baseline"),
+    "data": "data",
+    "recipe": "",
+    "running": "running",
 }
 
 
@@ -55,7 +65,8 @@ class Setting:
     """A setting's flag: `help` (for a VOCABULARY word: what this command adds to its meaning), the parser of its
     text (the argparse type; None: the text itself, or a switch where `metavar` is None too), the `group` it shows
     in, what its default means where the value alone does not say (`default_text`), whether a resume may change
-    it, and the older spellings of its flag still read (hidden from --help)."""
+    it, the older spellings of its flag still read (hidden from --help), and whether the flag may be given again
+    (`repeat`: each value adds to the field's tuple)."""
 
     help: str
     parse: Callable[[str], Any] | None = None
@@ -64,6 +75,7 @@ class Setting:
     default_text: str | None = None
     resumable: bool = False
     aliases: tuple[str, ...] = ()
+    repeat: bool = False
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")
@@ -90,7 +102,10 @@ def _default(item: dataclasses.Field) -> Any:
 
 
 def value_text(value: Any) -> str:
-    """A value as its flag takes it: a list comma-separated, a number as Python writes it (1.0 as 1)."""
+    """A value as its flag takes it: a list comma-separated (a tuple of one ends in a comma, as --seeds 7, does),
+    a number as Python writes it (1.0 as 1)."""
+    if isinstance(value, tuple) and len(value) == 1:
+        return f"{value[0]},"
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "none"
     if isinstance(value, float):
@@ -100,48 +115,63 @@ def value_text(value: Any) -> str:
 
 def _help(item: dataclasses.Field, spec: Setting) -> str:
     default = _default(item)
-    shown = spec.default_text or ("" if default is None or default is False else value_text(default))
+    nothing = default is None or default is False or default == ()
+    shown = spec.default_text or ("" if nothing else value_text(default))
     if not shown:
         return spec.help
     return f"{spec.help} (default {shown})" if spec.help else f"default {shown}"
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, cls: type, before_recipe: Callable[[], None] | None = None
-                      ) -> None:
-    """One flag per setting of `cls`, in GROUPS' order (the recipe group's flags are added by `before_recipe`'s
-    caller: nas.flags.add_recipe_arguments); each defaults to None, so that what was given can be told apart."""
-    groups: dict[str, ArgumentContainer] = {}
-    for key, title in GROUPS.items():
+def add_setting_flags(parser: argparse.ArgumentParser, cls: type, groups: dict[str, str | tuple[str, str]],
+                      add_recipe: Callable[[], None] | None = None) -> None:
+    """One flag per setting of `cls`, in the order of `groups` (title, or title and description, by key); the
+    recipe group is `add_recipe`'s (nas.flags.add_recipe_arguments). Each flag defaults to None, so that what was
+    given can be told apart from the field's default."""
+    fields = settings_of(cls)
+    for key, title in groups.items():
         if key == "recipe":
-            if before_recipe is not None:
-                before_recipe()
+            if add_recipe is not None:
+                add_recipe()
             continue
-        groups[key] = parser.add_argument_group(title)
-    for name, (item, spec) in settings_of(cls).items():
-        if spec.group == "recipe":
-            continue
-        flag, text = spec.flag(name), _help(item, spec)
-        group = groups[spec.group]
-        if flag in VOCABULARY:
-            action = add_flag(group, flag, text, dest=name, default=None)
-        elif is_switch(name, spec):
-            action = group.add_argument(flag, action="store_true", default=None, help=text)
-        else:
-            action = group.add_argument(flag, type=spec.parse, default=None, metavar=spec.metavar, help=text,
-                                        dest=name)
-        for alias in spec.aliases:
-            group.add_argument(alias, type=action.type, dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        group = parser.add_argument_group(*((title,) if isinstance(title, str) else title))
+        for name, (item, spec) in fields.items():
+            if spec.group == key:
+                _add_setting_flag(group, name, item, spec)
+
+
+def _add_setting_flag(group: ArgumentContainer, name: str, item: dataclasses.Field, spec: Setting) -> None:
+    flag, text = spec.flag(name), _help(item, spec).replace("%", "%%")
+    options: dict[str, Any] = {"dest": name, "default": None}
+    if spec.repeat:
+        options["action"] = "append"
+    if flag in VOCABULARY:
+        action = add_flag(group, flag, text, **options, **({"metavar": spec.metavar} if spec.metavar else {}))
+    elif is_switch(name, spec):
+        action = group.add_argument(flag, action="store_true", default=None, help=text)
+    else:
+        action = group.add_argument(flag, type=spec.parse, metavar=spec.metavar, help=text, **options)
+    for alias in spec.aliases:
+        group.add_argument(alias, type=action.type, dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The settings of `cls` given on the command line (not None), by field."""
-    return {name: getattr(args, name) for name in settings_of(cls) if getattr(args, name, None) is not None}
+    """The settings of `cls` given on the command line (not None), by field; a repeated flag's values as one
+    tuple (a value that is a list, such as --trial-ids t1,t2, spread into it)."""
+    given = {}
+    for name, (item, spec) in settings_of(cls).items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        given[name] = tuple(part for entry in value for part in (entry if isinstance(entry, list) else [entry])) \
+            if spec.repeat else value
+    return given
 
 
 def parser_of(name: str, spec: Setting) -> Callable[[str], Any]:
     """What reads the setting's text: its flag's parser, `bool` for a switch, `str` for text taken as given."""
-    if spec.flag(name) in VOCABULARY and spec.parse is None:
-        return VOCABULARY[spec.flag(name)].type or str
+    word = VOCABULARY.get(spec.flag(name))
+    if word is not None:
+        return bool if word.metavar is None else spec.parse or word.type or str
     if is_switch(name, spec):
         return bool
     return spec.parse or str
@@ -189,11 +219,12 @@ def _expected_of(parse: Callable[[str], Any]) -> str:
 
 
 def check_settings(instance: Any) -> None:
-    """Every setting of a dataclass instance that is not None checked by its flag's parser."""
+    """Every setting of a dataclass instance that is not None checked by its flag's parser (each value of a
+    repeated flag)."""
     for name, (item, spec) in settings_of(type(instance)).items():
         value = getattr(instance, name)
-        if value is not None:
-            check_value(name, value, parser_of(name, spec))
+        for part in (value if spec.repeat else () if value is None else (value,)):
+            check_value(name, part, parser_of(name, spec))
 
 
 def resumable(cls: type) -> tuple[str, ...]:
@@ -301,6 +332,78 @@ class SearchSettings:
         """The settings search.json records (its other fields are the session's); each of its JSON type."""
         known = {item.name for item in dataclasses.fields(cls)}
         return dataclass_from_json(cls, {k: v for k, v in renamed(data).items() if k in known})
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What `nas retrain` asks for: which models, on which data, with which recipe, where and how to run them.
+
+    Each field but `run`, `overrides` and `progress_bar` is a flag of `nas retrain` (and a keyword of
+    `nas.retrain`). dataset, data_dir, val_fraction and split_seed default to the run's own (None); recipe None is
+    the full recipe that fits the dataset (`full_recipe_name`); overrides change its fields. address: run the
+    models as Ray tasks on that cluster (cpus/gpus_per_model size them); None trains them here, one after another.
+    progress_bar: tqdm's bar through each epoch where stderr is a terminal (the Python API turns it off).
+    """
+
+    run: str
+    top: int | None = setting(None, parse=positive_int, metavar="K", group="models",
+                              help="the K best members of the run's Pareto front (params), best val_acc first")
+    include_stopped: bool = setting(False, group="models", help="with --top")
+    trial_ids: tuple[str, ...] = setting((), parse=comma_list, metavar="ID,ID", group="models", repeat=True,
+                                         help="trials of the run, by id (t0003 or 3)")
+    arch: tuple[str, ...] = setting((), parse=path_argument, metavar="PRESET|arch.json", group="models", repeat=True,
+                                    help="an architecture (repeatable)")
+    baseline: tuple[str, ...] = setting((), metavar="PRESET|arch.json", group="models", repeat=True,
+                                        help="an architecture trained under the same recipe, e.g. xcit-n12")
+    dataset: str | None = setting(None, group="data", help="the one to retrain on, e.g. imagenet",
+                                  default_text="the run's")
+    data_dir: str | None = setting(None, group="data", help="", default_text="the run's when it is the run's dataset")
+    download: bool = setting(False, group="data", help="")
+    img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
+    patch_size: int | None = setting(None, group="data", help="of every model",
+                                     default_text="each arch's, or the dataset's where it does not fit")
+    val_fraction: float | None = setting(None, group="data", help="", default_text="the run's")
+    split_seed: int | None = setting(None, group="data", help="", default_text="the run's")
+    recipe: str | None = setting(None, group="recipe", help="")
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = setting(0, group="running", help="the first of --seeds")
+    seeds: int | tuple[int, ...] = setting(
+        1, parse=seeds_argument, metavar="N|S,S", group="running",
+        help="train every model N times, with seeds --seed ... --seed + N - 1, or with the seeds listed (0,3,7; one "
+             "seed alone as 7,); the split stays. The table then gives each model's mean and 95% interval, and the "
+             "paired difference to each --baseline")
+    out: str | None = setting(None, group="running", help="instead of the run folder")
+    resume: bool = setting(False, group="running", help="interrupted models continue exactly, finished ones are "
+                                                         "skipped")
+    device: str = setting(DEFAULT_DEVICE, group="running", help="")
+    compile: bool = setting(False, group="running", help="")
+    address: str | None = setting(None, group="running", help="the models train at once as Ray tasks there",
+                                  default_text="one after another here")
+    gpus_per_model: float = setting(0.0, group="running", help="with --address, at most 1", default_text="0: CPU")
+    cpus_per_model: float = setting(1.0, group="running", help="with --address")
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.top is None and not self.trial_ids and not self.arch and not self.baseline:
+            raise UsageError(f"nothing to retrain: expected {named('top')} K, {named('trial_ids')} ID,ID, "
+                             f"{named('arch')} PRESET|arch.json or {named('baseline')} PRESET|arch.json")
+        if self.address is None and (self.gpus_per_model != 0.0 or self.cpus_per_model != 1.0):
+            raise UsageError(f"{named('gpus_per_model')} / {named('cpus_per_model')}: expected {named('address')} "
+                             "(they size Ray tasks)")
+        if not self.gpus_per_model <= 1:
+            raise UsageError(f"{given('gpus_per_model', self.gpus_per_model)}: expected 0 to 1 (one process per model; "
+                             "train one model on several GPUs with torchrun instead)")
+        if self.address is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise UsageError(f"{named('address')} under torchrun: expected one or the other (Ray tasks, or one DDP "
+                             "job)")
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        """The seeds each model trains with."""
+        if isinstance(self.seeds, int):
+            return tuple(range(self.seed, self.seed + self.seeds))
+        return self.seeds
 
 
 def default_run_name(space: str | None, dataset: str | None, budget: int) -> str:

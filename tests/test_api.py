@@ -152,7 +152,7 @@ def test_a_count_is_the_commands_or_one_error_naming_the_keyword(keyword, value)
     (lambda run: nas.search(budget="3.1X"), "budget='3.1X': expected a positive count such as 3.1M"),
     (lambda run: nas.search(budget=1e6, trials=0), "trials=0: expected a positive integer"),
     (lambda run: nas.search(budget=1e6, trials=2.5), "trials=2.5: expected a positive integer"),
-    (lambda run: nas.search(budget=1e6, epochs=0), "epochs=0: expected a positive integer"),
+    (lambda run: nas.search(budget=1e6, epochs=0), "recipe epochs=0: expected a positive integer"),
     (lambda run: nas.search(budget=1e6, lr="fast"), "recipe lr='fast': expected a positive learning rate"),
     (lambda run: nas.search(budget=1e6, logger="neptune"), "logger='neptune': expected none, or any of tensorboard"),
     (lambda run: nas.search(trials=3), "budget: missing; expected a parameter count such as '3.1M'"),

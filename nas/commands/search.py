@@ -16,7 +16,7 @@ from typing import Iterator, TextIO
 from qkvnas_core.errors import UsageError
 from qkvnas_core.log import line as record_line
 from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
-from nas.settings import SearchSettings, add_setting_flags, given_settings as settings_given
+from nas.settings import SEARCH_GROUPS, SearchSettings, add_setting_flags, given_settings as settings_given
 from trainers.recipe import PROXY
 
 USAGE = """%(prog)s --budget PARAMS [options]
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="settings from a YAML or JSON file (a run's search.json reruns that search as a new "
                              "run); flags given override it")
     add_flag(parser, "--resume", "the run RUN, also to extend it (raise --trials)")
-    add_setting_flags(parser, SearchSettings, before_recipe=lambda: add_recipe_arguments(
+    add_setting_flags(parser, SearchSettings, SEARCH_GROUPS, lambda: add_recipe_arguments(
         parser, None, PROXY.name, "--epochs is a trial's length unless ASHA stops it"))
 
 
