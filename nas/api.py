@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from nas.pareto import ParetoOutcome
+    from nas.results import Run
     from nas.retrain import RetrainOutcome
+    from nas.search import SearchResult
 
 ProgressCallback = Callable[[str], None]
 
@@ -95,7 +97,7 @@ def search(*, config: str | os.PathLike | None = None, progress: ProgressCallbac
         from nas.search import run_search
 
         result = run_search(checked)
-        return _search_run(result.run_dir, result.study, result.ended, result.note)
+        return _session_run(result)
 
 
 def search_settings(**keywords: Any) -> SearchSettings:
@@ -127,14 +129,14 @@ def resume(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike
         from nas.search import resume_search
 
         result = resume_search(run_dir, _parsed(changes, RESUME_FLAGS))
-        return _search_run(result.run_dir, result.study, result.ended, result.note)
+        return _session_run(result)
 
 
 def load_run(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike | None = None) -> SearchRun:
     """A run folder read back (a finished run, or one still running elsewhere, as it stands); `run` as `resume`
     takes it."""
     with python_names():
-        return _search_run(_run_folder(run, results_dir))
+        return _folder_run(_run_folder(run, results_dir))
 
 
 def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None = None, reference: bool | None = None,
@@ -254,28 +256,34 @@ def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLi
         raise UsageError(f"{given('run', run)}: {_expected(error)}") from None
 
 
-def _search_run(run_dir: Path, study: optuna.Study | None = None, ended: str | None = None,
+def _search_run(run: Run, study: optuna.Study, hypervolume: float, ended: str | None = None,
                 note: str = "") -> SearchRun:
-    from nas.objectives import reference_limits
+    """The SearchRun of a run as given: what a session holds (search, resume), or a folder read back (load_run)."""
     from nas.pareto import pareto_front
-    from nas.results import best_trial, read_run
+    from nas.results import best_trial
+
+    objectives = run.settings.get("objectives") or [SCORE]
+    return SearchRun(run_dir=run.path, hypervolume=hypervolume, ended=ended, note=note, trials=run.table,
+                     front=pareto_front(run.table, objectives[1:] or ["params"]), best=best_trial(run.table),
+                     study=study, settings=run.settings)
+
+
+def _session_run(result: SearchResult) -> SearchRun:
+    """What a search's session computed, as a SearchRun: nothing it wrote is read back."""
+    from nas.results import Run
+
+    return _search_run(Run(result.run_dir, result.settings, result.trials), result.study, result.hypervolume,
+                       result.ended, result.note)
+
+
+def _folder_run(run_dir: Path) -> SearchRun:
+    """A run folder read back (checked against its study), its hypervolume measured as the search measures it."""
+    from nas.objectives import reference_limits
+    from nas.results import read_run
     from nas.search import run_hypervolume
 
     run = read_run(run_dir)
     why = "to measure the run's hypervolume"
     limits = reference_limits(int(run.setting("budget", why)), run.settings.get("max_flops"))
-    objectives = run.settings.get("objectives") or [SCORE]
-    return SearchRun(run_dir=run.path, hypervolume=run_hypervolume(run.table, limits), ended=ended, note=note,
-                     trials=run.table, front=pareto_front(run.table, objectives[1:] or ["params"]),
-                     best=best_trial(run.table), study=study or _load_study(run.path, run.settings),
-                     settings=run.settings)
-
-
-def _load_study(run_dir: Path, settings: dict[str, Any]) -> optuna.Study:
-    import optuna
-
-    path = run_dir / "study.db"
-    if not path.is_file():
-        raise UsageError(f"{path}: not found; expected the Optuna study `nas search` writes in its run folder")
-    return optuna.load_study(study_name=settings.get("study_name") or settings.get("name") or run_dir.name,
-                             storage=f"sqlite:///{path.resolve()}")
+    study = run.folder.load_study(run.settings.get("study_name") or run.settings.get("name") or run.name)
+    return _search_run(run, study, run_hypervolume(run.table, limits))

@@ -1,9 +1,10 @@
 """A search's settings from a config file and the flags given over it: `nas search --config FILE`.
 
 A config file holds SearchSettings fields by the names search.json writes them (budget, dataset, recipe,
-recipe_overrides, ...); any setting may be written as its flag takes it ("3.1M", "val_acc,params"). A run's own search.json is a config too, which reruns that search as a new run: its settings are
-read (what the run recorded beside them, such as versions, seconds or hypervolume, is not), its name is not (the
-rerun gets --name or a fresh default name), and settings it predates take the values it ran with.
+recipe_overrides, ...); any setting may be written as its flag takes it ("3.1M", "val_acc,params"). A run's own
+search.json is a config too, which reruns that search as a new run: its settings are read (what the run recorded
+beside them, such as versions, seconds or hypervolume, is not), its name is not (the rerun gets --name or a fresh
+default name), and settings it predates take the values it ran with.
 
 YAML (.yaml, .yml) is read with PyYAML's safe_load, without anchors or aliases (a few bytes of them can expand
 beyond memory); JSON (.json) with the project's strict reader. Either way a bad file is one UsageError naming

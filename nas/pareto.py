@@ -261,7 +261,7 @@ def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str) ->
     why = "to build the models whose latency is measured"
     shape = _run_shape(run, why)
     if "arch" not in table.columns:
-        raise UsageError(f"{run.path / 'trials.csv'} has no arch column: expected it {why}")
+        raise UsageError(f"{run.folder.trials_file} has no arch column: expected it {why}")
     table = table.copy()
     for column in LATENCY_COLUMNS:
         table[column] = pd.Series(dtype=str if column == "latency_device" else float)
@@ -329,31 +329,41 @@ class ParetoOutcome:
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
                  measure_latency: bool = False, device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None,
                  name: str = "pareto", include_stopped: bool = False) -> ParetoOutcome:
-    """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
+    """`nas pareto`: the run folder read back (checked against its study), its front drawn (`draw_front`), with
+    the retrained models' plot when the run has retrain.csv."""
+    run = read_run(run_dir)
+    return draw_front(run, costs, reference, measure_latency, device, out_dir, name, include_stopped,
+                      retrained=read_retrain(run.path))
+
+
+def draw_front(run: Run, costs: Sequence[str] = ("params",), reference: bool = False, measure_latency: bool = False,
+               device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None, name: str = "pareto",
+               include_stopped: bool = False, retrained: pd.DataFrame | None = None) -> ParetoOutcome:
+    """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run), from
+    the run as given (a search's session passes what it holds; nothing is read back).
 
     With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg. The front is
     drawn from trials scored at the full number of epochs unless `include_stopped`; stopped trials are drawn hollow.
     `nas search` writes its own front as `search_front.*`, so a front a user drew with `nas pareto` (pareto.*)
     is never overwritten by a resumed search. Logs a line while latency is measured.
     """
-    run = read_run(run_dir)
     costs = parse_costs(costs)
     out = Path(out_dir) if out_dir is not None else run.path
     table = run.table
     scored = scored_trials(table)
     if scored.empty:
-        raise UsageError(f"{run.path / 'trials.csv'} has no scored trial ({state_counts(table)}): "
+        raise UsageError(f"{run.folder.trials_file} has no scored trial ({state_counts(table)}): "
                          "expected at least one complete or stopped trial with a val_acc")
     epochs = run.settings.get("epochs")
     full_fidelity = scored_trials(table, include_stopped=False)
     if full_fidelity.empty and not include_stopped:
-        raise UsageError(f"{run.path / 'trials.csv'} has no trial scored at full fidelity (every epoch run; "
+        raise UsageError(f"{run.folder.trials_file} has no trial scored at full fidelity (every epoch run; "
                          f"{state_counts(table)}): expected a complete trial, or --include-stopped to draw a front "
                          "of trials ASHA scored after fewer epochs")
     for cost in costs:
         column = COST_COLUMNS[cost]
         if cost != "latency" and (column not in table.columns or scored[column].isna().all()):
-            raise UsageError(f"{run.path / 'trials.csv'} has no {column} values for its scored trials: "
+            raise UsageError(f"{run.folder.trials_file} has no {column} values for its scored trials: "
                              f"expected a {column} column to use cost {cost!r}")
     if "latency" in costs:
         # Any scored trial may be on a front that includes latency, so all of them are measured.
@@ -379,7 +389,6 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
             for plot in plots:
                 _copy(plot, out / f"{name}{plot.suffix}")
                 written.append(out / f"{name}{plot.suffix}")
-    retrained = read_retrain(run.path)
     if retrained is not None and len(retrained):
         written += plot_retrained(seed_summary(retrained), out / f"{name}_retrained",
                                   f"{run.name}: retrained models, each seed tested once ({len(retrained)} runs)")

@@ -167,9 +167,9 @@ class RunFolder:
         """Where each retrained (model, seed) has its folder (nas.retrain.model_folder)."""
         return self.path / "retrain"
 
-    def front_file(self, name: str, suffix: str) -> Path:
-        """A front's table (.csv) or plot (.png): pareto, search_front, hypervolume."""
-        return self.path / f"{name}{suffix}"
+    def stem(self, name: str) -> Path:
+        """Where the run's own outputs named `name` go, .csv and .png added: pareto, search_front, hypervolume."""
+        return self.path / name
 
     def settings(self, required: bool = True) -> dict[str, Any]:
         return load_settings(self.path, required)

@@ -27,7 +27,7 @@ from nas.pareto import pareto_front, scored_trials
 from nas.ray_runtime import check_resources, start_ray
 from nas.seed_stats import baseline_comparison, seed_summary
 from nas.settings import RetrainRequest
-from nas.results import find_run, format_trial_id, load_settings, load_trials, state_counts
+from nas.results import RunFolder, find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
 from search_spaces.presets import fit_patch_size, load_arch
 from trainers.data import DataRequest, DatasetInfo
@@ -127,7 +127,7 @@ def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None) 
     picked: list[Candidate] = []
     if request.top is not None or request.trial_ids:
         table = load_trials(run_dir)
-        path = run_dir / "trials.csv"
+        path = RunFolder(run_dir).trials_file
         if request.top is not None:
             picked += front_winners(table, request.top, path, searched_at, request.include_stopped)
         picked += trial_winners(table, list(request.trial_ids), path, searched_at)
@@ -139,7 +139,7 @@ def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None) 
 def model_folder(out: Path, arch_id: str, seed: int) -> Path:
     """Where one (model, seed) trains: <out>/retrain/<arch-id>/ for seed 0 (as before seeds were asked for),
     <out>/retrain/<arch-id>-seed<S>/ for another."""
-    return out / "retrain" / (arch_id if seed == 0 else f"{arch_id}-seed{seed}")
+    return RunFolder(out).retrain_dir / (arch_id if seed == 0 else f"{arch_id}-seed{seed}")
 
 
 def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRequest, out: Path, recipe: Recipe,
@@ -159,7 +159,7 @@ def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRe
                      f"({arch.arch_id}); trained once")
             continue
         tasks[arch.arch_id] = RetrainTask(
-            arch=arch, role=candidate.role, source=candidate.source, folder=out / "retrain" / arch.arch_id,
+            arch=arch, role=candidate.role, source=candidate.source, folder=RunFolder(out).retrain_dir / arch.arch_id,
             recipe=recipe, overrides=request.overrides, data=data, resume=request.resume, device=request.device,
             compile=request.compile, progress_bar=request.progress_bar)
     return [dataclasses.replace(task, seed=seed, folder=model_folder(out, task.arch.arch_id, seed))
@@ -256,9 +256,10 @@ def retrain_run(request: RetrainRequest) -> RetrainOutcome:
              f"{request.device}{f' x {world.world_size} processes' if world.active else ''}")
     runs = "" if len(seeds) == 1 else f" (of {len(tasks) // len(seeds)} models x {len(seeds)} seeds)"
     log.info(f"models  {len(to_train)}{runs} to train on {where}"
-             + (f", {len(finished)} already finished (skipped)" if finished else "") + f" -> {out / 'retrain'}")
+             + (f", {len(finished)} already finished (skipped)" if finished else "")
+             + f" -> {RunFolder(out).retrain_dir}")
 
-    csv_path = out / "retrain.csv"
+    csv_path = RunFolder(out).retrain_file
     results = list(finished)
     diverged: list[str] = []
 
@@ -270,7 +271,7 @@ def retrain_run(request: RetrainRequest) -> RetrainOutcome:
         results.append(result)
         if world.is_main:
             # Every finished model under the output folder, earlier retrains' included.
-            earlier = sorted((out / "retrain").iterdir()) if (out / "retrain").is_dir() else []
+            earlier = sorted(RunFolder(out).retrain_dir.iterdir()) if RunFolder(out).retrain_dir.is_dir() else []
             write_text_atomic(csv_path, results_frame(earlier, RETRAIN_COLUMNS, results).to_csv(index=False))
 
     if request.address is not None:

@@ -33,10 +33,10 @@ from nas.budget import Budget, check_feasible, smallest_description
 from nas.objectives import (SCORE, reference_limits)
 from nas.hypervolume import front_hypervolume, hypervolume_history
 from nas.naming import given, named
-from nas.pareto import plot_hypervolume, scored_trials, write_pareto
+from nas.pareto import draw_front, plot_hypervolume, scored_trials
 from nas.progress import Progress
 from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
-from nas.results import best_trial, load_settings, trained_count, write_trials
+from nas.results import Run, RunFolder, best_trial, load_settings, trained_count, write_trials
 from nas.scheduler import RungScheduler
 from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
 from nas.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
@@ -51,8 +51,6 @@ from trainers.trial import TrialSettings, run_trial
 
 log = logger(__name__)
 
-LOCK_FILE = ".lock"
-TRIALS_FILE = "trials.csv"
 SEARCH_FRONT = "search_front"
 HYPERVOLUME_PLOT = "hypervolume"
 
@@ -87,9 +85,10 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
     if fixed:
         listed = ", ".join(given(name, changes[name]) for name in fixed)
         raise UsageError(f"resuming {run_dir} with {listed}: a resumed run keeps the settings it was started with; "
-                         f"expected only {', '.join(named(name) for name in resumable(SearchSettings))}, or a new run (--name)")
+                         f"expected only {', '.join(named(name) for name in resumable(SearchSettings))}, or a new "
+                         "run (--name)")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
+        stack.enter_context(exclusive_lock(RunFolder(run_dir).lock_file, f"run folder {run_dir}"))
         record = load_settings(run_dir)
         # The folder may have been moved or renamed since: it is where the run is now.
         settings = SearchSettings.from_dict({**EARLIER_DEFAULTS, **record, "name": run_dir.name,
@@ -122,6 +121,7 @@ class SearchResult:
     ended: str
     note: str  # why it ended before --trials were trained, or how to go on; "" when it finished
     trials: pd.DataFrame  # trials.csv as written last
+    settings: dict[str, Any]  # search.json as written last: the settings and the sessions' record
     best: dict[str, Any] | None  # its row, None while no trial has a score
     front: Path | None  # search_front.csv, written when a trial ran every epoch
     study: optuna.Study
@@ -159,6 +159,10 @@ class SearchSession:
     def run_dir(self) -> Path:
         return self.settings.run_dir
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
     def run(self) -> SearchResult:
         settings = self.settings
         already = self.progress.already
@@ -184,7 +188,7 @@ class SearchSession:
     def save_trials(self, ended: bool = False) -> None:
         """trials.csv rendered from the study, after every event; when a trial `ended`, the session's time too."""
         trials = render_trials(self.study)
-        write_trials(self.run_dir / TRIALS_FILE, trials)
+        write_trials(self.folder.trials_file, trials)
         if ended:
             self.clock.write()
         self.progress.show(trials, force=ended)
@@ -250,12 +254,15 @@ class SearchSession:
                          hypervolume_reference={SCORE: 0.0, **self.limits})
         best = best_trial(trials)
         full_fidelity = scored_trials(trials, include_stopped=False)
-        front = write_pareto(self.run_dir, name=SEARCH_FRONT).csv_path if len(full_fidelity) else None
+        front = None
         if len(full_fidelity):
+            run = Run(self.run_dir, self.clock.record, trials)
+            front = draw_front(run, name=SEARCH_FRONT).csv_path
             history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
-            plot_hypervolume(history, self.run_dir / HYPERVOLUME_PLOT,
+            plot_hypervolume(history, self.folder.stem(HYPERVOLUME_PLOT),
                              f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
-        return SearchResult(self.run_dir, ended, note, trials, best, front, self.study, hypervolume)
+        return SearchResult(self.run_dir, ended, note, trials, dict(self.clock.record), best, front, self.study,
+                            hypervolume)
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
@@ -282,7 +289,7 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
                     f"{settings.gpus_per_model:g}")
     if not resumed:
         run_dir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
+        stack.enter_context(exclusive_lock(RunFolder(run_dir).lock_file, f"run folder {run_dir}"))
 
     record = dict(record or {})
     stopped = stop_leftovers([tuple(process) for process in record.get("ray_processes") or []])
@@ -293,13 +300,13 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
                   patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
                   in_chans=shape.in_chans, started=record.get("started", _now()), finished=None, ended=None,
                   ray_processes=ray_processes() if started_ray else [])
-    clock = SessionClock(run_dir / "search.json", record)
+    folder = RunFolder(run_dir)
+    clock = SessionClock(folder.settings_file, record)
     clock.write()
-    study = open_study(f"sqlite:///{run_dir.resolve() / 'study.db'}", settings.study_name, settings.seed,
-                       settings.objectives, settings.sampler)
+    study = open_study(folder.storage, settings.study_name, settings.seed, settings.objectives, settings.sampler)
     close_interrupted(study)
     trials = render_trials(study)
-    write_trials(run_dir / TRIALS_FILE, trials)
+    write_trials(folder.trials_file, trials)
     limits = reference_limits(settings.budget, settings.max_flops)
     progress = Progress(settings.trials, trained_count(trials),
                         hypervolume=functools.partial(run_hypervolume, limits=limits), epochs=settings.epochs)

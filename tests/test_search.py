@@ -7,6 +7,7 @@ import json
 import os
 
 import optuna
+import pandas as pd
 import pytest
 
 from qkvnas_core.files import exclusive_lock
@@ -16,7 +17,8 @@ from nas.budget import Budget
 from nas.cli import main
 from nas.progress import Progress
 from nas.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
-from nas.search import SearchSettings, SessionClock, resume_search, run_search
+from nas.search import SessionClock, resume_search, run_search
+from nas.settings import SearchSettings
 from nas.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
 from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
@@ -68,12 +70,21 @@ def failing_trainable(config, data, settings):
 
 
 @pytest.mark.slow
-def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
+def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys, monkeypatch):
+    """The search writes its run folder and reads none of it back: its end (front, hypervolume, summary) is
+    computed from what the session holds."""
+
+    def read_back(*args, **kwargs):
+        raise AssertionError(f"the search read a file back: {args[:1]}")
+
+    monkeypatch.setattr(pd, "read_csv", read_back)
+    monkeypatch.setattr("nas.results.read_json_object", read_back)
     code = main(["search", "--budget", str(BUDGET), "--space", space_file, "--trials", "4", "--epochs", "3",
                  "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(tmp_path / "results"),
                  "--name", "e2e"])
     out = capsys.readouterr().out
     assert code == 0
+    monkeypatch.undo()
     run_dir = tmp_path / "results" / "e2e"
     table = load_trials(run_dir)
     trained = table[table["state"].isin(["complete", "stopped", "failed"])]

@@ -86,13 +86,15 @@ def run_summary(run, shown: int) -> str:
 def retrain_summary(folder: Path) -> str | None:
     """What `nas retrain` wrote into the run: per model its seeds' mean and interval, and the paired differences to
     its baselines; None when nothing was retrained."""
-    from nas.seed_stats import RETRAIN_FILE, baseline_comparison, read_retrain, seed_summary, summary_text
+    from nas.results import RunFolder
+    from nas.seed_stats import baseline_comparison, read_retrain, seed_summary, summary_text
 
     table = read_retrain(folder)
     if table is None or table.empty:
         return None
     summary = seed_summary(table)
-    return (f"retrained ({folder / RETRAIN_FILE}: {len(summary)} models, {len(table)} runs, each tested once):\n"
+    return (f"retrained ({RunFolder(Path(folder)).retrain_file}: {len(summary)} models, {len(table)} runs, each "
+            "tested once):\n"
             + _indent(summary_text(summary, baseline_comparison(table))))
 
 
