@@ -57,7 +57,7 @@ def train_unit(source: str, seed: int, epochs: int, out: Path) -> tuple[pd.DataF
     import torch
 
     import nas
-    from nas.retrain import model_folder
+    from nas.winners.retrain import model_folder
 
     torch.set_num_threads(1)
     start = time.monotonic()
@@ -124,7 +124,7 @@ def percent(value: float) -> str:
 
 
 def page(table: pd.DataFrame, curves: pd.DataFrame, epochs: int, seeds: int) -> str:
-    from nas.seed_stats import baseline_comparison, seed_summary
+    from nas.runs.seed_stats import baseline_comparison, seed_summary
 
     summary = seed_summary(table)
     comparison = baseline_comparison(table)

@@ -48,8 +48,8 @@ def search_settings(settings: dict[str, Any]):
 
 def units(settings: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
     """Every (architecture row, seed) of the set: each drawn architecture at seed 0, every k-th also at seed 1."""
-    from nas.budget import Budget, feasible_draws
-    from nas.search import load_search_data
+    from nas.engine.budget import Budget, feasible_draws
+    from nas.engine.search import load_search_data
     from search_spaces.spaces import load_space
 
     info = load_search_data(search_settings(settings)).info
@@ -71,7 +71,7 @@ def units(settings: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
 def _load_worker(settings: dict[str, Any]) -> None:
     import torch
 
-    from nas.search import load_search_data
+    from nas.engine.search import load_search_data
 
     global _worker_data
     torch.set_num_threads(1)

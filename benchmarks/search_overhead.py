@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from qkvnas_core.units import parse_count
-from nas.budget import Budget
-from nas.results import load_settings, load_trials, write_trials
-from nas.searcher import BudgetedSearcher, open_study, render_trials
+from nas.engine.budget import Budget
+from nas.runs.results import load_settings, load_trials, write_trials
+from nas.engine.searcher import BudgetedSearcher, open_study, render_trials
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
 from search_spaces.shape import IMAGENET, DataShape

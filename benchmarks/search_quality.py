@@ -8,7 +8,7 @@
 Four methods, each a `nas search` given the same total of trained epochs (--epoch-budget): random search
 (random, no early stopping), random + ASHA, TPE + ASHA (single objective, val_acc) and multi-objective TPE +
 MO-ASHA (val_acc, params). Each (dataset, space, method, seed) is one run folder under --out. A finished run is
-skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.search.resume_search: its
+skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.engine.search.resume_search: its
 finished trials are kept and the epochs of the trials it cut short stay counted as spent (the search's own
 count), so a resumed run trains at most max_concurrent x (epochs - 1) epochs fewer than one that ran straight
 through, where rerunning it from scratch would discard every trial trained so far. A folder that holds no
@@ -178,8 +178,8 @@ def run_state(plan: RunPlan) -> str:
 
 def run_benchmark(args: argparse.Namespace) -> bool:
     """Run every planned search not done yet, one at a time on one Ray; False when one was interrupted."""
-    from nas.ray_runtime import ray_processes, start_ray, stop_leftovers
-    from nas.search import resume_search, run_search
+    from nas.runtime.ray_runtime import ray_processes, start_ray, stop_leftovers
+    from nas.engine.search import resume_search, run_search
 
     plans = plan_runs(args)
     states = [run_state(plan) for plan in plans]
@@ -269,7 +269,7 @@ def value_at(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 def full_fidelity(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials scored at full length (state complete), ordered by the epochs spent when each ended."""
-    from nas.pareto import scored_trials
+    from nas.runs.pareto import scored_trials
 
     frame = scored_trials(trials, include_stopped=False)
     return frame[frame["epochs_spent"].notna()].sort_values("epochs_spent", kind="stable")
@@ -277,8 +277,8 @@ def full_fidelity(trials: pd.DataFrame) -> pd.DataFrame:
 
 def hypervolume_at(trials: pd.DataFrame, budget: int, grid: np.ndarray) -> np.ndarray:
     """The hypervolume of the full-fidelity trials ended by each grid point, as `nas search` measures it."""
-    from nas.hypervolume import hypervolume_history
-    from nas.objectives import SCORE, reference_limits
+    from nas.engine.hypervolume import hypervolume_history
+    from nas.engine.objectives import SCORE, reference_limits
 
     complete = full_fidelity(trials)
     limits = reference_limits(budget, None)
@@ -318,7 +318,7 @@ class FinishedRun:
 
 def read_finished_runs(out: Path) -> list[FinishedRun]:
     """Every run folder under `out` whose search returned without interruption."""
-    from nas.results import load_settings, load_trials
+    from nas.runs.results import load_settings, load_trials
 
     runs = []
     for done_path in sorted(out.glob(f"*/{DONE_FILE}")):
@@ -407,7 +407,7 @@ def rung_correlation(runs: list[FinishedRun]) -> pd.DataFrame:
     without early stopping, seeds pooled."""
     import optuna
 
-    from nas.searcher import curve_of
+    from nas.engine.searcher import curve_of
 
     rows = []
     for (dataset, space), group in _groups([run for run in runs if run.early_stopping == "none"]):

@@ -24,23 +24,23 @@ from typing import TYPE_CHECKING, Any
 from qkvnas_core.errors import UsageError
 from nas.flags import integer, output_folder, path_argument
 from nas.naming import given, python_names
-from nas.objectives import SCORE
+from nas.engine.objectives import SCORE
 from nas.settings import RetrainRequest, SearchSettings, Value, keyword_parsers, keyword_signature
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-    from nas.pareto import ParetoOutcome
-    from nas.results import Run
-    from nas.retrain import RetrainOutcome
-    from nas.search import SearchResult
+    from nas.runs.pareto import ParetoOutcome
+    from nas.runs.results import Run
+    from nas.winners.retrain import RetrainOutcome
+    from nas.engine.search import SearchResult
 
 ProgressCallback = Callable[[str], None]
 
 
 def _costs(text: str) -> list[str]:
-    from nas.pareto import parse_costs
+    from nas.runs.pareto import parse_costs
 
     return parse_costs([text])
 
@@ -69,7 +69,7 @@ class SearchRun:
     best: the row of the best val_acc (fewest params on a tie), None before any score; hypervolume: as search.json
     records it, of the full-fidelity trials over val_acc (from 0), params and, with max_flops, FLOPs (each to its
     limit); study: the run's Optuna study; settings: search.json. ended and note: how this session ended and why
-    (see nas.search.SearchResult); None and "" from `load_run`.
+    (see nas.engine.search.SearchResult); None and "" from `load_run`.
     """
 
     run_dir: Path
@@ -94,7 +94,7 @@ def search(*, config: str | os.PathLike | None = None, progress: ProgressCallbac
         if checked.run_dir.exists():
             raise UsageError(f"{given('name', checked.name)}: run folder {checked.run_dir} already exists; expected "
                              f"a new name, or nas.resume({str(checked.run_dir)!r}) to continue it")
-        from nas.search import run_search
+        from nas.engine.search import run_search
 
         result = run_search(checked)
         return _session_run(result)
@@ -126,7 +126,7 @@ def resume(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike
             raise TypeError(f"resume() got an unexpected keyword argument {name!r}")
     with python_names(), _progress(progress):
         run_dir = _run_folder(run, results_dir)
-        from nas.search import resume_search
+        from nas.engine.search import resume_search
 
         result = resume_search(run_dir, _parsed(changes, RESUME_FLAGS))
         return _session_run(result)
@@ -147,7 +147,7 @@ def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None =
     with python_names(), _progress(progress):
         run_dir = _run_folder(run)
         options = _parsed(keywords, PARETO_FLAGS)
-        from nas.pareto import write_pareto
+        from nas.runs.pareto import write_pareto
 
         return write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
                             **options)
@@ -168,7 +168,7 @@ def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | 
         values = _parsed(keywords, RETRAIN_FLAGS)
         if "epochs" in values:
             overrides["epochs"] = values.pop("epochs")
-        from nas.retrain import retrain_run
+        from nas.winners.retrain import retrain_run
 
         if "trial_ids" in values:
             values["trial_ids"] = tuple(values["trial_ids"])
@@ -243,7 +243,7 @@ def _expected(error: UsageError) -> str:
 
 def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLike | None = None) -> Path:
     """A run's folder: a SearchRun's, a folder path, or a run name under `results_dir` (as the commands read it)."""
-    from nas.results import find_run
+    from nas.runs.results import find_run
 
     if isinstance(run, SearchRun):
         return run.run_dir
@@ -259,8 +259,8 @@ def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLi
 def _search_run(run: Run, study: optuna.Study, hypervolume: float, ended: str | None = None,
                 note: str = "") -> SearchRun:
     """The SearchRun of a run as given: what a session holds (search, resume), or a folder read back (load_run)."""
-    from nas.pareto import pareto_front
-    from nas.results import best_trial
+    from nas.runs.pareto import pareto_front
+    from nas.runs.results import best_trial
 
     objectives = run.settings.get("objectives") or [SCORE]
     return SearchRun(run_dir=run.path, hypervolume=hypervolume, ended=ended, note=note, trials=run.table,
@@ -270,7 +270,7 @@ def _search_run(run: Run, study: optuna.Study, hypervolume: float, ended: str | 
 
 def _session_run(result: SearchResult) -> SearchRun:
     """What a search's session computed, as a SearchRun: nothing it wrote is read back."""
-    from nas.results import Run
+    from nas.runs.results import Run
 
     return _search_run(Run(result.run_dir, result.settings, result.trials), result.study, result.hypervolume,
                        result.ended, result.note)
@@ -278,9 +278,9 @@ def _session_run(result: SearchResult) -> SearchRun:
 
 def _folder_run(run_dir: Path) -> SearchRun:
     """A run folder read back (checked against its study), its hypervolume measured as the search measures it."""
-    from nas.objectives import reference_limits
-    from nas.results import read_run
-    from nas.search import run_hypervolume
+    from nas.engine.objectives import reference_limits
+    from nas.runs.results import read_run
+    from nas.engine.search import run_hypervolume
 
     run = read_run(run_dir)
     why = "to measure the run's hypervolume"

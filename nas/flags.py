@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import user_path
 from qkvnas_core.units import parse_count
-from search_spaces.device import DEVICE_HELP
+from search_spaces.model_tools.device import DEVICE_HELP
 from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
 RECIPE_DEST = "recipe_field_"
@@ -121,8 +121,8 @@ def seeds_argument(text: str) -> int | tuple[int, ...]:
 
 @argument_type
 def startup_argument(text: str) -> str | None:
-    """How a search starts: random, or proxy:NAME (nas.startup.parse_startup; imported only when given)."""
-    from nas.startup import parse_startup
+    """How a search starts: random, or proxy:NAME (nas.engine.startup.parse_startup; imported only when given)."""
+    from nas.engine.startup import parse_startup
 
     return parse_startup(text)
 
@@ -187,7 +187,7 @@ def output_file(text: str) -> str:
 @argument_type
 def trial_argument(text: str) -> int:
     """A trial of a run, as trials.csv names it (t0016) or by its number (16): its number."""
-    from nas.archs import parse_trial_number
+    from nas.runs.archs import parse_trial_number
 
     return parse_trial_number(text)
 

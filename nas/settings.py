@@ -30,9 +30,9 @@ from nas.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, c
                        count_argument, integer, integer_at_least, path_argument, positive_int, run_name, seeds_argument,
                        share, space_argument, startup_argument)
 from nas.naming import given, named
-from nas.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
-from nas.tracking import DEFAULT_LOGGERS, check_loggers, parse_loggers
-from search_spaces.device import DEFAULT_DEVICE
+from nas.engine.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
+from nas.runtime.tracking import DEFAULT_LOGGERS, check_loggers, parse_loggers
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_VAL_FRACTION
 from trainers.recipe import PROXY, get_recipe
 

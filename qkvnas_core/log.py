@@ -1,6 +1,6 @@
 """The library's messages: Python's logging, under one logger tree named "qkvnas".
 
-Each module logs to `log = logger(__name__)` ("qkvnas.nas.retrain", "qkvnas.trainers.model_folder"): the lines a
+Each module logs to `log = logger(__name__)` ("qkvnas.nas.winners.retrain", "qkvnas.trainers.model_folder"): the lines a
 command shows at INFO, a warning at WARNING, a model's failure that the run survives at ERROR. The library prints
 nothing, shows nothing by itself (the tree's root has a NullHandler) and configures no other library's logging:
 the application does. `nas` (nas/cli.py) shows the tree's lines for a command's duration; the Python API forwards
@@ -17,13 +17,13 @@ logging.getLogger(ROOT).addHandler(logging.NullHandler())
 
 
 def logger(name: str) -> logging.Logger:
-    """The logger of module `name` in the tree: logger(__name__) in nas/retrain.py is "qkvnas.nas.retrain"."""
+    """The logger of module `name` in the tree: logger(__name__) in nas/winners/retrain.py is "qkvnas.nas.winners.retrain"."""
     return logging.getLogger(f"{ROOT}.{name}")
 
 
 def line(record: logging.LogRecord) -> str:
     """A record's line: the message object itself when it is a str logged without arguments (a
-    nas.progress.ProgressLine keeps its figures), else the formatted message."""
+    nas.engine.progress.ProgressLine keeps its figures), else the formatted message."""
     if isinstance(record.msg, str) and not record.args:
         return record.msg
     return record.getMessage()

@@ -5,7 +5,7 @@ torch.utils.flop_counter counts for one image: 2 per multiply-add of matmuls, co
 Papers on ViTs usually print multiply-adds under the name FLOPs: that is `flops / 2` (`macs`).
 Counting FLOPs runs the model on the meta device, several times the cost of building it; building alone already
 refuses what cannot run at a shape (build.py checks the image and token counts), so a search that needs no FLOPs
-builds its draws without running them (nas.budget.Budget.measure).
+builds its draws without running them (nas.engine.budget.Budget.measure).
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from nas.budget import Budget, check_feasible, smallest_description
-from nas.searcher import BudgetedSearcher, render_trials
+from nas.engine.budget import Budget, check_feasible, smallest_description
+from nas.engine.searcher import BudgetedSearcher, render_trials
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ACTIVATIONS, ATTENTIONS, FFNS, PATCH_SIZES, POSITIONS, STEMS, ArchConfig
 from search_spaces.cost import count_flops, count_params

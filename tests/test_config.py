@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nas.config import search_settings
-from nas.results import load_trials
-from nas.search import SearchSettings, run_search
+from nas.runs.results import load_trials
+from nas.engine.search import SearchSettings, run_search
 from qkvnas_core.units import parse_count
 from test_fuzz import FUZZ, JSON_VALUES, changed, field_named, read
 from test_search import settings_for, space_file  # noqa: F401 (a fixture)

@@ -19,9 +19,9 @@ from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_params
-from search_spaces.device import parse_device
-from search_spaces.latency import device_name, measure_latency
-from search_spaces.memory import BYTES_PER_PARAM, TRAINING_COPIES
+from search_spaces.model_tools.device import parse_device
+from search_spaces.model_tools.latency import device_name, measure_latency
+from search_spaces.model_tools.memory import BYTES_PER_PARAM, TRAINING_COPIES
 from search_spaces.shape import DataShape
 from test_engine import DIGITS, TINY_FSNE, tiny_model
 from test_gpu_check import figures

@@ -63,7 +63,7 @@ for package in ("qkvnas_core", "search_spaces", "trainers", "nas"):
             importlib.import_module(info.name)
         except ImportError as error:  # an optional dependency that is not installed
             failed.append(f"{info.name}: {error}")
-assert "nas.search" in sys.modules, failed
+assert "nas.engine.search" in sys.modules, failed
 after = {name: logging.getLogger(name).level for name in names}
 assert after == before, (before, after)
 assert optuna.logging.get_verbosity() == verbosity
@@ -93,7 +93,7 @@ def test_handled_by_forwards_the_lines_and_puts_everything_back():
         log.info(line)
     log.info("after: nobody sees it")
     assert lines == ["a line 1", "100% done", "a warning", "a str with figures"]
-    assert type(lines[-1]) is type(line)  # the message object itself (nas.progress.ProgressLine keeps its figures)
+    assert type(lines[-1]) is type(line)  # the message object itself (nas.engine.progress.ProgressLine keeps its figures)
     assert tree_state() == before
 
 
@@ -166,7 +166,7 @@ def test_the_search_commands_live_view_takes_the_progress_lines():
     import io
 
     from nas.commands.search import VIEW, LiveView
-    from nas.progress import ProgressLine
+    from nas.engine.progress import ProgressLine
 
     assert VIEW is LiveView
     out = io.StringIO()

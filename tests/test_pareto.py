@@ -10,11 +10,11 @@ from PIL import Image
 
 from nas.cli import main
 from conftest import TINY, write_run
-from nas.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
+from nas.runs.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
 from qkvnas_core.errors import UsageError
 from search_spaces.build import build_model
-from search_spaces.device import parse_device
-from search_spaces.latency import measure_latency
+from search_spaces.model_tools.device import parse_device
+from search_spaces.model_tools.latency import measure_latency
 from search_spaces.shape import DataShape
 from trainers.runtime import select_device
 
@@ -204,7 +204,7 @@ def test_unknown_cost(tmp_path, capsys):
 
 def test_a_renamed_run_is_named_by_its_folder(tmp_path):
     """search.json keeps the name the run started with; plots and tables name the folder the run is in now."""
-    from nas.results import read_run
+    from nas.runs.results import read_run
 
     started = write_run(tmp_path / "first")
     moved = started.rename(tmp_path / "second")

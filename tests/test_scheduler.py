@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.scheduler import RungScheduler, epsilon_net_order, in_top_share, rung_epochs
+from nas.engine.scheduler import RungScheduler, epsilon_net_order, in_top_share, rung_epochs
 from nas.settings import SearchSettings
 
 CHECKS = settings(derandomize=True, max_examples=150, deadline=None, database=None)

@@ -13,13 +13,13 @@ import pytest
 from qkvnas_core.files import exclusive_lock
 from qkvnas_core.log import Forward, handled_by
 
-from nas.budget import Budget
+from nas.engine.budget import Budget
 from nas.cli import main
-from nas.progress import Progress
-from nas.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
-from nas.search import SessionClock, resume_search, run_search
+from nas.engine.progress import Progress
+from nas.runs.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
+from nas.engine.search import SessionClock, resume_search, run_search
 from nas.settings import SearchSettings
-from nas.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
+from nas.engine.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
 from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
 from search_spaces.spaces import load_space
@@ -78,7 +78,7 @@ def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys, 
         raise AssertionError(f"the search read a file back: {args[:1]}")
 
     monkeypatch.setattr(pd, "read_csv", read_back)
-    monkeypatch.setattr("nas.results.read_json_object", read_back)
+    monkeypatch.setattr("nas.runs.results.read_json_object", read_back)
     code = main(["search", "--budget", str(BUDGET), "--space", space_file, "--trials", "4", "--epochs", "3",
                  "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(tmp_path / "results"),
                  "--name", "e2e"])

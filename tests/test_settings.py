@@ -11,7 +11,7 @@ import pytest
 from qkvnas_core.errors import UsageError
 from nas.cli import build_parser
 from nas.flags import RECIPE_DEST, VOCABULARY
-from nas.results import load_settings
+from nas.runs.results import load_settings
 from nas.settings import RENAMED, RetrainRequest, SearchSettings, keyword_parsers, resumable, settings_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import dataclasses
 import optuna
 import pytest
 
-from nas.budget import Budget
-from nas.searcher import BudgetedSearcher
+from nas.engine.budget import Budget
+from nas.engine.searcher import BudgetedSearcher
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ATTENTIONS, FFNS, POSITIONS, STEMS, ArchConfig, AttentionConfig
 from search_spaces.cost import check_buildable, count_params

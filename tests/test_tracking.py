@@ -12,9 +12,9 @@ import pytest
 
 from test_search import BUDGET, TINY_SPACE, settings_for
 
-from nas.results import load_settings, load_trials
-from nas.search import SearchSettings, resume_search, run_search
-from nas.tracking import tracking_environment
+from nas.runs.results import load_settings, load_trials
+from nas.engine.search import SearchSettings, resume_search, run_search
+from nas.runtime.tracking import tracking_environment
 from qkvnas_core.errors import UsageError
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None

@@ -16,8 +16,8 @@ from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
-from search_spaces.device import DEFAULT_DEVICE
-from search_spaces.memory import TRAINING_COPIES, check_fits
+from search_spaces.model_tools.device import DEFAULT_DEVICE
+from search_spaces.model_tools.memory import TRAINING_COPIES, check_fits
 from search_spaces.presets import fit_patch_size
 from trainers.data import DataRequest, DatasetSplits
 from trainers.metrics import EpochMetrics

@@ -33,7 +33,7 @@ from torch import nn
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, read_json_object, write_json_atomic, write_text_atomic
 from search_spaces.arch import ArchConfig
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetInfo, DatasetSplits

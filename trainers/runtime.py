@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from qkvnas_core.log import logger
-from search_spaces.device import DEFAULT_DEVICE, parse_device
+from search_spaces.model_tools.device import DEFAULT_DEVICE, parse_device
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetSplits, dataset_names
 from trainers.engine import TrainingDiverged

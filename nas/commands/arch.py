@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.archs import trial_arch
-    from nas.results import RunFolder
+    from nas.runs.archs import trial_arch
+    from nas.runs.results import RunFolder
     from qkvnas_core.files import write_text_atomic
 
     found = trial_arch(args.run, args.trial)

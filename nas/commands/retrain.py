@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkvnas_core.units import format_count
-    from nas.retrain import retrain_run
-    from nas.seed_stats import summary_text
+    from nas.winners.retrain import retrain_run
+    from nas.runs.seed_stats import summary_text
     from nas.tables import percent, table_text
 
     request = RetrainRequest(run=args.run, overrides=recipe_overrides(args), **given_settings(args, RetrainRequest))

@@ -53,8 +53,8 @@ def given_settings(args: argparse.Namespace) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     given = given_settings(args)
     if args.resume:
-        from nas.results import find_run
-        from nas.search import resume_search
+        from nas.runs.results import find_run
+        from nas.engine.search import resume_search
 
         if args.run is None:
             raise UsageError("--resume: expected the run to continue, nas search RUN --resume (results/<run>)")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run is not None:
         raise UsageError(f"{args.run}: a run to continue takes --resume; expected --name NAME for a new run")
     from nas.config import search_settings
-    from nas.search import run_search
+    from nas.engine.search import run_search
 
     settings = search_settings(given, args.config)
     with quiet_libraries(settings.verbose):
@@ -123,7 +123,7 @@ class LiveView(logging.Handler):
         super().close()
 
     def say(self, line: str) -> None:
-        from nas.progress import ProgressLine
+        from nas.engine.progress import ProgressLine
 
         if not self.terminal:
             print(line, file=self.out, flush=True)
@@ -148,7 +148,7 @@ VIEW = LiveView  # what nas/cli.py shows the library's lines with while this com
 
 
 def report(result) -> int:
-    """How the search ended (a nas.search.SearchResult): why it stopped early, the best trial, the front; the
+    """How the search ended (a nas.engine.search.SearchResult): why it stopped early, the best trial, the front; the
     exit code: 0, 130 when interrupted, 2 when the space ran out before any score."""
     if result.note:
         print(result.note)

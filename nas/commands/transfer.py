@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
 from trainers.recipe import TRANSFER
 

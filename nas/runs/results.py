@@ -1,6 +1,6 @@
 """One tidy table per run: `results/<run>/trials.csv`, rendered from the run's study and written atomically.
 
-The search writes it from its Optuna study (`nas.searcher.render_trials`) after every event; every later
+The search writes it from its Optuna study (`nas.engine.searcher.render_trials`) after every event; every later
 command (pareto, show, retrain) reads the run back through `load_trials`.
 """
 from __future__ import annotations
@@ -164,7 +164,7 @@ class RunFolder:
 
     @property
     def retrain_dir(self) -> Path:
-        """Where each retrained (model, seed) has its folder (nas.retrain.model_folder)."""
+        """Where each retrained (model, seed) has its folder (nas.winners.retrain.model_folder)."""
         return self.path / "retrain"
 
     def stem(self, name: str) -> Path:

@@ -23,11 +23,11 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
 from qkvnas_core.log import handled_by
 from nas.naming import given
-from nas.pareto import pareto_front, scored_trials
-from nas.ray_runtime import check_resources, start_ray
-from nas.seed_stats import baseline_comparison, seed_summary
+from nas.runs.pareto import pareto_front, scored_trials
+from nas.runtime.ray_runtime import check_resources, start_ray
+from nas.runs.seed_stats import baseline_comparison, seed_summary
 from nas.settings import RetrainRequest
-from nas.results import RunFolder, find_run, format_trial_id, load_settings, load_trials, state_counts
+from nas.runs.results import RunFolder, find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
 from search_spaces.presets import fit_patch_size, load_arch
 from trainers.data import DataRequest, DatasetInfo
@@ -105,7 +105,7 @@ def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path,
 @dataclass
 class RetrainOutcome:
     """What a retrain did: every finished (model, seed)'s result (earlier ones included), a row each in `table`;
-    per model its seeds' summary, and against each baseline the paired differences (`nas.seed_stats`); the
+    per model its seeds' summary, and against each baseline the paired differences (`nas.runs.seed_stats`); the
     (model, seed) units that diverged, as '<arch_id> seed <seed>'."""
 
     table: pd.DataFrame

@@ -5,7 +5,7 @@ study.db (Optuna's SQLite storage, the record of truth), trials.csv (rendered fr
 written atomically) and one Ray experiment folder per session (`ray-1`, `ray-2` after a resume).
 `resume_search(run_dir)` reopens the study: finished trials are kept and never rerun; trials a crash left
 running are closed as failed (interrupted). Both build one `SearchSession`, run it, and return a `SearchResult`;
-they print nothing: their lines are logged (qkvnas_core.log; the live view's are nas.progress's).
+they print nothing: their lines are logged (qkvnas_core.log; the live view's are nas.engine.progress's).
 """
 from __future__ import annotations
 
@@ -29,20 +29,20 @@ from ray.tune.schedulers import FIFOScheduler
 from qkvnas_core.errors import UsageError
 from qkvnas_core.log import logger
 from qkvnas_core.files import exclusive_lock, write_json_atomic
-from nas.budget import Budget, check_feasible, smallest_description
-from nas.objectives import (SCORE, reference_limits)
-from nas.hypervolume import front_hypervolume, hypervolume_history
+from nas.engine.budget import Budget, check_feasible, smallest_description
+from nas.engine.objectives import (SCORE, reference_limits)
+from nas.engine.hypervolume import front_hypervolume, hypervolume_history
 from nas.naming import given, named
-from nas.pareto import draw_front, plot_hypervolume, scored_trials
-from nas.progress import Progress
-from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
-from nas.results import Run, RunFolder, best_trial, load_settings, trained_count, write_trials
-from nas.scheduler import RungScheduler
+from nas.runs.pareto import draw_front, plot_hypervolume, scored_trials
+from nas.engine.progress import Progress
+from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
+from nas.runs.results import Run, RunFolder, best_trial, load_settings, trained_count, write_trials
+from nas.engine.scheduler import RungScheduler
 from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
-from nas.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
-from nas.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
+from nas.engine.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
+from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
                           trial_curves)
-from nas.tracking import tracking_callbacks, tracking_environment
+from nas.runtime.tracking import tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
 from trainers.holdout import SPLIT_VERSION
@@ -101,7 +101,7 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
 
 
 def run_search(settings: SearchSettings, trainable: Callable | None = None) -> SearchResult:
-    """Run a new search into `settings.run_dir`; the live view's lines are logged (nas.progress).
+    """Run a new search into `settings.run_dir`; the live view's lines are logged (nas.engine.progress).
     `trainable` replaces the trial function (tests inject faults with it)."""
     if settings.run_dir.exists():
         raise UsageError(f"run folder {settings.run_dir} already exists: `nas search {settings.run_dir} --resume` "

@@ -29,10 +29,10 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from qkvnas_core.errors import UsageError
-from nas.budget import Budget, over_budget_reason
-from nas.objectives import SCORE, directions
-from nas.optuna_compat import running_trial, set_system_attr
-from nas.results import INTERRUPTED, TrialState, trial_row, trials_frame
+from nas.engine.budget import Budget, over_budget_reason
+from nas.engine.objectives import SCORE, directions
+from nas.runtime.optuna_compat import running_trial, set_system_attr
+from nas.runs.results import INTERRUPTED, TrialState, trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import Space, draw
 

@@ -22,11 +22,11 @@ import pandas as pd
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
 from qkvnas_core.log import logger
-from nas.objectives import COST_LIMIT_SETTINGS, SCORE
-from nas.results import SCORED_STATES, Run, TrialState, read_run, state_counts
-from nas.seed_stats import read_retrain, seed_summary
+from nas.engine.objectives import COST_LIMIT_SETTINGS, SCORE
+from nas.runs.results import SCORED_STATES, Run, TrialState, read_run, state_counts
+from nas.runs.seed_stats import read_retrain, seed_summary
 from search_spaces.arch import QKVConfig, structure_name
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 
 log = logger(__name__)
@@ -254,8 +254,8 @@ def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str) ->
     """`table` plus latency columns, measured for `rows` (one measurement per distinct architecture)."""
     from search_spaces.arch import ArchConfig
     from search_spaces.build import build_model
-    from search_spaces.device import parse_device
-    from search_spaces.latency import device_name, measure_latency
+    from search_spaces.model_tools.device import parse_device
+    from search_spaces.model_tools.latency import device_name, measure_latency
 
     torch_device = parse_device(device)
     why = "to build the models whose latency is measured"

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from qkvnas_core.errors import UsageError
-from nas.results import read_csv_table
+from nas.runs.results import read_csv_table
 
 CONFIDENCE = 0.95
 # The scores compared: the one test of each trained model, and the validation accuracy that chose its weights.
@@ -112,7 +112,7 @@ RETRAIN_COUNTS = ("params", "seed")
 def read_retrain(run_dir: Path) -> pd.DataFrame | None:
     """A run's retrain.csv (nas retrain's rows, one per model and seed) with its values checked; None when the run
     has none. Unreadable, a column missing or a value out of range is one UsageError naming the file and column."""
-    from nas.results import RunFolder
+    from nas.runs.results import RunFolder
 
     path = RunFolder(Path(run_dir)).retrain_file
     if not path.is_file():

@@ -1,6 +1,6 @@
 """The live view of a search: one line per finished trial, and at most one every 15 s otherwise.
 
-Each line is logged (INFO, "qkvnas.nas.progress") as a `ProgressLine`, the record's message: a str (what a plain
+Each line is logged (INFO, "qkvnas.nas.engine.progress") as a `ProgressLine`, the record's message: a str (what a plain
 handler prints) that also carries the figures it shows, so that `nas search` can draw them as a live bar where a
 terminal is attached.
 """
@@ -13,7 +13,7 @@ import pandas as pd
 
 from qkvnas_core.log import logger
 from qkvnas_core.units import format_count, format_duration
-from nas.results import INTERRUPTED, SCORED_STATES, TrialState, best_trial, interrupted_count, trained_count
+from nas.runs.results import INTERRUPTED, SCORED_STATES, TrialState, best_trial, interrupted_count, trained_count
 
 
 log = logger(__name__)
