@@ -72,6 +72,10 @@ def asha_savings(run_dir: Path) -> tuple[float, int, int]:
 
 
 def main() -> None:
+    import optuna
+
+    # This process is the application: Optuna's line per study created would bury the figures.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="3.1M")
     parser.add_argument("--space", default="qkv")

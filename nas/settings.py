@@ -26,6 +26,7 @@ from typing import Any, Union
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json
+from qkvnas_core.settings import Setting, setting, settings_of
 from nas.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, comma_list,
                        count_argument, integer, integer_at_least, path_argument, positive_int, run_name, seeds_argument,
                        share, space_argument, startup_argument)
@@ -38,7 +39,6 @@ from trainers.recipe import PROXY, get_recipe
 
 # A value as Python code gives it: the flag's text, a number, a path, or a list where the flag takes several.
 Value = Union[str, int, float, os.PathLike, list, tuple, None]
-SETTING = "setting"
 # search.json's names of settings written before each was named as its flag.
 RENAMED = {"cpus_per_trial": "cpus_per_model", "gpus_per_trial": "gpus_per_model", "loggers": "logger"}
 # What a run recorded before these settings existed: one objective, TPE, ASHA.
@@ -51,6 +51,8 @@ SEARCH_GROUPS = {
     "recipe": "",  # the recipe flags' own group (nas.flags.add_recipe_arguments)
     "output": "output",
 }
+# nas transfer's (TransferRequest: trainers/transfer.py).
+TRANSFER_GROUPS = {"models": "models", "data": "data", "recipe": "", "running": "running"}
 # nas retrain's.
 RETRAIN_GROUPS = {
     "models": ("models", "at least one of --top, --trial-ids, --arch, --baseline"),
@@ -58,37 +60,6 @@ RETRAIN_GROUPS = {
     "recipe": "",
     "running": "running",
 }
-
-
-@dataclass(frozen=True)
-class Setting:
-    """A setting's flag: `help` (for a VOCABULARY word: what this command adds to its meaning), the parser of its
-    text (the argparse type; None: the text itself, or a switch where `metavar` is None too), the `group` it shows
-    in, what its default means where the value alone does not say (`default_text`), whether a resume may change
-    it, the older spellings of its flag still read (hidden from --help), and whether the flag may be given again
-    (`repeat`: each value adds to the field's tuple)."""
-
-    help: str
-    parse: Callable[[str], Any] | None = None
-    metavar: str | None = None
-    group: str = "output"
-    default_text: str | None = None
-    resumable: bool = False
-    aliases: tuple[str, ...] = ()
-    repeat: bool = False
-
-    def flag(self, name: str) -> str:
-        return "--" + name.replace("_", "-")
-
-
-def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
-    """A dataclass field that is a setting with a flag (`spec`: Setting's fields)."""
-    return field(default=default, default_factory=default_factory, metadata={SETTING: Setting(**spec)})
-
-
-def settings_of(cls: type) -> dict[str, tuple[dataclasses.Field, Setting]]:
-    """The fields of `cls` that are settings with a flag, by name, in declaration order."""
-    return {item.name: (item, item.metadata[SETTING]) for item in dataclasses.fields(cls) if SETTING in item.metadata}
 
 
 def is_switch(name: str, spec: Setting) -> bool:

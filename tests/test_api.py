@@ -9,6 +9,7 @@ import inspect
 import io
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,10 @@ FUZZ = settings(derandomize=True, max_examples=80, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
+# Optuna's default log format: [I 2026-12-06 04:47:28,842] A new study created ...
+OPTUNA_LINE = re.compile(r"^\[[DIWE] \d{4}-\d\d-\d\d ")
+
+
 @pytest.fixture(scope="module")
 def searched(ray_cluster, tmp_path_factory):
     """One search through nas.search for the module: (the run, the progress lines, everything printed)."""
@@ -49,8 +54,10 @@ def searched(ray_cluster, tmp_path_factory):
 
 @pytest.mark.slow
 def test_search_returns_the_run_and_prints_nothing(searched):
+    """qkvnas prints nothing (its lines go to `progress`); Optuna's own log lines are Optuna's to show, as its
+    logging is configured (the library silences no other library: docs/notebook.md)."""
     run, lines, printed = searched
-    assert printed == ""
+    assert [line for line in printed.splitlines() if not OPTUNA_LINE.match(line)] == []
     assert any("2/2 trained" in line for line in lines)
     assert run.ended == "finished" and run.note == "" and run.run_dir.name == "api"
     pd.testing.assert_frame_equal(run.trials, load_trials(run.run_dir))

@@ -13,6 +13,7 @@ from nas.cli import build_parser
 from nas.flags import RECIPE_DEST, VOCABULARY
 from nas.runs.results import load_settings
 from nas.settings import RENAMED, RetrainRequest, SearchSettings, keyword_parsers, resumable, settings_of
+from trainers.transfer_request import TransferRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Constants that pick settings to show, in an order of their own.
@@ -21,21 +22,25 @@ VIEWS = ("SETTINGS_SHOWN",)
 LISTED = 3
 
 
-def search_actions() -> dict[str, argparse.Action]:
-    parser = build_parser("search")
+def command_actions(command: str) -> dict[str, argparse.Action]:
+    parser = build_parser(command)
     sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    return {action.dest: action for action in sub.choices["search"]._actions
+    return {action.dest: action for action in sub.choices[command]._actions
             if action.option_strings and action.help != argparse.SUPPRESS and action.dest != "help"}
 
 
-def test_every_search_flag_is_a_settings_field_of_its_name():
-    """Besides --config and --resume (what the command does) and the recipe fields, each flag sets the field its
-    name spells, and each field with a flag has one."""
-    actions = search_actions()
-    own = {dest for dest in actions if not dest.startswith(RECIPE_DEST)} - {"config", "resume"}
-    assert own == set(settings_of(SearchSettings)) - {"epochs"}
-    assert actions[RECIPE_DEST + "epochs"].option_strings == ["--epochs"]
-    for dest in own:
+@pytest.mark.parametrize("command, cls, own", [
+    ("search", SearchSettings, {"config", "resume"}),  # what the command does, not what the search is
+    ("retrain", RetrainRequest, set()),
+    ("transfer", TransferRequest, set()),
+])
+def test_every_flag_is_a_field_of_its_name(command, cls, own):
+    """Besides the recipe fields (Recipe's own flags), each flag sets the field its name spells, and each field
+    with a flag has one (a search's epochs is the recipe group's --epochs)."""
+    actions = command_actions(command)
+    dests = {dest for dest in actions if not dest.startswith(RECIPE_DEST)} - own
+    assert dests == set(settings_of(cls)) - {"epochs"}
+    for dest in dests:
         assert actions[dest].option_strings[0] == "--" + dest.replace("_", "-")
 
 

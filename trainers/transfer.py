@@ -9,7 +9,7 @@ resume key, training, checkpoints, metrics.csv and the one test at the end are `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,15 @@ from torch import nn
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
-from search_spaces.model_tools.device import DEFAULT_DEVICE
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetSplits, dataset_names
 from trainers.engine import TrainingDiverged
-from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
 from trainers.metrics import EpochMetrics
+from trainers.transfer_request import TransferRequest
 from trainers.model_folder import RESULT_FILE, TrainingTask, describe_test, plan, read_result, train_in_folder
-from trainers.recipe import TRANSFER, describe_recipe, get_recipe
+from trainers.recipe import describe_recipe, get_recipe
 from trainers.runtime import init_distributed, main_rank_logger, seed_everything
 
-PAPER_DATASETS = ("cifar10", "cifar100", "stanford_cars", "stl10")
 LEAD_COLUMNS = ["arch_id", "role", "source", "structure", "params"]
 
 # The fresh head starts as timm initialises one (truncated normal, std 0.02; nn.Linear's default is ~5x wider).
@@ -201,32 +199,6 @@ def _finished_results(out: Path) -> list[dict[str, Any]]:
     return [read_result(path.parent) for path in sorted((out / "transfer").glob(f"*/*/{RESULT_FILE}"))]
 
 
-@dataclass(frozen=True)
-class TransferRequest:
-    """What `nas transfer` asks for: checkpoints (winners, baselines), transfer sets, recipe, where to run."""
-
-    checkpoints: tuple[str, ...] = ()
-    baselines: tuple[str, ...] = ()
-    datasets: str = ",".join(PAPER_DATASETS)
-    data_dirs: tuple[str, ...] = ()
-    download: bool = False
-    val_fraction: float = TRANSFER_VAL_FRACTION
-    split_seed: int = DEFAULT_SPLIT_SEED
-    recipe: str = TRANSFER.name
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    device: str = DEFAULT_DEVICE
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.checkpoints and not self.baselines:
-            raise UsageError("nothing to fine-tune: expected CHECKPOINT arguments or --baseline CHECKPOINT")
-        if self.seed < 0:
-            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
-
-
 @dataclass
 class TransferOutcome:
     """The table of this request's models (test top-1 per dataset, average), and the fine-tunes that diverged."""
@@ -243,10 +215,10 @@ def transfer_run(request: TransferRequest) -> TransferOutcome:
     Its lines are logged (rank 0 only under torchrun): progress at INFO, a fine-tune whose training diverged at
     ERROR (the others go on)."""
     datasets = parse_datasets(request.datasets)
-    folders_of = data_dirs(request.data_dirs, datasets)
+    folders_of = data_dirs(request.data_dir, datasets)
     recipe = get_recipe(request.recipe, **request.overrides)
     world = init_distributed(request.device)
-    models = load_models(list(request.checkpoints), list(request.baselines))
+    models = load_models(list(request.checkpoints), list(request.baseline))
     out = Path(request.out) if request.out is not None else default_out(models[0].checkpoint)
     tasks: list[TransferTask] = []
     for name in datasets:

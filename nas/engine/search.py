@@ -36,7 +36,7 @@ from nas.naming import given, named
 from nas.runs.pareto import draw_front, plot_hypervolume, scored_trials
 from nas.engine.progress import Progress
 from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
-from nas.runs.results import Run, RunFolder, best_trial, load_settings, trained_count, write_trials
+from nas.runs.results import Run, RunFolder, as_written, best_trial, load_settings, trained_count, write_trials
 from nas.engine.scheduler import RungScheduler
 from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
 from nas.engine.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
@@ -261,8 +261,8 @@ class SearchSession:
             history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
             plot_hypervolume(history, self.folder.stem(HYPERVOLUME_PLOT),
                              f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
-        return SearchResult(self.run_dir, ended, note, trials, dict(self.clock.record), best, front, self.study,
-                            hypervolume)
+        return SearchResult(self.run_dir, ended, note, as_written(trials, self.folder.trials_file),
+                            dict(self.clock.record), best, front, self.study, hypervolume)
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,

@@ -6,6 +6,7 @@ command (pareto, show, retrain) reads the run back through `load_trials`.
 from __future__ import annotations
 
 import enum
+import io
 import os
 import re
 import typing
@@ -271,11 +272,12 @@ FRACTION_COLUMNS = ("val_acc", "last_val_acc")
 LARGEST_COUNT = 2**53
 
 
-def read_csv_table(path: Path, expected: str, text_columns: Sequence[str], required: Sequence[str]) -> pd.DataFrame:
-    """A CSV a command wrote, read back: `text_columns` as text; empty, unreadable or lacking a `required` column is
-    one UsageError naming the file and `expected`."""
+def read_csv_table(path: Path, expected: str, text_columns: Sequence[str], required: Sequence[str],
+                   text: str | None = None) -> pd.DataFrame:
+    """A CSV a command wrote, read back (or its `text`, as the file at `path` would hold it): `text_columns` as
+    text; empty, unreadable or lacking a `required` column is one UsageError naming the file and `expected`."""
     try:
-        table = pd.read_csv(path, dtype={name: str for name in text_columns})
+        table = pd.read_csv(path if text is None else io.StringIO(text), dtype={name: str for name in text_columns})
     except pd.errors.EmptyDataError:
         raise UsageError(f"{path} is empty: {expected}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
@@ -295,8 +297,18 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
     path = RunFolder(run_dir).trials_file
     if not path.is_file():
         raise UsageError(f"{path}: not found; expected the run folder to hold the trials.csv `nas search` writes")
+    return _checked_trials(path)
+
+
+def as_written(trials: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A rendered table typed as `load_trials` reads it back from trials.csv at `path` (through the same CSV text,
+    in memory): what a search returns is what a later command reads."""
+    return _checked_trials(path, trials.to_csv(index=False))
+
+
+def _checked_trials(path: Path, text: str | None = None) -> pd.DataFrame:
     expected = "expected a header row and one row per trial, as `nas search` writes"
-    table = read_csv_table(path, expected, TEXT_COLUMNS, REQUIRED_COLUMNS)
+    table = read_csv_table(path, expected, TEXT_COLUMNS, REQUIRED_COLUMNS, text)
 
     def refuse(name: str, rows: pd.Series, what: str) -> None:
         row = table[rows].iloc[0]
