@@ -40,8 +40,8 @@ from nas.runs.results import Run, RunFolder, as_written, best_trial, load_settin
 from nas.engine.scheduler import RungScheduler
 from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
 from nas.engine.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
-from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
-                          trial_curves)
+from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study,
+                                 render_trials, trial_curves)
 from nas.runtime.tracking import tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
@@ -156,18 +156,14 @@ class SearchSession:
     limits: dict[str, float]  # the costs the hypervolume is measured over, and their limits
 
     @property
-    def run_dir(self) -> Path:
-        return self.settings.run_dir
-
-    @property
     def folder(self) -> RunFolder:
-        return RunFolder(self.run_dir)
+        return RunFolder(self.settings.run_dir)
 
     def run(self) -> SearchResult:
         settings = self.settings
         already = self.progress.already
         if already >= settings.trials:
-            return self.finish("already trained", f"{self.run_dir}: {already} trials already trained "
+            return self.finish("already trained", f"{self.folder.path}: {already} trials already trained "
                                                   f"(--trials {settings.trials}); raise --trials to extend it")
         searcher = self.tune(settings.trials - already)
         if searcher.exhausted:
@@ -182,7 +178,7 @@ class SearchSession:
         if trained < settings.trials:
             # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
             return self.finish("interrupted", f"search interrupted after {trained} of {settings.trials} trials; "
-                                              f"continue it with: nas search {self.run_dir} --resume")
+                                              f"continue it with: nas search {self.folder.path} --resume")
         return self.finish("finished", "")
 
     def save_trials(self, ended: bool = False) -> None:
@@ -230,9 +226,10 @@ class SearchSession:
                                         max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
             run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}",
-                                      storage_path=str(self.run_dir.resolve()), verbose=1 if settings.verbose else 0,
+                                      storage_path=str(self.folder.path.resolve()),
+                                      verbose=1 if settings.verbose else 0,
                                       callbacks=[TrialEvents(searcher),
-                                                 *tracking_callbacks(settings.logger, self.run_dir)],
+                                                 *tracking_callbacks(settings.logger, self.folder.path)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         try:
@@ -256,12 +253,12 @@ class SearchSession:
         full_fidelity = scored_trials(trials, include_stopped=False)
         front = None
         if len(full_fidelity):
-            run = Run(self.run_dir, self.clock.record, trials)
+            run = Run(self.folder.path, self.clock.record, trials)
             front = draw_front(run, name=SEARCH_FRONT).csv_path
             history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
             plot_hypervolume(history, self.folder.stem(HYPERVOLUME_PLOT),
                              f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
-        return SearchResult(self.run_dir, ended, note, as_written(trials, self.folder.trials_file),
+        return SearchResult(self.folder.path, ended, note, as_written(trials, self.folder.trials_file),
                             dict(self.clock.record), best, front, self.study, hypervolume)
 
 

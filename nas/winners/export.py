@@ -16,7 +16,7 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.files import read_json_object, write_bytes_atomic
 from search_spaces.arch import ArchConfig
 from search_spaces.model_tools.export import (CONFIG_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx, hub_layout,
-                                  onnx_difference, with_data_cfg)
+                                              onnx_difference, with_data_cfg)
 from search_spaces.timm_config import VARIANTS
 from trainers.checkpoint import load_checkpoint, trained_checkpoint
 
