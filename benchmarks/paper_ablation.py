@@ -57,7 +57,7 @@ def train_unit(source: str, seed: int, epochs: int, out: Path) -> tuple[pd.DataF
     import torch
 
     import nas
-    from nas.retrain import model_folder
+    from nas.winners.retrain import model_folder
 
     torch.set_num_threads(1)
     start = time.monotonic()
@@ -124,7 +124,7 @@ def percent(value: float) -> str:
 
 
 def page(table: pd.DataFrame, curves: pd.DataFrame, epochs: int, seeds: int) -> str:
-    from nas.seed_stats import baseline_comparison, seed_summary
+    from nas.runs.seed_stats import baseline_comparison, seed_summary
 
     summary = seed_summary(table)
     comparison = baseline_comparison(table)
@@ -153,14 +153,14 @@ def page(table: pd.DataFrame, curves: pd.DataFrame, epochs: int, seeds: int) -> 
         command_line(epochs, seeds),
         "```",
         "",
-        f"Per-seed results: [paper-ablation/retrain.csv](paper-ablation/retrain.csv) (nas retrain's rows), validation",
+        "Per-seed results: [paper-ablation/retrain.csv](paper-ablation/retrain.csv) (nas retrain's rows), validation",
         f"curves: [paper-ablation/curves.csv](paper-ablation/curves.csv). **{done} of {planned} (model, seed) units"
         f" finished**{'' if done == planned else ' (the rest resume with the command above)'}.",
         "",
         "## Sizing",
         "",
-        f"mnist5k (4,000 training images of 28 px, 20% held out for validation; its own 1,000-image test split), patch",
-        f"16 fitted to 4 (a 7 x 7 token grid), the `small` recipe (nas retrain's full recipe for mnist5k) cut to",
+        "mnist5k (4,000 training images of 28 px, 20% held out for validation; its own 1,000-image test split), patch",
+        "16 fitted to 4 (a 7 x 7 token grid), the `small` recipe (nas retrain's full recipe for mnist5k) cut to",
         f"{epochs} epochs, seeds 0-{seeds - 1}: the seed changes initialisation, data order and augmentation; the split",
         "is fixed. Sized so the whole ablation takes about three hours on the two CPU cores of the development",
         f"machine, two units at once on a thread each{measured_time(table, planned)}, and long enough that the",

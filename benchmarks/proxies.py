@@ -61,7 +61,7 @@ def proxy_scores(archs: pd.DataFrame, settings: dict, path: Path) -> pd.DataFram
     import torch
 
     from ranking_set import search_settings
-    from nas.search import load_search_data
+    from nas.engine.search import load_search_data
     from search_spaces.arch import ArchConfig
     from search_spaces.build import build_model
     from search_spaces.proxies import PROXIES
@@ -99,8 +99,9 @@ def default_budget_seconds(draws: int = 10) -> pd.DataFrame:
     the proxy recipe's batch of 64), over `draws` random feasible architectures."""
     import torch
 
-    from nas.budget import Budget, feasible_draws
-    from nas.search import SearchSettings, load_search_data
+    from nas.engine.budget import Budget, feasible_draws
+    from nas.engine.search import load_search_data
+    from nas.settings import SearchSettings
     from search_spaces.build import build_model
     from search_spaces.proxies import PROXIES
     from search_spaces.spaces import load_space

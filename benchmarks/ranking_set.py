@@ -38,7 +38,7 @@ _worker_data = None
 
 def search_settings(settings: dict[str, Any]):
     """The `nas search` settings whose trials the set imitates (data, split, recipe)."""
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
     return SearchSettings(name="ranking-set", budget=settings["budget"], dataset=settings["dataset"],
                           space=settings["space"], epochs=settings["epochs"],
@@ -48,8 +48,8 @@ def search_settings(settings: dict[str, Any]):
 
 def units(settings: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
     """Every (architecture row, seed) of the set: each drawn architecture at seed 0, every k-th also at seed 1."""
-    from nas.budget import Budget, feasible_draws
-    from nas.search import load_search_data
+    from nas.engine.budget import Budget, feasible_draws
+    from nas.engine.search import load_search_data
     from search_spaces.spaces import load_space
 
     info = load_search_data(search_settings(settings)).info
@@ -71,7 +71,7 @@ def units(settings: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
 def _load_worker(settings: dict[str, Any]) -> None:
     import torch
 
-    from nas.search import load_search_data
+    from nas.engine.search import load_search_data
 
     global _worker_data
     torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="units trained at once, one thread each")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
     from trainers.recipe import PROXY
 
     try:

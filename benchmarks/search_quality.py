@@ -8,7 +8,7 @@
 Four methods, each a `nas search` given the same total of trained epochs (--epoch-budget): random search
 (random, no early stopping), random + ASHA, TPE + ASHA (single objective, val_acc) and multi-objective TPE +
 MO-ASHA (val_acc, params). Each (dataset, space, method, seed) is one run folder under --out. A finished run is
-skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.search.resume_search: its
+skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.engine.search.resume_search: its
 finished trials are kept and the epochs of the trials it cut short stay counted as spent (the search's own
 count), so a resumed run trains at most max_concurrent x (epochs - 1) epochs fewer than one that ran straight
 through, where rerunning it from scratch would discard every trial trained so far. A folder that holds no
@@ -30,14 +30,16 @@ search_quality.csv (every grid point) and search_quality.png (hypervolume IQM ag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -45,10 +47,11 @@ from scipy import stats
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_json_atomic, write_text_atomic
+from qkvnas_core.log import Forward, handled_by
 from qkvnas_core.units import format_count, parse_count
 
 if TYPE_CHECKING:
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
 DEFAULT_OUT = Path("benchmarks/runs/search_quality")
 # Sub-1M budgets that admit models of each space on mnist5k (28 px, patch 4): about 60% of lite's random draws
@@ -119,7 +122,7 @@ class RunPlan:
 
 
 def plan_runs(args: argparse.Namespace) -> list[RunPlan]:
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
     plans = []
     for space in args.spaces:
@@ -136,8 +139,8 @@ def plan_runs(args: argparse.Namespace) -> list[RunPlan]:
                     trials=args.epoch_budget, train_fraction=args.train_fraction,
                     grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor,
                     max_concurrent=args.max_concurrent or trial_slots(args.cpus_per_trial, args.gpus_per_trial),
-                    cpus_per_trial=args.cpus_per_trial,
-                    gpus_per_trial=args.gpus_per_trial), method))
+                    cpus_per_model=args.cpus_per_trial,
+                    gpus_per_model=args.gpus_per_trial), method))
     return plans
 
 
@@ -175,8 +178,8 @@ def run_state(plan: RunPlan) -> str:
 
 def run_benchmark(args: argparse.Namespace) -> bool:
     """Run every planned search not done yet, one at a time on one Ray; False when one was interrupted."""
-    from nas.ray_runtime import ray_processes, start_ray, stop_leftovers
-    from nas.search import resume_search, run_search
+    from nas.runtime.ray_runtime import ray_processes, start_ray, stop_leftovers
+    from nas.engine.search import resume_search, run_search
 
     plans = plan_runs(args)
     states = [run_state(plan) for plan in plans]
@@ -184,8 +187,13 @@ def run_benchmark(args: argparse.Namespace) -> bool:
     print(f"{len(plans)} runs in {args.out}: {len(plans) - len(todo)} done, {len(todo)} to run", flush=True)
     if not todo:
         return True
+    import optuna
     import ray
 
+    # This program owns its process: Optuna's INFO lines and Ray Tune's trial errors (the reason of a failed trial
+    # is in its run's trials.csv) stay off its output, as `nas search` keeps them off.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     # Ray's agents outlive a benchmark killed with -9 for a minute or more: the next start stops them.
     leftovers = args.out / RAY_PROCESSES_FILE
     if leftovers.is_file():
@@ -203,10 +211,12 @@ def run_benchmark(args: argparse.Namespace) -> bool:
                 shutil.rmtree(plan.run_dir)
             if state == "resume":
                 changes = {name: getattr(settings, name) for name in
-                           ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial")}
-                result = resume_search(plan.run_dir, changes, on_progress=progress_printer(args.verbose))
+                           ("trials", "epoch_budget", "max_concurrent", "cpus_per_model", "gpus_per_model")}
+                with progress_lines(args.verbose):
+                    result = resume_search(plan.run_dir, changes)
             else:
-                result = run_search(settings, on_progress=progress_printer(args.verbose))
+                with progress_lines(args.verbose):
+                    result = run_search(settings)
             epochs = int(result.trials["epochs"].fillna(0).sum())
             print(f"    ended {result.ended} in {time.monotonic() - start:.0f} s: {epochs} epochs in "
                   f"{result.trained} trials, hypervolume {result.hypervolume:.4f}"
@@ -221,8 +231,11 @@ def run_benchmark(args: argparse.Namespace) -> bool:
     return True
 
 
-def progress_printer(verbose: bool) -> Callable[[str], None] | None:
-    return (lambda line: print(f"    {line}", flush=True)) if verbose else None
+def progress_lines(verbose: bool) -> contextlib.AbstractContextManager:
+    """With --verbose, the search's lines (logged under "qkvnas") printed as they come, indented."""
+    if not verbose:
+        return contextlib.nullcontext()
+    return handled_by(Forward(lambda line: print(f"    {line}", flush=True)))
 
 
 # ---------------------------------------------------------------------------------------------------- analysis
@@ -256,7 +269,7 @@ def value_at(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 def full_fidelity(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials scored at full length (state complete), ordered by the epochs spent when each ended."""
-    from nas.pareto import scored_trials
+    from nas.runs.pareto import scored_trials
 
     frame = scored_trials(trials, include_stopped=False)
     return frame[frame["epochs_spent"].notna()].sort_values("epochs_spent", kind="stable")
@@ -264,8 +277,8 @@ def full_fidelity(trials: pd.DataFrame) -> pd.DataFrame:
 
 def hypervolume_at(trials: pd.DataFrame, budget: int, grid: np.ndarray) -> np.ndarray:
     """The hypervolume of the full-fidelity trials ended by each grid point, as `nas search` measures it."""
-    from nas.hypervolume import hypervolume_history
-    from nas.objectives import SCORE, reference_limits
+    from nas.engine.hypervolume import hypervolume_history
+    from nas.engine.objectives import SCORE, reference_limits
 
     complete = full_fidelity(trials)
     limits = reference_limits(budget, None)
@@ -305,7 +318,7 @@ class FinishedRun:
 
 def read_finished_runs(out: Path) -> list[FinishedRun]:
     """Every run folder under `out` whose search returned without interruption."""
-    from nas.results import load_settings, load_trials
+    from nas.runs.results import load_settings, load_trials
 
     runs = []
     for done_path in sorted(out.glob(f"*/{DONE_FILE}")):
@@ -394,7 +407,7 @@ def rung_correlation(runs: list[FinishedRun]) -> pd.DataFrame:
     without early stopping, seeds pooled."""
     import optuna
 
-    from nas.searcher import curve_of
+    from nas.engine.searcher import curve_of
 
     rows = []
     for (dataset, space), group in _groups([run for run in runs if run.early_stopping == "none"]):

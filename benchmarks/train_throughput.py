@@ -76,7 +76,7 @@ def main() -> int:
 
     from gpu_summary import append_record
     from search_spaces.build import build_model
-    from search_spaces.latency import device_name
+    from search_spaces.model_tools.latency import device_name
     from search_spaces.presets import PRESETS
     from trainers.data import load_dataset
     from trainers.batches import TensorBatches

@@ -5,86 +5,57 @@ values the command line takes, as strings or numbers (`budget="3.1M"` or `budget
 takes a comma-separated list or repeats). Every value goes through the parser its flag goes through
 (nas/flags.py), before any work starts; bad input is one `UsageError` (a `ValueError`) naming the keyword as
 Python writes it: `budget='3.1X': expected a positive count such as 3.1M, ...`. The libraries' own checks name
-keywords too (nas/naming.py). Nothing is printed: `progress`, a callable taking one line (`print`,
-`lines.append`), gets the lines the command would print. Imports nothing heavy until called, so `import nas`
-stays quick.
+keywords too (nas/naming.py). Nothing is printed: the libraries log the lines the command would print, under
+the "qkvnas" logger (qkvnas_core.log), and `progress`, a callable taking one line (`print`, `lines.append`), gets
+them for the call (`logging.basicConfig(level=logging.INFO)` shows them too). Imports nothing heavy until
+called, so `import nas` stays quick.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from qkvnas_core.errors import UsageError
-from nas.flags import (count_argument, fraction, integer, non_negative_float, output_folder, path_argument,
-                       positive_float, positive_int, run_name, seed_argument, seeds_argument, share, space_argument,
-                       startup_argument,
-                       split_list)
+from nas.flags import integer, output_folder, path_argument
 from nas.naming import given, python_names
-from nas.objectives import SCORE, parse_objectives
+from nas.engine.objectives import SCORE
+from nas.settings import RetrainRequest, SearchSettings, Value, keyword_parsers, keyword_signature
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-    from nas.pareto import ParetoOutcome
-    from nas.retrain import RetrainOutcome
-    from nas.search import SearchSettings
+    from nas.runs.pareto import ParetoOutcome
+    from nas.runs.results import Run
+    from nas.winners.retrain import RetrainOutcome
+    from nas.engine.search import SearchResult
 
 ProgressCallback = Callable[[str], None]
-# A value as Python code gives it: the flag's text, a number, a path, or a list where the flag takes several.
-Value = Union[str, int, float, os.PathLike, list, tuple, None]
-
-
-def _comma_list(text: str) -> list[str]:
-    return split_list([text])
 
 
 def _costs(text: str) -> list[str]:
-    from nas.pareto import parse_costs
+    from nas.runs.pareto import parse_costs
 
     return parse_costs([text])
-
-
-def _loggers(text: str) -> list[str]:
-    from nas.tracking import parse_loggers
-
-    return parse_loggers(text)
 
 
 # Each keyword's parser: the one its flag's argparse type is (tests/test_api.py checks), `str` for a flag taking
 # any text, `bool` for a switch. LISTS take a list (joined with commas) or the flag's comma-separated text;
 # REPEATED a list for a flag given several times. Recipe fields other than epochs come as **recipe_fields.
-SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {
-    "budget": count_argument, "config": path_argument, "max_flops": count_argument, "objectives": parse_objectives,
-    "space": space_argument, "patch_size": positive_int, "dataset": str, "data_dir": path_argument,
-    "classes": positive_int, "train_fraction": share, "img_size": positive_int, "val_fraction": fraction,
-    "split_seed": seed_argument, "trials": positive_int, "epoch_budget": positive_int, "sampler": str,
-    "startup": startup_argument,
-    "early_stopping": str, "grace_epochs": positive_int, "reduction_factor": positive_int,
-    "max_concurrent": positive_int, "cpus_per_model": positive_float, "gpus_per_model": non_negative_float,
-    "address": str, "seed": seed_argument, "recipe": str, "epochs": integer, "name": run_name,
-    "results_dir": output_folder, "logger": _loggers, "verbose": bool,
-}
-# The SearchSettings field a keyword sets, where its name differs (as the flag's argparse dest does).
-SEARCH_FIELDS = {"cpus_per_model": "cpus_per_trial", "gpus_per_model": "gpus_per_trial", "logger": "loggers"}
+# A search's keywords are SearchSettings' fields (nas/settings.py), and config; a resume's those it may change.
+SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {"config": path_argument, **keyword_parsers(SearchSettings)}
+RESUME_FLAGS = keyword_parsers(SearchSettings, lambda name, spec: spec.resumable)
 PARETO_FLAGS: dict[str, Callable[[str], Any]] = {
     "cost": _costs, "reference": bool, "measure_latency": bool, "device": str, "include_stopped": bool,
     "out": output_folder,
 }
-RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = {
-    "top": positive_int, "include_stopped": bool, "trial_ids": _comma_list, "arch": path_argument,
-    "baseline": path_argument, "dataset": str, "data_dir": path_argument, "download": bool, "img_size": positive_int,
-    "patch_size": positive_int, "val_fraction": fraction, "split_seed": seed_argument, "recipe": str,
-    "epochs": integer, "seed": seed_argument, "seeds": seeds_argument, "out": output_folder, "resume": bool, "device": str, "compile": bool,
-    "address": str, "gpus_per_model": non_negative_float, "cpus_per_model": positive_float,
-}
-# The RetrainRequest field a keyword sets, where its name differs.
-RETRAIN_FIELDS = {"trial_ids": "trials", "arch": "archs", "baseline": "baselines"}
+RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = {**keyword_parsers(RetrainRequest), "epochs": integer}
 LISTS = ("objectives", "cost", "trial_ids", "logger", "seeds")
 REPEATED = ("arch", "baseline")
 
@@ -98,7 +69,7 @@ class SearchRun:
     best: the row of the best val_acc (fewest params on a tie), None before any score; hypervolume: as search.json
     records it, of the full-fidelity trials over val_acc (from 0), params and, with max_flops, FLOPs (each to its
     limit); study: the run's Optuna study; settings: search.json. ended and note: how this session ended and why
-    (see nas.search.SearchResult); None and "" from `load_run`.
+    (see nas.engine.search.SearchResult); None and "" from `load_run`.
     """
 
     run_dir: Path
@@ -112,31 +83,21 @@ class SearchRun:
     settings: dict[str, Any] = field(repr=False)
 
 
-def search(*, budget: str | int | None = None, config: str | os.PathLike | None = None,
-           max_flops: str | int | None = None, objectives: str | list[str] | None = None, space: str | None = None,
-           patch_size: Value = None, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
-           classes: Value = None, train_fraction: Value = None, img_size: Value = None, val_fraction: Value = None,
-           split_seed: Value = None, trials: Value = None, epoch_budget: Value = None, sampler: str | None = None,
-           startup: str | None = None, early_stopping: str | None = None, grace_epochs: Value = None, reduction_factor: Value = None,
-           max_concurrent: Value = None, cpus_per_model: Value = None, gpus_per_model: Value = None,
-           address: str | None = None, seed: Value = None, recipe: str | None = None, epochs: Value = None,
-           name: str | None = None, results_dir: str | os.PathLike | None = None,
-           logger: str | list[str] | None = None, verbose: bool | None = None,
-           progress: ProgressCallback | None = None, **recipe_fields: Any) -> SearchRun:
-    """Run a new search, as `nas search` does: None (the default) is the flag's default, `config` a file of
-    settings the keywords override; `recipe_fields` set the trials' recipe fields (`batch_size=32`, `lr=1e-2`:
-    trainers.recipe.Recipe's names and types, which it checks). Returns the run."""
-    keywords = {key: value for key, value in locals().items() if key not in ("progress", "recipe_fields")}
-    with python_names():
-        say = _progress(progress)
-        settings = search_settings(**keywords, **_recipe_fields("search", recipe_fields))
-        if settings.run_dir.exists():
-            raise UsageError(f"{given('name', settings.name)}: run folder {settings.run_dir} already exists; expected "
-                             f"a new name, or nas.resume({str(settings.run_dir)!r}) to continue it")
-        from nas.search import run_search
+def search(*, config: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+           **settings: Any) -> SearchRun:
+    """Run a new search, as `nas search` does. Each keyword is a setting of nas.settings.SearchSettings, named as
+    its flag (`budget="3.1M"`, `max_flops`, `cpus_per_model`); None, the default, is the flag's default. `config`
+    is a file of settings the keywords override. The other keywords set the trials' recipe fields
+    (`batch_size=32`, `lr=1e-2`: trainers.recipe.Recipe's names and types, which it checks). Returns the run."""
+    with python_names(), _progress(progress):
+        checked = search_settings(config=config, **settings)
+        if checked.run_dir.exists():
+            raise UsageError(f"{given('name', checked.name)}: run folder {checked.run_dir} already exists; expected "
+                             f"a new name, or nas.resume({str(checked.run_dir)!r}) to continue it")
+        from nas.engine.search import run_search
 
-        result = run_search(settings, on_progress=say)
-        return _search_run(result.run_dir, result.study, result.ended, result.note)
+        result = run_search(checked)
+        return _session_run(result)
 
 
 def search_settings(**keywords: Any) -> SearchSettings:
@@ -148,37 +109,34 @@ def search_settings(**keywords: Any) -> SearchSettings:
         config = values.pop("config", None)
         if "budget" not in values and config is None:
             raise UsageError("budget: missing; expected a parameter count such as '3.1M', or a config file giving it")
-        settings = {SEARCH_FIELDS.get(key, key): value for key, value in values.items()}
         if recipe_fields:
-            settings["recipe_overrides"] = recipe_fields
+            values["recipe_overrides"] = recipe_fields
         from nas.config import search_settings as settings_over_config
 
-        return settings_over_config(settings, config)
+        return settings_over_config(values, config)
 
 
 def resume(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike | None = None,
-           trials: Value = None, epoch_budget: Value = None, max_concurrent: Value = None,
-           cpus_per_model: Value = None, gpus_per_model: Value = None, address: str | None = None,
-           logger: str | list[str] | None = None, verbose: bool | None = None,
-           progress: ProgressCallback | None = None) -> SearchRun:
-    """Continue a run (`nas search RUN --resume`): finished trials are kept, `trials` may be raised; the other
-    settings stay the run's own. `run`: its folder, its name under `results_dir` (results), or a SearchRun."""
-    keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "results_dir")}
-    with python_names():
-        say = _progress(progress)
+           progress: ProgressCallback | None = None, **changes: Any) -> SearchRun:
+    """Continue a run (`nas search RUN --resume`): finished trials are kept, `trials` may be raised; the keywords
+    are the settings a resume may change (nas.settings.resumable), the others stay the run's own. `run`: its
+    folder, its name under `results_dir` (results), or a SearchRun."""
+    for name in changes:
+        if name not in RESUME_FLAGS:
+            raise TypeError(f"resume() got an unexpected keyword argument {name!r}")
+    with python_names(), _progress(progress):
         run_dir = _run_folder(run, results_dir)
-        changes = {SEARCH_FIELDS.get(key, key): value for key, value in _parsed(keywords, SEARCH_FLAGS).items()}
-        from nas.search import resume_search
+        from nas.engine.search import resume_search
 
-        result = resume_search(run_dir, changes, on_progress=say)
-        return _search_run(result.run_dir, result.study, result.ended, result.note)
+        result = resume_search(run_dir, _parsed(changes, RESUME_FLAGS))
+        return _session_run(result)
 
 
 def load_run(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike | None = None) -> SearchRun:
     """A run folder read back (a finished run, or one still running elsewhere, as it stands); `run` as `resume`
     takes it."""
     with python_names():
-        return _search_run(_run_folder(run, results_dir))
+        return _folder_run(_run_folder(run, results_dir))
 
 
 def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None = None, reference: bool | None = None,
@@ -186,43 +144,40 @@ def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None =
            out: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> ParetoOutcome:
     """Write the run's front (`nas pareto`): pareto.csv and a plot per cost; returns the front and the files."""
     keywords = {key: value for key, value in locals().items() if key not in ("run", "progress")}
-    with python_names():
-        say = _progress(progress)
+    with python_names(), _progress(progress):
         run_dir = _run_folder(run)
         options = _parsed(keywords, PARETO_FLAGS)
-        from nas.pareto import write_pareto
+        from nas.runs.pareto import write_pareto
 
         return write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
-                            say=say, **options)
+                            **options)
 
 
-def retrain(run: str | os.PathLike | SearchRun, *, top: Value = None, include_stopped: bool | None = None,
-            trial_ids: str | list[str] | None = None, arch: str | list[str] | None = None,
-            baseline: str | list[str] | None = None, dataset: str | None = None,
-            data_dir: str | os.PathLike | None = None, download: bool | None = None, img_size: Value = None,
-            patch_size: Value = None, val_fraction: Value = None, split_seed: Value = None, recipe: str | None = None,
-            epochs: Value = None, seed: Value = None, seeds: Value | list[int] = None,
-            out: str | os.PathLike | None = None, resume: bool | None = None, device: str | None = None, compile: bool | None = None,
-            address: str | None = None, gpus_per_model: Value = None, cpus_per_model: Value = None,
-            progress: ProgressCallback | None = None, **recipe_fields: Any) -> RetrainOutcome:
-    """Retrain winners with a full recipe and test each once (`nas retrain`); `recipe_fields` as `search` takes
-    them. `seeds`: how many (seed, seed + 1, ...), or a list of seeds. Each model trains in
-    <run or out>/retrain/<arch_id>/ (<arch_id>-seed<S>/ for seed S > 0); the outcome's table has a row per model
-    and seed, its `summary` a row per model (mean and 95% interval), its `comparison` the paired differences to
-    each baseline."""
-    keywords = {key: value for key, value in locals().items() if key not in ("run", "progress", "recipe_fields")}
-    with python_names():
-        say = _progress(progress)
-        overrides = _recipe_fields("retrain", recipe_fields)
+def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | None = None,
+            **options: Any) -> RetrainOutcome:
+    """Retrain winners with a full recipe and test each once (`nas retrain`). Each keyword is a field of
+    nas.settings.RetrainRequest, named as its flag (`top=1`, `baseline=["xcit-n12"]`), or `epochs`; the other
+    keywords are recipe fields, as `search` takes them. `seeds`: how many (seed, seed + 1, ...), or a list of seeds.
+    Each model trains in <run or out>/retrain/<arch_id>/ (<arch_id>-seed<S>/ for seed S > 0); the outcome's table
+    has a row per model and seed, its `summary` a row per model (mean and 95% interval), its `comparison` the paired
+    differences to each baseline."""
+    keywords = {key: options.pop(key) for key in list(options) if key in RETRAIN_FLAGS}
+    with python_names(), _progress(progress):
+        overrides = _recipe_fields("retrain", options)
         run_dir = _run_folder(run)
-        options = _parsed(keywords, RETRAIN_FLAGS)
-        if "epochs" in options:
-            overrides["epochs"] = options.pop("epochs")
-        from nas.retrain import RetrainRequest, retrain_run
+        values = _parsed(keywords, RETRAIN_FLAGS)
+        if "epochs" in values:
+            overrides["epochs"] = values.pop("epochs")
+        from nas.winners.retrain import retrain_run
 
-        request = RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False,
-                                 **{RETRAIN_FIELDS.get(key, key): value for key, value in options.items()})
-        return retrain_run(request, say=say, warn=say)
+        if "trial_ids" in values:
+            values["trial_ids"] = tuple(values["trial_ids"])
+        return retrain_run(RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False, **values))
+
+
+search.__signature__ = keyword_signature(search, list(SEARCH_FLAGS))
+resume.__signature__ = keyword_signature(resume, list(RESUME_FLAGS))
+retrain.__signature__ = keyword_signature(retrain, list(RETRAIN_FLAGS))
 
 
 def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -235,13 +190,15 @@ def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
     return dict(fields)
 
 
-def _progress(progress: ProgressCallback | None) -> ProgressCallback:
-    """The line callback the libraries get: `progress`, or one that drops every line."""
+def _progress(progress: ProgressCallback | None) -> contextlib.AbstractContextManager:
+    """For the call: the lines the libraries log (INFO and up) forwarded to `progress`; nothing without one."""
+    from qkvnas_core.log import Forward, handled_by
+
     if progress is None:
-        return lambda line: None
+        return contextlib.nullcontext()
     if not callable(progress):
         raise UsageError(f"{given('progress', progress)}: expected a callable taking one line, such as print")
-    return progress
+    return handled_by(Forward(progress))
 
 
 def _parsed(keywords: dict[str, Value], parsers: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
@@ -286,7 +243,7 @@ def _expected(error: UsageError) -> str:
 
 def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLike | None = None) -> Path:
     """A run's folder: a SearchRun's, a folder path, or a run name under `results_dir` (as the commands read it)."""
-    from nas.results import find_run
+    from nas.runs.results import find_run
 
     if isinstance(run, SearchRun):
         return run.run_dir
@@ -299,28 +256,34 @@ def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLi
         raise UsageError(f"{given('run', run)}: {_expected(error)}") from None
 
 
-def _search_run(run_dir: Path, study: optuna.Study | None = None, ended: str | None = None,
+def _search_run(run: Run, study: optuna.Study, hypervolume: float, ended: str | None = None,
                 note: str = "") -> SearchRun:
-    from nas.objectives import reference_limits
-    from nas.pareto import pareto_front
-    from nas.results import best_trial, read_run
-    from nas.search import run_hypervolume
+    """The SearchRun of a run as given: what a session holds (search, resume), or a folder read back (load_run)."""
+    from nas.runs.pareto import pareto_front
+    from nas.runs.results import best_trial
+
+    objectives = run.settings.get("objectives") or [SCORE]
+    return SearchRun(run_dir=run.path, hypervolume=hypervolume, ended=ended, note=note, trials=run.table,
+                     front=pareto_front(run.table, objectives[1:] or ["params"]), best=best_trial(run.table),
+                     study=study, settings=run.settings)
+
+
+def _session_run(result: SearchResult) -> SearchRun:
+    """What a search's session computed, as a SearchRun: nothing it wrote is read back."""
+    from nas.runs.results import Run
+
+    return _search_run(Run(result.run_dir, result.settings, result.trials), result.study, result.hypervolume,
+                       result.ended, result.note)
+
+
+def _folder_run(run_dir: Path) -> SearchRun:
+    """A run folder read back (checked against its study), its hypervolume measured as the search measures it."""
+    from nas.engine.objectives import reference_limits
+    from nas.runs.results import read_run
+    from nas.engine.search import run_hypervolume
 
     run = read_run(run_dir)
     why = "to measure the run's hypervolume"
     limits = reference_limits(int(run.setting("budget", why)), run.settings.get("max_flops"))
-    objectives = run.settings.get("objectives") or [SCORE]
-    return SearchRun(run_dir=run.path, hypervolume=run_hypervolume(run.table, limits), ended=ended, note=note,
-                     trials=run.table, front=pareto_front(run.table, objectives[1:] or ["params"]),
-                     best=best_trial(run.table), study=study or _load_study(run.path, run.settings),
-                     settings=run.settings)
-
-
-def _load_study(run_dir: Path, settings: dict[str, Any]) -> optuna.Study:
-    import optuna
-
-    path = run_dir / "study.db"
-    if not path.is_file():
-        raise UsageError(f"{path}: not found; expected the Optuna study `nas search` writes in its run folder")
-    return optuna.load_study(study_name=settings.get("study_name") or settings.get("name") or run_dir.name,
-                             storage=f"sqlite:///{path.resolve()}")
+    study = run.folder.load_study(run.settings.get("study_name") or run.settings.get("name") or run.name)
+    return _search_run(run, study, run_hypervolume(run.table, limits))

@@ -2,16 +2,21 @@
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`. Only the chosen command's module
 is imported, so `nas --help` starts without torch or Ray. Bad input raises `UsageError`, which becomes one
-line on stderr and exit code 2.
+line on stderr and exit code 2. The libraries log their lines (qkvnas_core.log): for the command's duration each
+INFO line is printed on stdout (or shown by the module's VIEW, a logging.Handler made with stdout: `nas search`
+draws a live bar), each warning or error on stderr as `nas COMMAND: error: ...`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 
 from qkvnas_core.errors import UsageError
+from qkvnas_core.log import handled_by, line
 
 # libgomp's idle threads spin 300,000 rounds before they sleep; beside another CPU job that spinning takes the cores
 # the other needs (a second training ran 7.4x slower, not 2x). 3,000 rounds: 2.2x, and one job alone about 10%
@@ -39,6 +44,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Problems(logging.Handler):
+    """A library's warning or error on stderr, one line: `nas retrain: error: <model>: <why>`."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(logging.WARNING)
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"nas {self.command}: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+class _Lines(logging.Handler):
+    """A library's line on stdout, as it was logged. Writes are not guarded (Handler.handleError): a closed pipe
+    reaches `main`, which stops quietly."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(line(record), flush=True)
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.WARNING
+
+
+@contextlib.contextmanager
+def _shown(args: argparse.Namespace):
+    """The libraries' lines shown while the command runs: INFO on stdout (through its VIEW where it has one),
+    warnings and errors on stderr."""
+    make_view = getattr(args, "view", None)
+    view = make_view(sys.stdout) if make_view is not None else _Lines()
+    view.addFilter(_below_warning)
+    try:
+        with handled_by(view), handled_by(_Problems(args.command), logging.WARNING):
+            yield
+    finally:
+        view.close()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command listed; only `command` (if any) gets its module imported and its arguments added."""
     parser = _Parser(prog="nas", description="qkvnas: search how tiny vision transformers compute their queries, "
@@ -50,7 +92,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             module = importlib.import_module(f"nas.commands.{name}")
             module.add_arguments(sub)
-            sub.set_defaults(handler=module.run)
+            sub.set_defaults(handler=module.run, view=getattr(module, "VIEW", None))
     return parser
 
 
@@ -61,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with _shown(args):
+            return int(args.handler(args) or 0)
     except UsageError as error:
         print(f"nas {args.command}: error: {error}", file=sys.stderr)
         return 2

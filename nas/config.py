@@ -1,10 +1,10 @@
 """A search's settings from a config file and the flags given over it: `nas search --config FILE`.
 
 A config file holds SearchSettings fields by the names search.json writes them (budget, dataset, recipe,
-recipe_overrides, ...); budget and max_flops may be written as the flags take them ("3.1M"), objectives as
-"val_acc,params". A run's own search.json is a config too, which reruns that search as a new run: its settings are
-read (what the run recorded beside them, such as versions, seconds or hypervolume, is not), its name is not (the
-rerun gets --name or a fresh default name), and settings it predates take the values it ran with.
+recipe_overrides, ...); any setting may be written as its flag takes it ("3.1M", "val_acc,params"). A run's own
+search.json is a config too, which reruns that search as a new run: its settings are read (what the run recorded
+beside them, such as versions, seconds or hypervolume, is not), its name is not (the rerun gets --name or a fresh
+default name), and settings it predates take the values it ran with.
 
 YAML (.yaml, .yml) is read with PyYAML's safe_load, without anchors or aliases (a few bytes of them can expand
 beyond memory); JSON (.json) with the project's strict reader. Either way a bad file is one UsageError naming
@@ -13,22 +13,22 @@ the file and the field.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json, parse_json, read_json_object
-from qkvnas_core.units import parse_count
-from nas.objectives import parse_objectives
-from nas.search import EARLIER_DEFAULTS, SearchSettings, default_run_name
+from nas.settings import EARLIER_DEFAULTS, SearchSettings, default_run_name, parser_of, renamed, settings_of
 
 EXPECTED = "a mapping of search settings (the fields search.json holds)"
 SUFFIXES = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
 # What marks a run's own search.json (written by every session), and its settings a rerun does not take.
 RUN_RECORD_MARK = "versions"
 RUN_OWN = ("name", "study_name")
-COUNT_SETTINGS = ("budget", "max_flops")
 YAML_TYPES = {type(None): "nothing", list: "a list", str: "a string"}
 
 
@@ -47,6 +47,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         except OSError as error:
             raise UsageError(f"{path}: cannot be read ({error.strerror or error}); expected {EXPECTED}") from None
         values = _parse_yaml(data, path)
+    values = renamed(values)
     if RUN_RECORD_MARK in values:
         fields = {field.name for field in dataclasses.fields(SearchSettings)}
         values = {**EARLIER_DEFAULTS, **{name: value for name, value in values.items()
@@ -96,18 +97,25 @@ def search_settings(given: dict[str, Any], config: str | Path | None = None) -> 
     return _settings({**stored, **given, "recipe_overrides": overrides})
 
 
+def _from_text(name: str, value: Any) -> Any:
+    """A setting written as its flag's text read as the flag reads it; any other value as it is."""
+    flagged = settings_of(SearchSettings)
+    if not isinstance(value, str) or name not in flagged or _takes_text(typing.get_type_hints(SearchSettings)[name]):
+        return value
+    try:
+        return inspect.unwrap(parser_of(name, flagged[name][1]))(value)
+    except UsageError as error:
+        raise UsageError(f"{name}={value!r}: {str(error).rpartition(': ')[2]}") from None
+
+
+def _takes_text(hint: Any) -> bool:
+    return hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint))
+
+
 def _settings(values: dict[str, Any], name: str | None = None) -> SearchSettings:
-    """SearchSettings from settings by name (a count or objectives as their text read as the flags read them);
+    """SearchSettings from settings by name (any as its flag's text: "3.1M", "val_acc,params");
     without a name, `name` or the default one. The recipe's epochs when epochs are not given."""
-    values = dict(values)
-    for setting in COUNT_SETTINGS:
-        if isinstance(values.get(setting), str):
-            try:
-                values[setting] = parse_count(values[setting])
-            except UsageError as error:
-                raise UsageError(f"{setting}: {error}") from None
-    if isinstance(values.get("objectives"), str):
-        values["objectives"] = parse_objectives(values["objectives"])
+    values = {name: _from_text(name, value) for name, value in values.items()}
     if values.get("budget") is None:
         raise UsageError("--budget is required: expected a parameter count such as 3.1M (or budget in --config)")
     if values.get("epochs") is None and isinstance(values.get("recipe"), str):

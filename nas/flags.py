@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import user_path
 from qkvnas_core.units import parse_count
-from search_spaces.device import DEVICE_HELP
+from search_spaces.model_tools.device import DEVICE_HELP
 from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
 RECIPE_DEST = "recipe_field_"
@@ -80,6 +80,28 @@ def integer(text: str) -> int:
     return _integer(text, -MAX_COUNT, MAX_COUNT, "an integer")
 
 
+@functools.cache  # one parser per bound, so that every flag with the same bound shares it
+def integer_at_least(lowest: int) -> Callable[[str], int]:
+    @argument_type
+    def at_least(text: str) -> int:
+        return _integer(text, lowest, MAX_COUNT, f"an integer of at least {lowest}")
+
+    at_least.__name__ = f"integer_at_least_{lowest}"
+    return at_least
+
+
+@functools.cache
+def choice_argument(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """One of `choices`, as argparse's choices= reads it, refused with the parsers' message."""
+    @argument_type
+    def choice(text: str) -> str:
+        if text not in choices:
+            raise UsageError(f"{text[:40]!r}: expected one of {', '.join(choices)}")
+        return text
+
+    return choice
+
+
 @argument_type
 def seed_argument(text: str) -> int:
     return _integer(text, 0, MAX_SEED, "a non-negative integer")
@@ -99,10 +121,16 @@ def seeds_argument(text: str) -> int | tuple[int, ...]:
 
 @argument_type
 def startup_argument(text: str) -> str | None:
-    """How a search starts: random, or proxy:NAME (nas.startup.parse_startup; imported only when given)."""
-    from nas.startup import parse_startup
+    """How a search starts: random, or proxy:NAME (nas.engine.startup.parse_startup; imported only when given)."""
+    from nas.engine.startup import parse_startup
 
     return parse_startup(text)
+
+
+@argument_type
+def comma_list(text: str) -> list[str]:
+    """'t1,t2' -> ['t1', 't2']."""
+    return split_list([text])
 
 
 @argument_type
@@ -159,7 +187,7 @@ def output_file(text: str) -> str:
 @argument_type
 def trial_argument(text: str) -> int:
     """A trial of a run, as trials.csv names it (t0016) or by its number (16): its number."""
-    from nas.archs import parse_trial_number
+    from nas.runs.archs import parse_trial_number
 
     return parse_trial_number(text)
 

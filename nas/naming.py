@@ -11,13 +11,10 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 _PYTHON_NAMES: ContextVar[bool] = ContextVar("qkvnas_python_names", default=False)
-# Settings whose flag (and keyword) is not the field's name: the one vocabulary's words (nas/flags.py).
-SPELLED = {"cpus_per_trial": "cpus_per_model", "gpus_per_trial": "gpus_per_model", "loggers": "logger"}
 
 
 def named(name: str) -> str:
     """A setting's name: 'max_flops' -> '--max-flops', or 'max_flops' in the Python API."""
-    name = SPELLED.get(name, name)
     return name if _PYTHON_NAMES.get() else "--" + name.replace("_", "-")
 
 

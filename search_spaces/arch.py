@@ -34,7 +34,7 @@ STEMS = ("linear", "conv")
 POSITIONS = ("learned", "rope", "none")
 # Upper limits far beyond any model a machine holds: with DataShape's they keep every tensor of a model and of its
 # forward pass below 2**63 elements, and a count on the meta device quick. Whether a model fits in memory is
-# the memory check's question (search_spaces/memory.py).
+# the memory check's question (search_spaces/model_tools/memory.py).
 MAX_WIDTH = 2**20  # embed_dim, code_size and the attention's sizes
 MAX_DEPTH = 1024  # blocks, heads, experts per stage, Nystrom's pseudo-inverse iterations
 MAX_RATIO = 64.0  # mlp_ratio, hidden_ratio, last_ratio

@@ -3,6 +3,9 @@
 Parameters are counted on the meta device (no memory, well under 0.2 s per model). FLOPs are what
 torch.utils.flop_counter counts for one image: 2 per multiply-add of matmuls, convolutions and attention.
 Papers on ViTs usually print multiply-adds under the name FLOPs: that is `flops / 2` (`macs`).
+Counting FLOPs runs the model on the meta device, several times the cost of building it; building alone already
+refuses what cannot run at a shape (build.py checks the image and token counts), so a search that needs no FLOPs
+builds its draws without running them (nas.engine.budget.Budget.measure).
 """
 from __future__ import annotations
 

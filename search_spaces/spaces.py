@@ -17,8 +17,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from search_spaces.arch import (ATTENTIONS, BACKBONES, FFNS, PATCH_SIZES, POSITIONS, STEMS, ArchConfig,
-                                 AttentionConfig, FFNConfig, QKVConfig)
+from search_spaces.arch import (ATTENTIONS, BACKBONES, FFNS, PATCH_SIZES, POSITIONS, STEMS, ArchConfig, AttentionConfig,
+                                FFNConfig, QKVConfig)
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 

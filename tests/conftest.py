@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli import main
-from nas.results import trial_row, trials_frame, write_trials
+from nas.runs.results import trial_row, trials_frame, write_trials
 from search_spaces.arch import ArchConfig, QKVConfig
 from trainers.data import DatasetSplits, load_dataset
 
@@ -67,7 +67,7 @@ def ray_cluster(request):
     import ray
     from ray import cloudpickle
 
-    from nas.ray_runtime import single_machine_mode
+    from nas.runtime.ray_runtime import single_machine_mode
 
     # "local": a cluster that `ray start` left on this machine is not joined; loopback only, as the project's own.
     with single_machine_mode():

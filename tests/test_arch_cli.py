@@ -10,7 +10,7 @@ import pytest
 
 from conftest import DEFAULT_ROWS, FSNE, TINY, write_run
 from qkvnas_core.errors import UsageError
-from nas.results import trial_row, trials_frame, write_trials
+from nas.runs.results import trial_row, trials_frame, write_trials
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig, read_arch_json
 from search_spaces.cost import count_flops, count_params
 from search_spaces.presets import PRESETS

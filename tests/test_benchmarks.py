@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from nas.results import trial_row, trials_frame
+from nas.runs.results import trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -132,7 +132,7 @@ def test_help_text_speaks_one_vocabulary():
 def view_trials(running: int = 1, curve_of_running: tuple = (0.3, 0.4)):
     """Three trained trials (10 s an epoch, 10-epoch trials) and `running` trials two epochs in."""
     from conftest import TINY
-    from nas.results import trial_row, trials_frame
+    from nas.runs.results import trial_row, trials_frame
 
     rows = [trial_row(0, "complete", arch=TINY, params=1000, seed=0, curve=[0.5] * 10, seconds=100.0),
             trial_row(1, "stopped", arch=TINY.replace(depth=2), params=1100, seed=1, curve=[0.2, 0.3], seconds=20.0),
@@ -144,10 +144,12 @@ def view_trials(running: int = 1, curve_of_running: tuple = (0.3, 0.4)):
 
 
 def progress_line(trials, target: int):
-    from nas.progress import Progress
+    from nas.engine.progress import Progress
+    from qkvnas_core.log import Forward, handled_by
 
     lines = []
-    Progress(target, 0, lines.append, epochs=10).show(trials, force=True)
+    with handled_by(Forward(lines.append)):
+        Progress(target, 0, epochs=10).show(trials, force=True)
     return lines[0]
 
 
@@ -167,7 +169,7 @@ def test_time_left_shares_the_trials_to_come_among_those_running():
 
 def test_progress_says_val_acc_in_the_units_nas_show_does(tmp_path, make_run):
     from nas.commands.show import runs_overview
-    from nas.results import load_trials
+    from nas.runs.results import load_trials
 
     run = make_run(tmp_path / "run")
     header, row = runs_overview(tmp_path).splitlines()

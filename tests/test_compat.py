@@ -1,5 +1,5 @@
-"""The dependencies' private APIs, each reached from one wrapper (nas/ray_compat.py, nas/optuna_compat.py,
-search_spaces/timm_compat.py, search_spaces/torch_compat.py), exercised against the installed versions. Each failure
+"""The dependencies' private APIs, each reached from one wrapper (nas/runtime/ray_compat.py, nas/runtime/optuna_compat.py,
+search_spaces/timm_compat.py, search_spaces/model_tools/torch_compat.py), exercised against the installed versions. Each failure
 names the private piece, the version installed and the version the wrapper was checked against."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def reaching(package: str, what: str) -> Iterator[None]:
 
 def test_ray_cluster_mode_sets_the_flag_ray_reads_when_it_picks_the_node_address():
     with reaching("ray", "ray._private.ray_constants.ENABLE_RAY_CLUSTER"):
-        from nas.ray_compat import cluster_mode, ray_constants
+        from nas.runtime.ray_compat import cluster_mode, ray_constants
 
         services = importlib.import_module("ray._private.services")
         assert "ray_constants.ENABLE_RAY_CLUSTER" in inspect.getsource(services.get_node_ip_address), (
@@ -44,7 +44,7 @@ def test_optuna_system_attrs_and_running_trials_reach_the_storage():
     import optuna
 
     with reaching("optuna", "Trial._trial_id / FrozenTrial._trial_id"):
-        from nas.optuna_compat import running_trial, set_system_attr
+        from nas.runtime.optuna_compat import running_trial, set_system_attr
 
         study = optuna.create_study()
         set_system_attr(study.ask(), "constraints", [1.0])
@@ -66,10 +66,10 @@ def test_timm_model_args_are_what_timms_public_reader_returns():
 
 
 def test_torch_onnx_opsets_hold_the_default_opset():
-    from search_spaces.export import ONNX_OPSET
+    from search_spaces.model_tools.export import ONNX_OPSET
 
     with reaching("torch", "torch.onnx._constants.ONNX_MIN_OPSET / ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET"):
-        from search_spaces.torch_compat import torchscript_onnx_opsets
+        from search_spaces.model_tools.torch_compat import torchscript_onnx_opsets
 
         opsets = torchscript_onnx_opsets()
     assert isinstance(opsets, range) and ONNX_OPSET in opsets and len(opsets) > 1

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nas.config import search_settings
-from nas.results import load_trials
-from nas.search import SearchSettings, run_search
+from nas.runs.results import load_trials
+from nas.engine.search import SearchSettings, run_search
 from qkvnas_core.units import parse_count
 from test_fuzz import FUZZ, JSON_VALUES, changed, field_named, read
 from test_search import settings_for, space_file  # noqa: F401 (a fixture)
@@ -100,8 +100,8 @@ def test_a_run_recorded_before_a_setting_existed_reruns_with_the_value_it_had(tm
 
 @pytest.mark.parametrize("name, text, fragments", [
     ("a.yaml", "budget: 1M\nbudgte: 2\n", ["unknown fields", "budgte"]),
-    ("a.yaml", "budget: 1M\ntrials: many\n", ["trials=", "expected an integer"]),
-    ("a.yaml", "budget: 1M\nepochs: 0\n", ["--epochs 0"]),
+    ("a.yaml", "budget: 1M\ntrials: many\n", ["trials=", "expected a positive integer"]),
+    ("a.yaml", "budget: 1M\nepochs: 0\n", ["epochs=0"]),
     ("a.yaml", "budget: 1M\nrecipe_overrides: {lr: -1}\n", ["recipe lr=-1"]),
     ("a.yaml", "budget: 1M\nrecipe_overrides: {epochs: 3}\n", ["expected epochs as a setting of its own"]),
     ("a.yaml", "budget: 3.1X\n", ["budget", "'3.1X'"]),

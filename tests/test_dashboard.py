@@ -7,8 +7,8 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from nas.budget import Budget
-from nas.searcher import UNBUILDABLE, BudgetedSearcher, open_study
+from nas.engine.budget import Budget
+from nas.engine.searcher import UNBUILDABLE, BudgetedSearcher, open_study
 from search_spaces.shape import DataShape
 from search_spaces.spaces import load_space
 

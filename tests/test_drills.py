@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import FSNE, TINY, write_run
-from nas.ray_runtime import START_TIME_TOLERANCE_S
+from nas.runtime.ray_runtime import START_TIME_TOLERANCE_S
 from test_search import TINY_SPACE
 
 pytestmark = pytest.mark.slow

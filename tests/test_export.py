@@ -17,7 +17,7 @@ from timm.models import save_for_hf
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig
 from search_spaces.build import build_model
-from search_spaces.export import hub_layout, load_exported, with_data_cfg
+from search_spaces.model_tools.export import hub_layout, load_exported, with_data_cfg
 from search_spaces.shape import DataShape
 from search_spaces.timm_config import timm_architecture
 from trainers.checkpoint import load_checkpoint
@@ -177,7 +177,7 @@ def test_timm_create_model_takes_the_architecture_as_arguments():
 def test_loading_needs_model_code_only(cli, trained, tmp_path):
     out = tmp_path / "export"
     assert cli("export", trained, "--out", out)[0] == 0
-    script = ("import sys\nfrom search_spaces.export import load_exported\n"
+    script = ("import sys\nfrom search_spaces.model_tools.export import load_exported\n"
               f"model = load_exported({str(out)!r})\n"
               "print(sorted({name.split('.')[0] for name in sys.modules} & {'trainers', 'nas', 'ray', 'optuna', "
               "'pandas'}))\n")
@@ -290,7 +290,7 @@ def test_load_exported_refuses_what_does_not_fit(cli, trained, tmp_path):
 @pytest.mark.parametrize("attention", ["softmax", "performer", "nystrom", "linformer"])
 def test_every_vit_part_exports_to_onnx_with_a_dynamic_batch(attention, tmp_path):
     pytest.importorskip("onnxruntime")
-    from search_spaces.export import export_onnx, onnx_difference
+    from search_spaces.model_tools.export import export_onnx, onnx_difference
 
     arch = every_vit_part(attention)
     seed_everything(0)

@@ -29,17 +29,17 @@ from safetensors.torch import save as save_safetensors_bytes
 from conftest import write_run
 from nas import flags
 from nas.cli import COMMANDS, build_parser, main
-from nas.results import COLUMNS, load_settings, load_trials
-from nas.seed_stats import read_retrain
+from nas.runs.results import COLUMNS, load_settings, load_trials
+from nas.runs.seed_stats import read_retrain
 from search_spaces.spaces import load_space
 from qkvnas_core.errors import UsageError
 from qkvnas_core.units import parse_count
 from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_params
-from search_spaces.device import parse_device
-from search_spaces.export import hub_layout, load_exported, with_data_cfg
-from search_spaces.memory import TRAINING_COPIES, check_fits
+from search_spaces.model_tools.device import parse_device
+from search_spaces.model_tools.export import hub_layout, load_exported, with_data_cfg
+from search_spaces.model_tools.memory import TRAINING_COPIES, check_fits
 from search_spaces.presets import load_arch
 from search_spaces.shape import DataShape
 from trainers.checkpoint import check_resumable, load_checkpoint, restore_resume_state
@@ -288,7 +288,7 @@ SETTINGS = {"name": "run", "study_name": "run", "budget": 100_000, "results_dir"
             "dataset": "digits", "data_dir": None, "classes": None, "train_fraction": 1.0, "img_size": 8,
             "val_fraction": 0.2, "space": "qkv", "patch_size": 2, "trials": 4, "epochs": 3, "grace_epochs": 1,
             "reduction_factor": 4, "recipe": "proxy", "recipe_overrides": {}, "max_concurrent": None,
-            "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "address": None, "seed": 0, "max_infeasible_streak": 300,
+            "cpus_per_model": 1.0, "gpus_per_model": 0.0, "address": None, "seed": 0, "max_infeasible_streak": 300,
             "verbose": False, "sessions": 1, "versions": {"torch": "2"}, "split_version": 2, "num_classes": 10,
             "in_chans": 1, "started": "2025-01-01T00:00:00", "finished": None, "ray_processes": [[12, 34]],
             "seconds": 12.5}
@@ -301,7 +301,7 @@ def test_search_json_with_any_field_changed(tmp_path, data):
     folder = run_folder(tmp_path / "run", document)
     settings = read(lambda: load_settings(folder), folder / "search.json", field_named(path_changed))
     if settings is not None:
-        from nas.search import SearchSettings  # what a resume reads the settings as
+        from nas.engine.search import SearchSettings  # what a resume reads the settings as
 
         read(lambda: SearchSettings.from_dict({**settings, "name": folder.name}))  # as a resume does
         code, err = cli_code("show", folder)
@@ -336,7 +336,7 @@ def test_trials_csv_with_any_cell_changed(tmp_path, row, column, value):
         assert code == 0 or (code == 2 and err.count("\n") == 1), err
 
 
-# retrain.csv (nas.seed_stats.read_retrain), read by nas show and nas pareto
+# retrain.csv (nas.runs.seed_stats.read_retrain), read by nas show and nas pareto
 
 RETRAIN_ROWS = pd.DataFrame({"arch_id": ["a", "a", "b", "b"], "role": ["winner", "winner", "baseline", "baseline"],
                              "source": ["t0000", "t0000", "xcit-n12", "xcit-n12"], "structure": ["F-SNE"] * 2 + ["linear"] * 2,
@@ -407,7 +407,7 @@ def test_result_json_of_any_bytes(tmp_path, finished_retrain, data):
     assert code == 2 and err.count("\n") == 1 and str(result_path) in err, err
 
 
-# Exported model folders (search_spaces.export.load_exported)
+# Exported model folders (search_spaces.model_tools.export.load_exported)
 
 @pytest.fixture(scope="module")
 def export_folders(tmp_path_factory):
@@ -587,7 +587,7 @@ def test_model_too_big_for_memory_is_refused_before_it_is_built(tmp_path):
 def test_memory_check_counts_weights_gradients_and_adamw_state(monkeypatch):
     """Training needs 4 float32 copies of the parameters (weights, gradients, AdamW's two moments), inference one:
     a model is admitted with exactly that much memory available and refused with a byte less."""
-    import search_spaces.memory as memory
+    import search_spaces.model_tools.memory as memory
 
     params = count_params(XCIT, DIGITS)
     cpu = torch.device("cpu")

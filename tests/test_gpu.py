@@ -19,9 +19,9 @@ from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_params
-from search_spaces.device import parse_device
-from search_spaces.latency import device_name, measure_latency
-from search_spaces.memory import BYTES_PER_PARAM, TRAINING_COPIES
+from search_spaces.model_tools.device import parse_device
+from search_spaces.model_tools.latency import device_name, measure_latency
+from search_spaces.model_tools.memory import BYTES_PER_PARAM, TRAINING_COPIES
 from search_spaces.shape import DataShape
 from test_engine import DIGITS, TINY_FSNE, tiny_model
 from test_gpu_check import figures
@@ -194,7 +194,7 @@ def test_four_trials_train_at_once_on_one_gpu_with_a_quarter_each(cli, tmp_path,
                        tmp_path / "results", "--name", "shared-gpu")
     assert code == 0, err
     run_dir = tmp_path / "results" / "shared-gpu"
-    assert json.loads((run_dir / "search.json").read_text())["gpus_per_trial"] == 0.25
+    assert json.loads((run_dir / "search.json").read_text())["gpus_per_model"] == 0.25
     study = optuna.load_study(study_name="shared-gpu", storage=f"sqlite:///{run_dir / 'study.db'}")
     complete = [trial for trial in study.trials if trial.user_attrs.get("state") == "complete"]
     assert len(complete) == 4, [trial.user_attrs.get("reason") for trial in study.trials]

@@ -177,6 +177,6 @@ def test_trials_per_hour_come_from_the_studys_own_record(tmp_path):
 
 
 def test_a_trials_length_is_the_searchs_default_epochs():
-    from nas.search import SearchSettings
+    from nas.settings import SearchSettings
 
     assert figures.TRIAL_EPOCHS == SearchSettings.epochs

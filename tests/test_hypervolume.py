@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.hypervolume import front_hypervolume, hypervolume, hypervolume_history
+from nas.engine.hypervolume import front_hypervolume, hypervolume, hypervolume_history
 
 CHECKS = settings(derandomize=True, max_examples=60, deadline=None, database=None)
 LIMITS = {"params": 1000.0, "flops": 5000.0}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, write_run
-from nas.ray_runtime import ray_processes, stop_leftovers
+from nas.runtime.ray_runtime import ray_processes, stop_leftovers
 from test_search import TINY_SPACE
 
 # A RAY_ADDRESS (or a cluster `ray start` left behind) must not capture a local Ray: it starts its own.
@@ -27,7 +27,7 @@ LIBRARY_SEARCH = """
 import sys
 
 import ray
-from nas.search import SearchSettings, run_search
+from nas.engine.search import SearchSettings, run_search
 
 space, results = sys.argv[1:]
 run_search(SearchSettings(name="library", budget=60000, space=space, trials=2, epochs=1, max_concurrent=1,

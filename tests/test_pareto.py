@@ -10,11 +10,11 @@ from PIL import Image
 
 from nas.cli import main
 from conftest import TINY, write_run
-from nas.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
+from nas.runs.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
 from qkvnas_core.errors import UsageError
 from search_spaces.build import build_model
-from search_spaces.device import parse_device
-from search_spaces.latency import measure_latency
+from search_spaces.model_tools.device import parse_device
+from search_spaces.model_tools.latency import measure_latency
 from search_spaces.shape import DataShape
 from trainers.runtime import select_device
 
@@ -121,9 +121,11 @@ def test_references_only_for_imagenet(tmp_path, capsys):
     assert "XCiT-N12" not in (run / "pareto.svg").read_text()
 
 
-def test_latency_columns(tmp_path):
+def test_latency_columns(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     assert main(["pareto", str(run), "--measure-latency"]) == 0
+    # The library logs the line (qkvnas_core.log); `nas` prints it.
+    assert capsys.readouterr().out.startswith("measuring latency of ")
     front = pd.read_csv(run / "pareto.csv")
     assert (front["latency_ms"] > 0).all() and (front["throughput"] > 0).all()
     assert main(["pareto", str(run), "--cost", "latency", "--out", str(tmp_path / "by-latency")]) == 0
@@ -202,7 +204,7 @@ def test_unknown_cost(tmp_path, capsys):
 
 def test_a_renamed_run_is_named_by_its_folder(tmp_path):
     """search.json keeps the name the run started with; plots and tables name the folder the run is in now."""
-    from nas.results import read_run
+    from nas.runs.results import read_run
 
     started = write_run(tmp_path / "first")
     moved = started.rename(tmp_path / "second")

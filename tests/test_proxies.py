@@ -113,7 +113,7 @@ def test_proxies_leave_the_model_unchanged(model_and_batch):
 
 @pytest.mark.parametrize("space", ["qkv", "lite", "paper"])
 def test_every_proxy_scores_draws_of_every_space(space):
-    from nas.budget import Budget, feasible_draws
+    from nas.engine.budget import Budget, feasible_draws
     from search_spaces.spaces import load_space
 
     torch.manual_seed(0)

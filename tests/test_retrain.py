@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 import trainers.model_folder as model_folder
 from qkvnas_core.files import write_json_atomic
 from nas.cli import main
-from nas.results import trial_row, trials_frame, write_trials
-from nas.retrain import Candidate, fitted_arch
+from nas.runs.results import trial_row, trials_frame, write_trials
+from nas.winners.retrain import Candidate, fitted_arch
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
 from search_spaces.shape import DataShape

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.scheduler import RungScheduler, epsilon_net_order, in_top_share, rung_epochs
-from nas.search import SearchSettings
+from nas.engine.scheduler import RungScheduler, epsilon_net_order, in_top_share, rung_epochs
+from nas.settings import SearchSettings
 
 CHECKS = settings(derandomize=True, max_examples=150, deadline=None, database=None)
 # Few distinct values, so rungs meet ties; NaN as a score that was not measured.

@@ -7,16 +7,19 @@ import json
 import os
 
 import optuna
+import pandas as pd
 import pytest
 
 from qkvnas_core.files import exclusive_lock
+from qkvnas_core.log import Forward, handled_by
 
-from nas.budget import Budget
+from nas.engine.budget import Budget
 from nas.cli import main
-from nas.progress import Progress
-from nas.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
-from nas.search import SearchSettings, SessionClock, resume_search, run_search
-from nas.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
+from nas.engine.progress import Progress
+from nas.runs.results import INTERRUPTED, format_trial_id, load_trials, trial_row, trials_frame, write_trials
+from nas.engine.search import SessionClock, resume_search, run_search
+from nas.settings import SearchSettings
+from nas.engine.searcher import UNBUILDABLE, BudgetedSearcher, close_interrupted, open_study, render_trials
 from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
 from search_spaces.spaces import load_space
@@ -67,12 +70,25 @@ def failing_trainable(config, data, settings):
 
 
 @pytest.mark.slow
-def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys):
+def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys, monkeypatch):
+    """The search writes its run folder and reads none of it back: its end (front, hypervolume, summary) is
+    computed from what the session holds."""
+
+    read_csv = pd.read_csv
+
+    def read_back(source, *args, **kwargs):
+        if isinstance(source, (str, os.PathLike)):
+            raise AssertionError(f"the search read a file back: {source}")
+        return read_csv(source, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", read_back)
+    monkeypatch.setattr("nas.runs.results.read_json_object", read_back)
     code = main(["search", "--budget", str(BUDGET), "--space", space_file, "--trials", "4", "--epochs", "3",
                  "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(tmp_path / "results"),
                  "--name", "e2e"])
     out = capsys.readouterr().out
     assert code == 0
+    monkeypatch.undo()
     run_dir = tmp_path / "results" / "e2e"
     table = load_trials(run_dir)
     trained = table[table["state"].isin(["complete", "stopped", "failed"])]
@@ -491,7 +507,8 @@ def test_progress_tells_queued_running_and_interrupted_apart():
                                      1000, None, number, [0.5] if state == "complete" else [])
                            for number, state in enumerate(["queued", "running", "failed", "complete"])])
     lines = []
-    Progress(target=4, already=0, say=lines.append, epochs=1).show(trials, force=True)
+    with handled_by(Forward(lines.append)):
+        Progress(target=4, already=0, epochs=1).show(trials, force=True)
     (line,) = lines
     assert "1/4 trained: 1 complete, 0 stopped, 0 failed, 1 in progress, 1 queued" in line
     assert "1 interrupted (trained again)" in line and "best val_acc 50.00%" in line and "t0003" in line

@@ -12,8 +12,8 @@ import pytest
 
 import nas
 from nas.flags import seeds_argument
-from nas.retrain import model_folder
-from nas.seed_stats import baseline_comparison, mean_interval, probability_of_improvement, seed_summary
+from nas.winners.retrain import model_folder
+from nas.runs.seed_stats import baseline_comparison, mean_interval, probability_of_improvement, seed_summary
 from test_retrain import FAST_PROXY, TINY_FSNE, TINY_LINEAR, write_run
 
 # t quantile 0.975 with 3 degrees of freedom (printed tables: 3.182)

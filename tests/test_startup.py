@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nas.budget import Budget, feasible_draws
-from nas.searcher import BudgetedSearcher, open_study
-from nas.startup import POOL_PER_DRAW, parse_startup, proxy_draws, startup_points
+from nas.engine.budget import Budget, feasible_draws
+from nas.engine.searcher import BudgetedSearcher, open_study
+from nas.engine.startup import POOL_PER_DRAW, parse_startup, proxy_draws, startup_points
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model

@@ -12,9 +12,9 @@ import pytest
 
 from test_search import BUDGET, TINY_SPACE, settings_for
 
-from nas.results import load_settings, load_trials
-from nas.search import SearchSettings, resume_search, run_search
-from nas.tracking import tracking_environment
+from nas.runs.results import load_settings, load_trials
+from nas.engine.search import SearchSettings, resume_search, run_search
+from nas.runtime.tracking import tracking_environment
 from qkvnas_core.errors import UsageError
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
@@ -29,9 +29,9 @@ def tracked_run(ray_cluster, tmp_path_factory):
     space = folder / "tiny_space.py"
     space.write_text(TINY_SPACE)
     settings = settings_for(folder, f"{space}:tiny", name="tracked", trials=2, epochs=EPOCHS, early_stopping="none",
-                            loggers=["tensorboard", "mlflow"] if HAS_MLFLOW else ["tensorboard"])
+                            logger=["tensorboard", "mlflow"] if HAS_MLFLOW else ["tensorboard"])
     assert run_search(settings).exit_code == 0
-    assert resume_search(settings.run_dir, {"trials": 3, "loggers": []}).exit_code == 0
+    assert resume_search(settings.run_dir, {"trials": 3, "logger": []}).exit_code == 0
     return settings.run_dir
 
 
@@ -71,7 +71,7 @@ def test_a_resume_changes_the_loggers(tracked_run):
     resumed = sorted(tracked_run.glob("ray-2/trial_*"))
     assert len(resumed) == 1 and (resumed[0] / "progress.csv").is_file()
     assert not list(resumed[0].glob("events.out.tfevents.*"))
-    assert load_settings(tracked_run)["loggers"] == []
+    assert load_settings(tracked_run)["logger"] == []
     assert len(study_curves(tracked_run)) == 3
 
 
@@ -103,7 +103,7 @@ def test_a_logger_whose_package_is_missing_is_one_line(tmp_path, cli, monkeypatc
     assert code == 2 and err == f"nas search: error: --logger {module}: {module} is not installed; pip install {module}\n"
     assert not (tmp_path / "r").exists()
     with pytest.raises(UsageError, match=f"{module} is not installed"):
-        settings_for(tmp_path, "qkv", loggers=[module])
+        settings_for(tmp_path, "qkv", logger=[module])
 
 
 @pytest.mark.parametrize("value", ["tensorflow", "tensorboard,tensorboard", "none,mlflow", ""])
@@ -113,7 +113,7 @@ def test_unknown_or_repeated_loggers_are_refused(tmp_path, cli, value):
 
 
 def test_tensorboard_is_the_default_logger(tmp_path):
-    assert SearchSettings(name="r", budget=BUDGET, results_dir=str(tmp_path)).loggers == ["tensorboard"]
+    assert SearchSettings(name="r", budget=BUDGET, results_dir=str(tmp_path)).logger == ["tensorboard"]
 
 
 def test_the_tracking_environment_sends_nothing_and_is_restored(monkeypatch):

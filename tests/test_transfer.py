@@ -30,7 +30,7 @@ def pretrain(run: Path, arch: ArchConfig, source: str, data, dataset: str = "syn
     task = RetrainTask(arch=arch, role="winner", source=source, folder=run / "retrain" / arch.arch_id,
                        recipe=get_recipe("proxy", epochs=1), overrides={"epochs": 1}, data=DataRequest(dataset),
                        device="cpu")
-    retrain_model(task, data, say=lambda line: None)
+    retrain_model(task, data)
     return task.folder
 
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
-from search_spaces.export import read_inputs
-from search_spaces.memory import INFERENCE_COPIES, check_fits
+from search_spaces.model_tools.export import read_inputs
+from search_spaces.model_tools.memory import INFERENCE_COPIES, check_fits
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, dataclass_from_json, parse_json, read_json_object, write_bytes_atomic

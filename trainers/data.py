@@ -23,8 +23,7 @@ from PIL import Image
 from qkvnas_core.errors import UsageError
 from search_spaces.shape import DataShape
 from search_spaces.presets import patch_size_for
-from trainers.holdout import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, TRAIN_FRACTION, VAL_FRACTION,
-                             stratified_sample)
+from trainers.holdout import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, TRAIN_FRACTION, VAL_FRACTION, stratified_sample)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -33,7 +33,7 @@ from torch import nn
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, read_json_object, write_json_atomic, write_text_atomic
 from search_spaces.arch import ArchConfig
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetInfo, DatasetSplits
@@ -41,19 +41,14 @@ from trainers.engine import describe_epoch, evaluate, fit
 from trainers.holdout import SPLIT_VERSION
 from trainers.metrics import EpochMetrics
 from trainers.recipe import Recipe
-from trainers.runtime import distributed
+from trainers.runtime import distributed, main_rank_logger
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 ARCH_FILE = "arch.json"
 KEY_FILE = "settings.json"
 METRICS_COLUMNS = [field.name for field in dataclasses.fields(EpochMetrics)]
-
-
-def say_on_main(line: str) -> None:
-    """Print on rank 0 only (every rank runs the same code under torchrun)."""
-    if distributed().is_main:
-        print(line, flush=True)
+log = main_rank_logger(__name__)  # the headline and each epoch's line, on rank 0 under torchrun
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,7 +260,7 @@ def _earlier_epochs(folder: Path) -> list[EpochMetrics]:
 def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder: Path, *, seed: int, resume: bool,
                    device: str | torch.device, compile: bool = False, arch: ArchConfig | None = None,
                    on_epoch: Callable[[EpochMetrics], None] | None = None,
-                   say: Callable[[str], None] = say_on_main, progress_bar: bool = True) -> FinishedRun | None:
+                   progress_bar: bool = True) -> FinishedRun | None:
     """Train `model` into `folder` (checkpoints and metrics.csv every epoch), then test the best checkpoint once.
 
     Returns None when `on_epoch` stopped training early (StopTraining): an unfinished run is never tested.
@@ -280,7 +275,7 @@ def train_and_test(model: nn.Module, data: DatasetSplits, recipe: Recipe, folder
         history.append(metrics)
         if world.is_main:
             write_metrics(folder / METRICS_FILE, history)
-        say(describe_epoch(metrics, recipe.epochs))
+        log.info(describe_epoch(metrics, recipe.epochs))
         if on_epoch is not None:
             on_epoch(metrics)
 
@@ -325,15 +320,15 @@ def finish_folder(task: TrainingTask, result: dict[str, Any]) -> None:
 
 def train_in_folder(task: TrainingTask, model: nn.Module, data: DatasetSplits, headline: str,
                     on_epoch: Callable[[EpochMetrics], None] | None = None,
-                    say: Callable[[str], None] = say_on_main, **extra: Any) -> tuple[FinishedRun, dict[str, Any]] | None:
+                    **extra: Any) -> tuple[FinishedRun, dict[str, Any]] | None:
     """The steps every task shares: open its folder, train and test once, write result.json (with `extra`).
 
     Returns the run and its result, or None when `on_epoch` stopped training early.
     """
     start_folder(task, data.info.shape)
-    say(headline)
+    log.info(headline)
     run = train_and_test(model, data, task.recipe, task.folder, seed=task.seed, resume=task.resume,
-                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch, say=say,
+                         device=task.device, compile=task.compile, arch=task.arch, on_epoch=on_epoch,
                          progress_bar=task.progress_bar)
     if run is None:
         return None

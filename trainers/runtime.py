@@ -6,6 +6,7 @@ CPU, where SyncBatchNorm does not run).
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from search_spaces.device import DEFAULT_DEVICE, parse_device
+from qkvnas_core.log import logger
+from search_spaces.model_tools.device import DEFAULT_DEVICE, parse_device
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,21 @@ def distributed() -> Distributed:
         return Distributed()
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                        int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+class MainRankOnly(logging.Filter):
+    """Passes a record on rank 0 only: every torchrun rank runs the same code, and one of them speaks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return distributed().is_main
+
+
+def main_rank_logger(name: str) -> logging.Logger:
+    """`logger(name)` for code every torchrun rank runs: its records are made on rank 0 only."""
+    log = logger(name)
+    if not any(isinstance(each, MainRankOnly) for each in log.filters):
+        log.addFilter(MainRankOnly())
+    return log
 
 
 def init_distributed(device: str = DEFAULT_DEVICE) -> Distributed:

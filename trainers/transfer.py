@@ -9,7 +9,7 @@ resume key, training, checkpoints, metrics.csv and the one test at the end are `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,20 @@ from torch import nn
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
-from search_spaces.device import DEFAULT_DEVICE
 from trainers import checkpoint as ckpt
 from trainers.data import DataRequest, DatasetSplits, dataset_names
 from trainers.engine import TrainingDiverged
-from trainers.holdout import DEFAULT_SPLIT_SEED, TRANSFER_VAL_FRACTION
 from trainers.metrics import EpochMetrics
-from trainers.model_folder import (RESULT_FILE, TrainingTask, describe_test, plan, read_result, say_on_main,
-                                   train_in_folder)
-from trainers.recipe import TRANSFER, describe_recipe, get_recipe
-from trainers.runtime import init_distributed, seed_everything
+from trainers.transfer_request import TransferRequest
+from trainers.model_folder import RESULT_FILE, TrainingTask, describe_test, plan, read_result, train_in_folder
+from trainers.recipe import describe_recipe, get_recipe
+from trainers.runtime import init_distributed, main_rank_logger, seed_everything
 
-PAPER_DATASETS = ("cifar10", "cifar100", "stanford_cars", "stl10")
 LEAD_COLUMNS = ["arch_id", "role", "source", "structure", "params"]
 
 # The fresh head starts as timm initialises one (truncated normal, std 0.02; nn.Linear's default is ~5x wider).
 HEAD_INIT_STD = 0.02
+log = main_rank_logger(__name__)
 
 
 def load_pretrained(path: str | Path) -> ckpt.Checkpoint:
@@ -87,8 +85,7 @@ class TransferTask(TrainingTask):
 
 
 def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplits,
-             on_epoch: Callable[[EpochMetrics], None] | None = None,
-             say: Callable[[str], None] = say_on_main) -> dict[str, Any] | None:
+             on_epoch: Callable[[EpochMetrics], None] | None = None) -> dict[str, Any] | None:
     """Fine-tune `checkpoint` on `data` (loaded at the checkpoint's image size), test once, write result.json.
 
     Returns the result, or None when `on_epoch` stopped training early.
@@ -101,13 +98,13 @@ def finetune(task: TransferTask, checkpoint: ckpt.Checkpoint, data: DatasetSplit
     params = sum(parameter.numel() for parameter in model.parameters())
     headline = (f"finetune {task.arch.arch_id} ({task.role}, {task.source}) on {info.name} at {info.img_size} px, "
                 f"{info.num_classes} classes: {params:,} params -> {task.folder}")
-    done = train_in_folder(task, model, data, headline, on_epoch, say,
+    done = train_in_folder(task, model, data, headline, on_epoch,
                            pretrained_on=checkpoint.record["dataset"]["name"],
                            backbone_params=params - head_params(model))
     if done is None:
         return None
     run, result = done
-    say(f"test    {task.arch.arch_id} on {info.name}: {describe_test(run)}; best epoch {run.best_epoch}, "
+    log.info(f"test    {task.arch.arch_id} on {info.name}: {describe_test(run)}; best epoch {run.best_epoch}, "
         f"{run.seconds:.1f}s")
     return result
 
@@ -202,32 +199,6 @@ def _finished_results(out: Path) -> list[dict[str, Any]]:
     return [read_result(path.parent) for path in sorted((out / "transfer").glob(f"*/*/{RESULT_FILE}"))]
 
 
-@dataclass(frozen=True)
-class TransferRequest:
-    """What `nas transfer` asks for: checkpoints (winners, baselines), transfer sets, recipe, where to run."""
-
-    checkpoints: tuple[str, ...] = ()
-    baselines: tuple[str, ...] = ()
-    datasets: str = ",".join(PAPER_DATASETS)
-    data_dirs: tuple[str, ...] = ()
-    download: bool = False
-    val_fraction: float = TRANSFER_VAL_FRACTION
-    split_seed: int = DEFAULT_SPLIT_SEED
-    recipe: str = TRANSFER.name
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    device: str = DEFAULT_DEVICE
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.checkpoints and not self.baselines:
-            raise UsageError("nothing to fine-tune: expected CHECKPOINT arguments or --baseline CHECKPOINT")
-        if self.seed < 0:
-            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
-
-
 @dataclass
 class TransferOutcome:
     """The table of this request's models (test top-1 per dataset, average), and the fine-tunes that diverged."""
@@ -238,14 +209,16 @@ class TransferOutcome:
     diverged: int
 
 
-def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_main,
-                 warn: Callable[[str], None] = print) -> TransferOutcome:
-    """Plan every fine-tune (one UsageError before anything is written), run those not finished, test each once."""
+def transfer_run(request: TransferRequest) -> TransferOutcome:
+    """Plan every fine-tune (one UsageError before anything is written), run those not finished, test each once.
+
+    Its lines are logged (rank 0 only under torchrun): progress at INFO, a fine-tune whose training diverged at
+    ERROR (the others go on)."""
     datasets = parse_datasets(request.datasets)
-    folders_of = data_dirs(request.data_dirs, datasets)
+    folders_of = data_dirs(request.data_dir, datasets)
     recipe = get_recipe(request.recipe, **request.overrides)
     world = init_distributed(request.device)
-    models = load_models(list(request.checkpoints), list(request.baselines))
+    models = load_models(list(request.checkpoints), list(request.baseline))
     out = Path(request.out) if request.out is not None else default_out(models[0].checkpoint)
     tasks: list[TransferTask] = []
     for name in datasets:
@@ -260,8 +233,8 @@ def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_m
     to_train, results = plan(tasks)
     if world.active:
         torch.distributed.barrier()  # every rank has read the folders before rank 0 writes to them
-    say(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
-    say(f"models  {len(models)} x {len(datasets)} datasets: {len(to_train)} fine-tunes to run"
+    log.info(describe_recipe(recipe, request.overrides) + f", seed {request.seed}")
+    log.info(f"models  {len(models)} x {len(datasets)} datasets: {len(to_train)} fine-tunes to run"
         + (f", {len(results)} already finished (skipped)" if results else "") + f" -> {out / 'transfer'}")
 
     csv_path = out / "transfer.csv"
@@ -274,11 +247,10 @@ def transfer_run(request: TransferRequest, say: Callable[[str], None] = say_on_m
             loaded.clear()  # one transfer set in memory at a time (CIFAR-10 at 224 px is 7.5 GB as uint8)
             loaded[key] = task.data.load()
         try:
-            result = finetune(task, checkpoints[task.checkpoint], loaded[key], say=say)
+            result = finetune(task, checkpoints[task.checkpoint], loaded[key])
         except TrainingDiverged as error:
             diverged += 1
-            if world.is_main:
-                warn(f"{task.arch.arch_id} on {task.data.name}: {error}")
+            log.error(f"{task.arch.arch_id} on {task.data.name}: {error}")
             continue
         results.append(result)
         if world.is_main:

@@ -15,13 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.archs import trial_arch
+    from nas.runs.archs import trial_arch
+    from nas.runs.results import RunFolder
     from qkvnas_core.files import write_text_atomic
 
     found = trial_arch(args.run, args.trial)
     if found.shape is None:
-        print(f"note: {found.run / 'search.json'} records no data shape (img_size, in_chans, num_classes): the JSON "
-              "has none", file=sys.stderr)
+        print(f"note: {RunFolder(found.run).settings_file} records no data shape (img_size, in_chans, "
+              "num_classes): the JSON has none", file=sys.stderr)
     if args.out is None:
         print(found.to_json(), end="")
         return 0

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.archs import describe_arch
+    from nas.runs.archs import describe_arch
     from qkvnas_core.units import format_count
 
     described = describe_arch(args.arch, img_size=args.img_size, in_chans=args.in_chans,

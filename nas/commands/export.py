@@ -1,5 +1,5 @@
 """`nas export CHECKPOINT --format safetensors|onnx`: a trained model for use outside qkvnas, in timm's Hub layout
-(nas/export.py).
+(nas/winners/export.py).
 
 Exit codes: 0 written; 1 ONNX outputs differ from PyTorch beyond the tolerance, or onnxruntime could not run
 the file; 2 bad input.
@@ -14,7 +14,7 @@ from nas.flags import argument_type, output_folder, path_argument, positive_int
 @argument_type
 def opset_argument(text: str) -> int:
     """An ONNX opset torch's exporter supports (torch is imported only when the flag is given)."""
-    from search_spaces.export import check_opset
+    from search_spaces.model_tools.export import check_opset
 
     opset = positive_int(text)
     check_opset(opset)
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.export import ONNX_TOLERANCE, ExportRequest, export_checkpoint
+    from nas.winners.export import ONNX_TOLERANCE, ExportRequest, export_checkpoint
 
     outcome = export_checkpoint(ExportRequest(args.checkpoint, args.format, args.out, args.opset))
     print(f"model   {outcome.arch.arch_id}  {outcome.arch.summary()}  {outcome.params:,} params, "
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         needs = (f"after `import search_spaces.timm_models` ({outcome.timm_name})" if outcome.needs_qkvnas
                  else f"(timm's own {outcome.timm_name}: qkvnas not needed)")
         print(f"load    timm.create_model('local-dir:{out}', pretrained=True) {needs}, or "
-              f"search_spaces.export.load_exported({str(out)!r})")
+              f"search_spaces.model_tools.export.load_exported({str(out)!r})")
         return 0
     onnx_file = outcome.written[0]
     if outcome.onnx_error is not None:

@@ -5,7 +5,7 @@ import argparse
 
 from nas.flags import add_flag, path_argument
 
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.objectives import SCORE
-    from nas.pareto import parse_costs, write_pareto
-    from nas.results import find_run
+    from nas.engine.objectives import SCORE
+    from nas.runs.pareto import parse_costs, write_pareto
+    from nas.runs.results import find_run
 
     outcome = write_pareto(find_run(args.run), costs=parse_costs(args.cost), reference=args.reference,
                            measure_latency=args.measure_latency, device=args.device, out_dir=args.out,

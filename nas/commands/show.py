@@ -36,11 +36,11 @@ def _indent(text: str) -> str:
 
 
 def run_summary(run, shown: int) -> str:
-    """The terminal summary of one run (a nas.results.Run)."""
+    """The terminal summary of one run (a nas.runs.results.Run)."""
     from qkvnas_core.units import format_count, format_duration
-    from nas.objectives import SCORE
-    from nas.pareto import pareto_front, scored_trials
-    from nas.results import state_counts
+    from nas.engine.objectives import SCORE
+    from nas.runs.pareto import pareto_front, scored_trials
+    from nas.runs.results import state_counts
     from search_spaces.arch import ArchConfig
 
     table = run.table
@@ -86,13 +86,15 @@ def run_summary(run, shown: int) -> str:
 def retrain_summary(folder: Path) -> str | None:
     """What `nas retrain` wrote into the run: per model its seeds' mean and interval, and the paired differences to
     its baselines; None when nothing was retrained."""
-    from nas.seed_stats import RETRAIN_FILE, baseline_comparison, read_retrain, seed_summary, summary_text
+    from nas.runs.results import RunFolder
+    from nas.runs.seed_stats import baseline_comparison, read_retrain, seed_summary, summary_text
 
     table = read_retrain(folder)
     if table is None or table.empty:
         return None
     summary = seed_summary(table)
-    return (f"retrained ({folder / RETRAIN_FILE}: {len(summary)} models, {len(table)} runs, each tested once):\n"
+    return (f"retrained ({RunFolder(Path(folder)).retrain_file}: {len(summary)} models, {len(table)} runs, each "
+            "tested once):\n"
             + _indent(summary_text(summary, baseline_comparison(table))))
 
 
@@ -101,9 +103,9 @@ def runs_overview(results_dir: Path) -> str:
     import pandas as pd
 
     from qkvnas_core.units import format_count
-    from nas.objectives import SCORE
-    from nas.pareto import scored_trials
-    from nas.results import ENDED_STATES, TrialState, read_run
+    from nas.engine.objectives import SCORE
+    from nas.runs.pareto import scored_trials
+    from nas.runs.results import ENDED_STATES, TrialState, read_run
 
     if not results_dir.is_dir():
         raise UsageError(f"results folder {results_dir}: not found; expected the folder `nas search` writes "
@@ -132,7 +134,7 @@ def runs_overview(results_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.results import find_run, read_run
+    from nas.runs.results import find_run, read_run
 
     results_dir = Path(args.results_dir)
     if args.run is None:

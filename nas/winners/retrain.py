@@ -8,9 +8,11 @@ code) or all at once as Ray tasks on a cluster; <out>/retrain.csv gets each mode
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +21,24 @@ import torch
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
-from nas.naming import given, named
-from nas.pareto import pareto_front, scored_trials
-from nas.ray_runtime import check_resources, start_ray
-from nas.seed_stats import baseline_comparison, seed_summary
-from nas.results import find_run, format_trial_id, load_settings, load_trials, state_counts
+from qkvnas_core.log import handled_by
+from nas.naming import given
+from nas.runs.pareto import pareto_front, scored_trials
+from nas.runtime.ray_runtime import check_resources, start_ray
+from nas.runs.seed_stats import baseline_comparison, seed_summary
+from nas.settings import RetrainRequest
+from nas.runs.results import RunFolder, find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
-from search_spaces.device import DEFAULT_DEVICE
 from search_spaces.presets import fit_patch_size, load_arch
 from trainers.data import DataRequest, DatasetInfo
 from trainers.engine import TrainingDiverged
 from trainers.from_scratch import RETRAIN_COLUMNS, RetrainTask, retrain_model
 from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_VERSION
-from trainers.model_folder import plan, results_frame, say_on_main
+from trainers.model_folder import plan, results_frame
 from trainers.recipe import Recipe, describe_recipe, full_recipe_name, get_recipe
-from trainers.runtime import Distributed, init_distributed
+from trainers.runtime import Distributed, init_distributed, main_rank_logger
+
+log = main_rank_logger(__name__)  # every torchrun rank plans the same models; rank 0 speaks
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def _trial_arch(row: Any, path: Path) -> ArchConfig:
 
 
 def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | None,
-                  say: Callable[[str], None] = print, include_stopped: bool = False) -> list[Candidate]:
+                  include_stopped: bool = False) -> list[Candidate]:
     """The best `top` members of the params Pareto front by val_acc (fewer params first among equals), drawn from
     trials scored at full fidelity unless `include_stopped`."""
     if scored_trials(table, include_stopped).empty:
@@ -75,13 +80,13 @@ def front_winners(table: pd.DataFrame, top: int, path: Path, searched_at: int | 
     front = pareto_front(table, ["params"], include_stopped).sort_values(["val_acc", "params", "trial_id"],
                                                         ascending=[False, True, True], kind="stable")
     if len(front) < top:
-        say(f"--top {top}: the Pareto front has {len(front)} member(s); retraining all of them")
+        log.info(f"--top {top}: the Pareto front has {len(front)} member(s); retraining all of them")
     return [Candidate(_trial_arch(row, path), "winner", str(row["trial_id"]), searched_at)
             for _, row in front.head(top).iterrows()]
 
 
-def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searched_at: int | None,
-                  say: Callable[[str], None] = print) -> list[Candidate]:
+def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path,
+                  searched_at: int | None) -> list[Candidate]:
     rows = {str(row["trial_id"]): row for _, row in table.iterrows()}
     picked = []
     for trial_id in trial_ids:
@@ -92,85 +97,15 @@ def trial_winners(table: pd.DataFrame, trial_ids: list[str], path: Path, searche
             raise UsageError(f"{given('trial_ids', trial_id)}: no such trial in {path}; expected one of "
                              f"{listed or 'none'}")
         if rows[key]["state"] not in ("complete", "stopped"):
-            say(f"note: trial {key} is {rows[key]['state']}; retraining it as asked")
+            log.info(f"note: trial {key} is {rows[key]['state']}; retraining it as asked")
         picked.append(Candidate(_trial_arch(rows[key], path), "winner", key, searched_at))
     return picked
-
-
-@dataclass(frozen=True)
-class RetrainRequest:
-    """What `nas retrain` asks for: which models, on which data, with which recipe, where and how to run them.
-
-    dataset, data_dir, val_fraction and split_seed default to the run's own (None); recipe None is the full
-    recipe that fits the dataset (`full_recipe_name`); overrides change its fields. address: run the models as
-    Ray tasks on that cluster (cpus/gpus_per_model size them); None trains them here, one after another.
-    progress_bar: tqdm's bar through each epoch where stderr is a terminal (the Python API turns it off).
-    seeds: how many seeds each model trains with (seed, seed + 1, ...), or the seeds themselves; the split stays.
-    """
-
-    run: str
-    top: int | None = None
-    include_stopped: bool = False
-    trials: tuple[str, ...] = ()
-    archs: tuple[str, ...] = ()
-    baselines: tuple[str, ...] = ()
-    dataset: str | None = None
-    data_dir: str | None = None
-    download: bool = False
-    img_size: int | None = None
-    patch_size: int | None = None
-    val_fraction: float | None = None
-    split_seed: int | None = None
-    recipe: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    seeds: int | tuple[int, ...] = 1
-    out: str | None = None
-    resume: bool = False
-    device: str = DEFAULT_DEVICE
-    compile: bool = False
-    address: str | None = None
-    gpus_per_model: float = 0.0
-    cpus_per_model: float = 1.0
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        if self.top is not None and self.top < 1:
-            raise UsageError(f"--top {self.top}: expected a positive number of winners")
-        if self.top is None and not self.trials and not self.archs and not self.baselines:
-            raise UsageError(f"nothing to retrain: expected {named('top')} K, {named('trial_ids')} ID,ID, "
-                             f"{named('arch')} PRESET|arch.json or {named('baseline')} PRESET|arch.json")
-        if self.seed < 0:
-            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise UsageError(f"{given('seeds', self.seeds)}: expected a positive number of seeds")
-        if isinstance(self.seeds, tuple) and (not self.seeds or min(self.seeds) < 0
-                                              or len(set(self.seeds)) != len(self.seeds)):
-            raise UsageError(f"{given('seeds', ','.join(map(str, self.seeds)))}: expected distinct non-negative seeds")
-        if self.address is None and (self.gpus_per_model != 0.0 or self.cpus_per_model != 1.0):
-            raise UsageError(f"{named('gpus_per_model')} / {named('cpus_per_model')}: expected {named('address')} "
-                             "(they size Ray tasks)")
-        if not 0 <= self.gpus_per_model <= 1:
-            raise UsageError(f"{given('gpus_per_model', self.gpus_per_model)}: expected 0 to 1 (one process per model; "
-                             "train one model on several GPUs with torchrun instead)")
-        if self.cpus_per_model <= 0:
-            raise UsageError(f"--cpus-per-model {self.cpus_per_model}: expected a positive number")
-        if self.address is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise UsageError("--address under torchrun: expected one or the other (Ray tasks, or one DDP job)")
-
-
-    @property
-    def training_seeds(self) -> tuple[int, ...]:
-        """The seeds each model trains with."""
-        if isinstance(self.seeds, int):
-            return tuple(range(self.seed, self.seed + self.seeds))
-        return self.seeds
 
 
 @dataclass
 class RetrainOutcome:
     """What a retrain did: every finished (model, seed)'s result (earlier ones included), a row each in `table`;
-    per model its seeds' summary, and against each baseline the paired differences (`nas.seed_stats`); the
+    per model its seeds' summary, and against each baseline the paired differences (`nas.runs.seed_stats`); the
     (model, seed) units that diverged, as '<arch_id> seed <seed>'."""
 
     table: pd.DataFrame
@@ -187,29 +122,28 @@ class RetrainOutcome:
         return baseline_comparison(self.table)
 
 
-def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None,
-               say: Callable[[str], None]) -> list[Candidate]:
+def candidates(request: RetrainRequest, run_dir: Path, searched_at: int | None) -> list[Candidate]:
     """Every model the request names, winners first, before any patch size meets the data."""
     picked: list[Candidate] = []
-    if request.top is not None or request.trials:
+    if request.top is not None or request.trial_ids:
         table = load_trials(run_dir)
-        path = run_dir / "trials.csv"
+        path = RunFolder(run_dir).trials_file
         if request.top is not None:
-            picked += front_winners(table, request.top, path, searched_at, say, request.include_stopped)
-        picked += trial_winners(table, list(request.trials), path, searched_at, say)
-    picked += [Candidate(load_arch(spec), "winner", spec) for spec in request.archs]
-    picked += [Candidate(load_arch(spec), "baseline", spec) for spec in request.baselines]
+            picked += front_winners(table, request.top, path, searched_at, request.include_stopped)
+        picked += trial_winners(table, list(request.trial_ids), path, searched_at)
+    picked += [Candidate(load_arch(spec), "winner", spec) for spec in request.arch]
+    picked += [Candidate(load_arch(spec), "baseline", spec) for spec in request.baseline]
     return picked
 
 
 def model_folder(out: Path, arch_id: str, seed: int) -> Path:
     """Where one (model, seed) trains: <out>/retrain/<arch-id>/ for seed 0 (as before seeds were asked for),
     <out>/retrain/<arch-id>-seed<S>/ for another."""
-    return out / "retrain" / (arch_id if seed == 0 else f"{arch_id}-seed{seed}")
+    return RunFolder(out).retrain_dir / (arch_id if seed == 0 else f"{arch_id}-seed{seed}")
 
 
 def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRequest, out: Path, recipe: Recipe,
-                  data: DataRequest, say: Callable[[str], None]) -> list[RetrainTask]:
+                  data: DataRequest) -> list[RetrainTask]:
     """Fit each candidate's patch size to the images and give each of its seeds a folder; the same model twice
     trains once."""
     tasks: dict[str, RetrainTask] = {}
@@ -218,18 +152,25 @@ def retrain_tasks(picked: list[Candidate], info: DatasetInfo, request: RetrainRe
         if arch.patch_size != candidate.arch.patch_size:
             searched = "" if candidate.searched_at is None else f"searched at {candidate.searched_at} px; "
             why = "(--patch-size)" if request.patch_size is not None else f"({searched}override with --patch-size)"
-            say(f"patch size {candidate.arch.patch_size} -> {arch.patch_size} for {candidate.source} on {info.name} "
-                f"at {info.img_size} px {why}")
+            log.info(f"patch size {candidate.arch.patch_size} -> {arch.patch_size} for {candidate.source} on "
+                     f"{info.name} at {info.img_size} px {why}")
         if arch.arch_id in tasks:
-            say(f"note: {candidate.source} is the same model as {tasks[arch.arch_id].source} ({arch.arch_id}); "
-                "trained once")
+            log.info(f"note: {candidate.source} is the same model as {tasks[arch.arch_id].source} "
+                     f"({arch.arch_id}); trained once")
             continue
         tasks[arch.arch_id] = RetrainTask(
-            arch=arch, role=candidate.role, source=candidate.source, folder=out / "retrain" / arch.arch_id,
+            arch=arch, role=candidate.role, source=candidate.source, folder=RunFolder(out).retrain_dir / arch.arch_id,
             recipe=recipe, overrides=request.overrides, data=data, resume=request.resume, device=request.device,
             compile=request.compile, progress_bar=request.progress_bar)
     return [dataclasses.replace(task, seed=seed, folder=model_folder(out, task.arch.arch_id, seed))
             for task in tasks.values() for seed in request.training_seeds]
+
+
+def retrain_on_worker(task: RetrainTask) -> dict[str, Any] | None:
+    """A Ray task: `retrain_model`, its lines shown on the worker's stdout, which Ray passes on to the driver (where
+    a model trained locally would have shown them)."""
+    with handled_by(logging.StreamHandler(sys.stdout)):
+        return retrain_model(task)
 
 
 def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
@@ -242,7 +183,9 @@ def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
     started = start_ray(address, log_to_driver=True)
     try:
         check_resources(cpus, gpus, f"--cpus-per-model {cpus:g} --gpus-per-model {gpus:g}")
-        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(retrain_model)
+        # Named as the function it runs: Ray prefixes the worker's lines with it, `(retrain_model pid=...)`.
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(retrain_on_worker).options(
+            name="retrain_model")
         device = "cuda" if gpus > 0 else "cpu"
         # Ray workers may start elsewhere: they get absolute paths.
         pending = {remote.remote(dataclasses.replace(
@@ -267,17 +210,17 @@ def run_on_ray(tasks: list[RetrainTask], address: str, cpus: float, gpus: float,
             ray.shutdown()
 
 
-def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_main,
-                warn: Callable[[str], None] = print) -> RetrainOutcome:
+def retrain_run(request: RetrainRequest) -> RetrainOutcome:
     """Plan every model (one UsageError before anything is written), train those not finished, test each once.
 
-    `say` gets the progress lines (rank 0 only under torchrun); `warn` a line per model whose training diverged.
+    Its lines are logged (rank 0 only under torchrun): progress at INFO, a model whose training diverged at ERROR
+    (the others go on). A model trained as a Ray task prints its own lines on its worker, which Ray shows here.
     """
     world = init_distributed(request.device) if request.address is None else Distributed()
     run_dir = find_run(request.run)
     settings = load_settings(run_dir, required=False)
     searched_at = settings.get("img_size")
-    picked = candidates(request, run_dir, None if searched_at is None else int(searched_at), say)
+    picked = candidates(request, run_dir, None if searched_at is None else int(searched_at))
     dataset = request.dataset or settings.get("dataset")
     if dataset is None:
         raise UsageError(f"{run_dir} has no search.json naming its dataset: expected --dataset NAME")
@@ -295,39 +238,40 @@ def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_mai
     data_request = data_request.resolved(info)
     searched_split = settings.get("split_version", 1)
     if same_data and searched_split != SPLIT_VERSION:
-        say(f"note: {run_dir} was searched on validation split version {searched_split}; this version draws "
-            f"version {SPLIT_VERSION} (other images{', and another digits test set' if dataset == 'digits' else ''})")
+        log.info(f"note: {run_dir} was searched on validation split version {searched_split}; this version "
+                 f"draws version {SPLIT_VERSION} (other images"
+                 f"{', and another digits test set' if dataset == 'digits' else ''})")
     out = Path(request.out) if request.out is not None else run_dir
-    tasks = retrain_tasks(picked, info, request, out, recipe, data_request, say)
+    tasks = retrain_tasks(picked, info, request, out, recipe, data_request)
     to_train, finished = plan(tasks, info)
     if world.active:
         torch.distributed.barrier()  # every rank has read the folders before rank 0 writes to them
     test_size = "no" if data.test is None else f"{len(data.test):,}"
-    say(f"data    {info.name}: {len(data.train):,} train / {len(data.val):,} val / {test_size} test at "
+    log.info(f"data    {info.name}: {len(data.train):,} train / {len(data.val):,} val / {test_size} test at "
         f"{info.img_size} px, {info.num_classes} classes")
     seeds = request.training_seeds
-    say(describe_recipe(recipe, request.overrides)
-        + (f", seed {seeds[0]}" if len(seeds) == 1 else f", seeds {','.join(map(str, seeds))} (every model with each)"))
+    log.info(describe_recipe(recipe, request.overrides)
+             + (f", seed {seeds[0]}" if len(seeds) == 1 else f", seeds {','.join(map(str, seeds))} (every model with each)"))
     where = (f"Ray at {request.address}" if request.address is not None else
              f"{request.device}{f' x {world.world_size} processes' if world.active else ''}")
     runs = "" if len(seeds) == 1 else f" (of {len(tasks) // len(seeds)} models x {len(seeds)} seeds)"
-    say(f"models  {len(to_train)}{runs} to train on {where}"
-        + (f", {len(finished)} already finished (skipped)" if finished else "") + f" -> {out / 'retrain'}")
+    log.info(f"models  {len(to_train)}{runs} to train on {where}"
+             + (f", {len(finished)} already finished (skipped)" if finished else "")
+             + f" -> {RunFolder(out).retrain_dir}")
 
-    csv_path = out / "retrain.csv"
+    csv_path = RunFolder(out).retrain_file
     results = list(finished)
     diverged: list[str] = []
 
     def on_result(task: RetrainTask, result: dict[str, Any] | None, error: BaseException | None) -> None:
         if error is not None:
             diverged.append(f"{task.arch.arch_id} seed {task.seed}")
-            if world.is_main:
-                warn(f"{task.arch.arch_id} ({task.source}) seed {task.seed}: {error}")
+            log.error(f"{task.arch.arch_id} ({task.source}) seed {task.seed}: {error}")
             return
         results.append(result)
         if world.is_main:
             # Every finished model under the output folder, earlier retrains' included.
-            earlier = sorted((out / "retrain").iterdir()) if (out / "retrain").is_dir() else []
+            earlier = sorted(RunFolder(out).retrain_dir.iterdir()) if RunFolder(out).retrain_dir.is_dir() else []
             write_text_atomic(csv_path, results_frame(earlier, RETRAIN_COLUMNS, results).to_csv(index=False))
 
     if request.address is not None:
@@ -335,7 +279,7 @@ def retrain_run(request: RetrainRequest, say: Callable[[str], None] = say_on_mai
     else:
         for task in to_train:
             try:
-                on_result(task, retrain_model(task, data, say=say), None)
+                on_result(task, retrain_model(task, data), None)
             except TrainingDiverged as error:
                 on_result(task, None, error)
     table = results_frame([task.folder for task in tasks], RETRAIN_COLUMNS, results)

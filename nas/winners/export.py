@@ -1,8 +1,8 @@
 """A trained checkpoint written for use outside qkvnas: `export_checkpoint(request) -> ExportOutcome`.
 
-Both formats write timm's Hub layout's config.json (search_spaces/export.py): safetensors beside it
+Both formats write timm's Hub layout's config.json (search_spaces/model_tools/export.py): safetensors beside it
 model.safetensors, as `timm.models.save_for_hf` writes them, which `timm.create_model("local-dir:<folder>",
-pretrained=True)` and `search_spaces.export.load_exported` read back; onnx model.onnx (dynamic batch), checked
+pretrained=True)` and `search_spaces.model_tools.export.load_exported` read back; onnx model.onnx (dynamic batch), checked
 against PyTorch with onnxruntime when it is installed. Nothing is overwritten: both formats of one checkpoint may
 share a folder, nothing else may.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import read_json_object, write_bytes_atomic
 from search_spaces.arch import ArchConfig
-from search_spaces.export import (CONFIG_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx, hub_layout,
-                                  onnx_difference, with_data_cfg)
+from search_spaces.model_tools.export import (CONFIG_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx, hub_layout,
+                                              onnx_difference, with_data_cfg)
 from search_spaces.timm_config import VARIANTS
 from trainers.checkpoint import load_checkpoint, trained_checkpoint
 

@@ -17,7 +17,7 @@ An export folder (`nas export CHECKPOINT`) holds what `timm.models.save_for_hf` 
     import search_spaces.timm_models  # noqa: F401  registers qkvnas_vit, qkvnas_xcit (not needed for timm's own)
     model = timm.create_model("local-dir:results/run/retrain/xcit-1a2b3c4d/export", pretrained=True)
 
-    from search_spaces.export import load_exported
+    from search_spaces.model_tools.export import load_exported
     model = load_exported("results/run/retrain/xcit-1a2b3c4d/export")   # eval mode; bad files are one UsageError
     logits = model((images - mean) / std)       # mean, std: model.pretrained_cfg["mean"], ["std"]
 """
@@ -39,10 +39,10 @@ from torch import nn
 from search_spaces import timm_models  # noqa: F401  registers qkvnas_vit / qkvnas_xcit: what is exported loads in timm
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model, load_weights
-from search_spaces.memory import INFERENCE_COPIES, check_fits
+from search_spaces.model_tools.memory import INFERENCE_COPIES, check_fits
 from search_spaces.shape import DataShape
 from search_spaces.timm_config import read_timm_architecture, timm_architecture, timm_pretrained_cfg
-from search_spaces.torch_compat import torchscript_onnx_opsets
+from search_spaces.model_tools.torch_compat import torchscript_onnx_opsets
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path, check_json_fields, json_value, read_json_object, user_path
 

@@ -29,10 +29,10 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from qkvnas_core.errors import UsageError
-from nas.budget import Budget, over_budget_reason
-from nas.objectives import SCORE, directions
-from nas.optuna_compat import running_trial, set_system_attr
-from nas.results import INTERRUPTED, TrialState, trial_row, trials_frame
+from nas.engine.budget import Budget, over_budget_reason
+from nas.engine.objectives import SCORE, directions
+from nas.runtime.optuna_compat import running_trial, set_system_attr
+from nas.runs.results import INTERRUPTED, TrialState, trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import Space, draw
 
@@ -160,7 +160,7 @@ class BudgetedSearcher(Searcher):
         except Exception as error:  # a user's space is user code: a draw that raises is an unbuildable draw
             return None, None, f"the space raised {type(error).__name__}: {first_line(error)}"
         try:
-            return arch, self.budget.measure(arch), ""
+            return arch, self.budget.measure(arch, flops="flops" in self.objectives), ""
         except UsageError as error:
             return arch, None, f"invalid architecture: {error}"
         except Exception as error:  # a model the builders reject (timm's own checks) is as unbuildable
@@ -213,8 +213,10 @@ class BudgetedSearcher(Searcher):
 
     def _record_result(self, ot_trial: optuna.Trial, result: dict[str, Any]) -> None:
         """One epoch: val_acc appended to the trial's curve (also Optuna's intermediate value at that epoch when
-        the study has one objective: a multi-objective study holds none), and the trial's time so far."""
-        curve = list(ot_trial.user_attrs.get(CURVE_ATTR, []))
+        the study has one objective: a multi-objective study holds none), the trial's time so far, and the FLOPs it
+        counted where its draw did not (a draw counts them only for a FLOPs limit or objective)."""
+        attrs = ot_trial.user_attrs
+        curve = list(attrs.get(CURVE_ATTR, []))
         epoch = int(result["training_iteration"])
         if len(curve) >= epoch:
             return
@@ -223,6 +225,8 @@ class BudgetedSearcher(Searcher):
         if len(self.objectives) == 1:
             ot_trial.report(curve[-1], epoch)
         ot_trial.set_user_attr("seconds", float(result["trial_seconds"]))
+        if "flops" not in attrs:
+            _set_attrs(ot_trial, flops=result.get("flops"))
         self.epochs_spent += 1
 
     def _values(self, score: float, params: int | None, flops: int | None) -> float | list[float]:

@@ -1,13 +1,15 @@
 """One tidy table per run: `results/<run>/trials.csv`, rendered from the run's study and written atomically.
 
-The search writes it from its Optuna study (`nas.searcher.render_trials`) after every event; every later
+The search writes it from its Optuna study (`nas.engine.searcher.render_trials`) after every event; every later
 command (pareto, show, retrain) reads the run back through `load_trials`.
 """
 from __future__ import annotations
 
 import enum
+import io
 import os
 import re
+import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +21,6 @@ from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, read_json_object, write_text_atomic
-from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
 
 class TrialState(str, enum.Enum):
@@ -124,6 +125,73 @@ TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
 
 
 @dataclass(frozen=True)
+class RunFolder:
+    """A run's folder and the files `nas search`, `nas pareto` and `nas retrain` keep in it: the one place a run
+    file is named. search.json holds the settings and the sessions' record, study.db the Optuna study (the record
+    of truth), trials.csv the table rendered from it; retrain.csv a row per retrained (model, seed)."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The folder's name: a run moved or renamed is the run there now, as a resume takes it."""
+        return self.path.name
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "search.json"
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.csv"
+
+    @property
+    def study_file(self) -> Path:
+        return self.path / "study.db"
+
+    @property
+    def storage(self) -> str:
+        """The study's Optuna storage URL (absolute, so a Ray worker in another folder finds it)."""
+        return f"sqlite:///{self.study_file.resolve()}"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the session that runs the search (qkvnas_core.files.exclusive_lock)."""
+        return self.path / ".lock"
+
+    @property
+    def retrain_file(self) -> Path:
+        return self.path / "retrain.csv"
+
+    @property
+    def retrain_dir(self) -> Path:
+        """Where each retrained (model, seed) has its folder (nas.winners.retrain.model_folder)."""
+        return self.path / "retrain"
+
+    def stem(self, name: str) -> Path:
+        """Where the run's own outputs named `name` go, .csv and .png added: pareto, search_front, hypervolume."""
+        return self.path / name
+
+    def settings(self, required: bool = True) -> dict[str, Any]:
+        return load_settings(self.path, required)
+
+    def trials(self) -> pd.DataFrame:
+        return load_trials(self.path)
+
+    def read(self) -> Run:
+        return read_run(self.path)
+
+    def load_study(self, study_name: str) -> Any:
+        """The run's Optuna study; one UsageError when study.db is not there."""
+        import optuna
+
+        if not self.study_file.is_file():
+            raise UsageError(f"{self.study_file}: not found; expected the Optuna study `nas search` writes in its run "
+                             "folder")
+        return optuna.load_study(study_name=study_name, storage=self.storage)
+
+
+@dataclass(frozen=True)
 class Run:
     """One run folder read back: its settings (search.json, {} when absent) and its trials table."""
 
@@ -136,9 +204,13 @@ class Run:
         """The folder's name: a run moved or renamed is the run there now, as a resume takes it."""
         return self.path.name
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
+
     def setting(self, key: str, why: str) -> Any:
         if self.settings.get(key) is None:
-            raise UsageError(f"{self.path / 'search.json'} has no {key!r}: expected it {why}")
+            raise UsageError(f"{self.folder.settings_file} has no {key!r}: expected it {why}")
         return self.settings[key]
 
 
@@ -150,44 +222,41 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
     raise UsageError(f"run folder {spec}: not found; expected a folder written by `nas search`, e.g. results/<run>")
 
 
-# The fields of search.json that commands read, with their JSON types; each may be absent (a resume checks the rest
-# as SearchSettings). Counts are whole numbers from 0, the data shape's and the budget's from 1.
-SETTINGS_FIELDS = {
-    **dict.fromkeys(("name", "study_name", "results_dir", "dataset", "data_dir", "space", "recipe", "address",
-                     "started", "finished", "ended", "sampler", "early_stopping", "startup"), str),
-    **dict.fromkeys(("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
-                     "epochs", "grace_epochs", "reduction_factor", "max_concurrent", "max_infeasible_streak",
-                     "sessions", "split_version", "seed", "split_seed", "epoch_budget"), int),
-    **dict.fromkeys(("val_fraction", "train_fraction", "seconds", "cpus_per_trial", "gpus_per_trial"), float),
-    "verbose": bool, "ray_processes": list[tuple[int, float]], "versions": dict[str, str], "recipe_overrides": dict,
-    "objectives": list[str], "loggers": list[str], "hypervolume": float, "hypervolume_reference": dict[str, float],
+# What search.json records beside the settings (nas.settings.SearchSettings gives theirs): the session's record.
+RECORD_FIELDS = {
+    **dict.fromkeys(("started", "finished", "ended"), str), **dict.fromkeys(("sessions", "split_version"), int),
+    **dict.fromkeys(("num_classes", "in_chans"), int), "seconds": float, "ray_processes": list[tuple[int, float]],
+    "versions": dict[str, str], "hypervolume": float, "hypervolume_reference": dict[str, float],
 }
-POSITIVE_SETTINGS = ("budget", "max_flops", "img_size", "num_classes", "in_chans", "patch_size", "classes", "trials",
-                     "epochs", "epoch_budget")
-FRACTION_SETTINGS = {setting.name: setting for setting in (VAL_FRACTION, TRAIN_FRACTION)}
+# The record's counts of which 0 means nothing; the others are from 1.
+RECORD_COUNTS_FROM_ZERO = ("sessions", "split_version", "seconds", "hypervolume")
 
 
 def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str, Any]:
-    """A run's search.json, each field commands read of its JSON type and in range (the data shape as DataShape
-    reads it); missing is an error when `required`, else {}; anything else wrong is one UsageError naming the
-    file and the field."""
-    path = Path(run_dir) / "search.json"
+    """A run's search.json, settings by their current names (nas.settings.RENAMED), each field of its JSON type
+    and each setting's number in its flag's range (the data shape as DataShape reads it); missing is an error when
+    `required`, else {}; anything else wrong is one UsageError naming the file and the field. Every field may be
+    absent: a resume checks the settings whole, as SearchSettings."""
+    from nas.settings import SearchSettings, check_value, parser_of, renamed, settings_of
+
+    path = RunFolder(Path(run_dir)).settings_file
     if not path.is_file():
         if required:
             raise UsageError(f"{path}: not found; expected a run folder written by nas search")
         return {}
-    settings = read_json_object(path, "the settings object `nas search` writes")
+    settings = renamed(read_json_object(path, "the settings object `nas search` writes"))
+    hints = {**typing.get_type_hints(SearchSettings), **RECORD_FIELDS}
     try:
-        check_json_fields(settings, {name: hint | None for name, hint in SETTINGS_FIELDS.items()})
+        check_json_fields(settings, {name: hint | None for name, hint in hints.items()})
+        flagged = settings_of(SearchSettings)
         for name, value in settings.items():
-            if value is None or SETTINGS_FIELDS.get(name) not in (int, float):
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if name in FRACTION_SETTINGS:
-                FRACTION_SETTINGS[name].check(value)
-                continue
-            lowest = 1 if name in POSITIVE_SETTINGS else 0
-            if value < lowest:
-                raise UsageError(f"{name}={value}: expected a number of at least {lowest}")
+            if name in flagged:
+                check_value(name, value, parser_of(name, flagged[name][1]))
+            elif value < (0 if name in RECORD_COUNTS_FROM_ZERO else 1):
+                raise UsageError(f"{name}={value}: expected a number of at least "
+                                 f"{0 if name in RECORD_COUNTS_FROM_ZERO else 1}")
         if settings.get("img_size") is not None and settings.get("num_classes") is not None:
             DataShape(img_size=settings["img_size"], in_chans=settings.get("in_chans") or 3,
                       num_classes=settings["num_classes"])
@@ -203,11 +272,12 @@ FRACTION_COLUMNS = ("val_acc", "last_val_acc")
 LARGEST_COUNT = 2**53
 
 
-def read_csv_table(path: Path, expected: str, text_columns: Sequence[str], required: Sequence[str]) -> pd.DataFrame:
-    """A CSV a command wrote, read back: `text_columns` as text; empty, unreadable or lacking a `required` column is
-    one UsageError naming the file and `expected`."""
+def read_csv_table(path: Path, expected: str, text_columns: Sequence[str], required: Sequence[str],
+                   text: str | None = None) -> pd.DataFrame:
+    """A CSV a command wrote, read back (or its `text`, as the file at `path` would hold it): `text_columns` as
+    text; empty, unreadable or lacking a `required` column is one UsageError naming the file and `expected`."""
     try:
-        table = pd.read_csv(path, dtype={name: str for name in text_columns})
+        table = pd.read_csv(path if text is None else io.StringIO(text), dtype={name: str for name in text_columns})
     except pd.errors.EmptyDataError:
         raise UsageError(f"{path} is empty: {expected}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
@@ -224,11 +294,21 @@ def load_trials(run_dir: str | os.PathLike) -> pd.DataFrame:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir}: not found; expected a folder written by `nas search`, e.g. results/<run>")
-    path = run_dir / "trials.csv"
+    path = RunFolder(run_dir).trials_file
     if not path.is_file():
         raise UsageError(f"{path}: not found; expected the run folder to hold the trials.csv `nas search` writes")
+    return _checked_trials(path)
+
+
+def as_written(trials: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A rendered table typed as `load_trials` reads it back from trials.csv at `path` (through the same CSV text,
+    in memory): what a search returns is what a later command reads."""
+    return _checked_trials(path, trials.to_csv(index=False))
+
+
+def _checked_trials(path: Path, text: str | None = None) -> pd.DataFrame:
     expected = "expected a header row and one row per trial, as `nas search` writes"
-    table = read_csv_table(path, expected, TEXT_COLUMNS, REQUIRED_COLUMNS)
+    table = read_csv_table(path, expected, TEXT_COLUMNS, REQUIRED_COLUMNS, text)
 
     def refuse(name: str, rows: pd.Series, what: str) -> None:
         row = table[rows].iloc[0]
@@ -271,20 +351,19 @@ def read_run(run_dir: str | Path) -> Run:
 
 def check_against_study(run: Run) -> None:
     """Every trial study.db records as ended must have its row: the study is the record of truth."""
-    study_path = run.path / "study.db"
     name = run.settings.get("study_name") or run.settings.get("name")
-    if not study_path.is_file() or not name:
+    if not run.folder.study_file.is_file() or not name:
         return
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_path.resolve()}")
+    study = run.folder.load_study(name)
     ended = {trial.number for trial in study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
         if "duplicate_of" not in trial.user_attrs}
     listed = {int(trial_id[1:]) for trial_id in run.table["trial_id"].astype(str) if trial_id[1:].isdigit()}
     missing = sorted(ended - listed)
     if missing:
-        raise UsageError(f"{run.path / 'trials.csv'} lacks {len(missing)} of the {len(ended)} trials study.db records "
+        raise UsageError(f"{run.folder.trials_file} lacks {len(missing)} of the {len(ended)} trials study.db records "
                          f"(first: t{missing[0]:04d}): the table is damaged; `nas search {run.path} --resume` rebuilds "
                          "it from the study, the record of truth")
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from qkvnas_core.errors import UsageError
-from nas.budget import Budget, FeasibleDraw, feasible_draws
+from nas.engine.budget import Budget, FeasibleDraw, feasible_draws
 from search_spaces.build import build_model
 from search_spaces.proxies import PROXIES
 from search_spaces.spaces import Space
@@ -23,7 +23,7 @@ from trainers.data import DatasetSplits
 from trainers.recipe import Recipe
 from trainers.runtime import seed_everything
 
-# TPE's random phase (nas.searcher.make_sampler: n_startup_trials): the draws a proxy replaces.
+# TPE's random phase (nas.engine.searcher.make_sampler: n_startup_trials): the draws a proxy replaces.
 STARTUP_DRAWS = 8
 # The pool a proxy picks them from: eight candidates for each draw it replaces.
 POOL_PER_DRAW = 8

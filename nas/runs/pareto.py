@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +21,15 @@ import pandas as pd
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
-from nas.objectives import COST_LIMIT_SETTINGS, SCORE
-from nas.results import SCORED_STATES, Run, TrialState, read_run, state_counts
-from nas.seed_stats import read_retrain, seed_summary
+from qkvnas_core.log import logger
+from nas.engine.objectives import COST_LIMIT_SETTINGS, SCORE
+from nas.runs.results import SCORED_STATES, Run, TrialState, read_run, state_counts
+from nas.runs.seed_stats import read_retrain, seed_summary
 from search_spaces.arch import QKVConfig, structure_name
-from search_spaces.device import DEFAULT_DEVICE
+from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 
+log = logger(__name__)
 COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 LATENCY_COLUMNS = ("latency_ms", "throughput", "latency_device")
 # (label, preset, ImageNet top-1, published params or None when the preset's count is the published one).
@@ -248,23 +250,22 @@ def _run_shape(run: Run, why: str) -> DataShape:
                      num_classes=int(run.setting("num_classes", why)))
 
 
-def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str,
-                  say: Callable[[str], None]) -> pd.DataFrame:
+def _with_latency(table: pd.DataFrame, rows: pd.Index, run: Run, device: str) -> pd.DataFrame:
     """`table` plus latency columns, measured for `rows` (one measurement per distinct architecture)."""
     from search_spaces.arch import ArchConfig
     from search_spaces.build import build_model
-    from search_spaces.device import parse_device
-    from search_spaces.latency import device_name, measure_latency
+    from search_spaces.model_tools.device import parse_device
+    from search_spaces.model_tools.latency import device_name, measure_latency
 
     torch_device = parse_device(device)
     why = "to build the models whose latency is measured"
     shape = _run_shape(run, why)
     if "arch" not in table.columns:
-        raise UsageError(f"{run.path / 'trials.csv'} has no arch column: expected it {why}")
+        raise UsageError(f"{run.folder.trials_file} has no arch column: expected it {why}")
     table = table.copy()
     for column in LATENCY_COLUMNS:
         table[column] = pd.Series(dtype=str if column == "latency_device" else float)
-    say(f"measuring latency of {table.loc[rows, 'arch'].nunique()} architectures on {device}")
+    log.info(f"measuring latency of {table.loc[rows, 'arch'].nunique()} architectures on {device}")
     measured: dict[str, dict[str, float]] = {}
     for index in rows:
         arch_json = table.at[index, "arch"]
@@ -327,40 +328,49 @@ class ParetoOutcome:
 
 def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
                  measure_latency: bool = False, device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None,
-                 name: str = "pareto", say: Callable[[str], None] = print,
-                 include_stopped: bool = False) -> ParetoOutcome:
-    """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run).
+                 name: str = "pareto", include_stopped: bool = False) -> ParetoOutcome:
+    """`nas pareto`: the run folder read back (checked against its study), its front drawn (`draw_front`), with
+    the retrained models' plot when the run has retrain.csv."""
+    run = read_run(run_dir)
+    return draw_front(run, costs, reference, measure_latency, device, out_dir, name, include_stopped,
+                      retrained=read_retrain(run.path))
+
+
+def draw_front(run: Run, costs: Sequence[str] = ("params",), reference: bool = False, measure_latency: bool = False,
+               device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None, name: str = "pareto",
+               include_stopped: bool = False, retrained: pd.DataFrame | None = None) -> ParetoOutcome:
+    """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run), from
+    the run as given (a search's session passes what it holds; nothing is read back).
 
     With several costs, plots are <name>_<cost>.png/.svg and the first is also <name>.png/.svg. The front is
     drawn from trials scored at the full number of epochs unless `include_stopped`; stopped trials are drawn hollow.
     `nas search` writes its own front as `search_front.*`, so a front a user drew with `nas pareto` (pareto.*)
-    is never overwritten by a resumed search. `say` gets the progress lines (latency being measured).
+    is never overwritten by a resumed search. Logs a line while latency is measured.
     """
-    run = read_run(run_dir)
     costs = parse_costs(costs)
     out = Path(out_dir) if out_dir is not None else run.path
     table = run.table
     scored = scored_trials(table)
     if scored.empty:
-        raise UsageError(f"{run.path / 'trials.csv'} has no scored trial ({state_counts(table)}): "
+        raise UsageError(f"{run.folder.trials_file} has no scored trial ({state_counts(table)}): "
                          "expected at least one complete or stopped trial with a val_acc")
     epochs = run.settings.get("epochs")
     full_fidelity = scored_trials(table, include_stopped=False)
     if full_fidelity.empty and not include_stopped:
-        raise UsageError(f"{run.path / 'trials.csv'} has no trial scored at full fidelity (every epoch run; "
+        raise UsageError(f"{run.folder.trials_file} has no trial scored at full fidelity (every epoch run; "
                          f"{state_counts(table)}): expected a complete trial, or --include-stopped to draw a front "
                          "of trials ASHA scored after fewer epochs")
     for cost in costs:
         column = COST_COLUMNS[cost]
         if cost != "latency" and (column not in table.columns or scored[column].isna().all()):
-            raise UsageError(f"{run.path / 'trials.csv'} has no {column} values for its scored trials: "
+            raise UsageError(f"{run.folder.trials_file} has no {column} values for its scored trials: "
                              f"expected a {column} column to use cost {cost!r}")
     if "latency" in costs:
         # Any scored trial may be on a front that includes latency, so all of them are measured.
-        table = _with_latency(table, scored.index, run, device, say)
+        table = _with_latency(table, scored.index, run, device)
     front = pareto_front(table, [COST_COLUMNS[cost] for cost in costs], include_stopped)
     if measure_latency and "latency" not in costs:
-        front = _with_latency(front, front.index, run, device, say)
+        front = _with_latency(front, front.index, run, device)
     references = reference_points(run) if reference else None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +389,6 @@ def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), refere
             for plot in plots:
                 _copy(plot, out / f"{name}{plot.suffix}")
                 written.append(out / f"{name}{plot.suffix}")
-    retrained = read_retrain(run.path)
     if retrained is not None and len(retrained):
         written += plot_retrained(seed_summary(retrained), out / f"{name}_retrained",
                                   f"{run.name}: retrained models, each seed tested once ({len(retrained)} runs)")

@@ -56,11 +56,11 @@ def trial_arch(run: str | Path, trial: int) -> TrialArch:
     """Trial number `trial` of the run folder (or run name under results/) `run`: its architecture and the shape
     the run searched at. A run or trial that is not there, or a trial that built no architecture, is one
     UsageError."""
-    from nas.results import find_run, format_trial_id, read_run
+    from nas.runs.results import find_run, format_trial_id, read_run
 
     found = read_run(find_run(run))
     trial_id = format_trial_id(trial)
-    path = found.path / "trials.csv"
+    path = found.folder.trials_file
     rows = found.table[found.table["trial_id"] == trial_id]
     if rows.empty:
         known = sorted(found.table["trial_id"].astype(str))
@@ -84,8 +84,10 @@ def named_arch(spec: str) -> tuple[ArchConfig, DataShape | None, str]:
         if not run or TRIAL_PATTERN.fullmatch(trial) is None:
             raise UsageError(f"{spec[:80]!r}: expected a preset, an arch JSON file, or RUN:TRIAL such as "
                              "results/run:t0016")
+        from nas.runs.results import RunFolder
+
         found = trial_arch(run, parse_trial_number(trial))
-        return found.arch, found.shape, str(found.run / "search.json")
+        return found.arch, found.shape, str(RunFolder(found.run).settings_file)
     arch, shape = load_arch_and_shape(spec)
     return arch, shape, spec
 

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from qkvnas_core.errors import UsageError
-from nas.results import read_csv_table
+from nas.runs.results import read_csv_table
 
 CONFIDENCE = 0.95
 # The scores compared: the one test of each trained model, and the validation accuracy that chose its weights.
@@ -104,7 +104,6 @@ def baseline_comparison(table: pd.DataFrame, metric: str = "top1") -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-RETRAIN_FILE = "retrain.csv"
 RETRAIN_TEXT = ("arch_id", "role", "source", "structure")
 RETRAIN_FRACTIONS = ("top1", "best_val_acc")
 RETRAIN_COUNTS = ("params", "seed")
@@ -113,7 +112,9 @@ RETRAIN_COUNTS = ("params", "seed")
 def read_retrain(run_dir: Path) -> pd.DataFrame | None:
     """A run's retrain.csv (nas retrain's rows, one per model and seed) with its values checked; None when the run
     has none. Unreadable, a column missing or a value out of range is one UsageError naming the file and column."""
-    path = Path(run_dir) / RETRAIN_FILE
+    from nas.runs.results import RunFolder
+
+    path = RunFolder(Path(run_dir)).retrain_file
     if not path.is_file():
         return None
     expected = "expected the retrain.csv `nas retrain` writes (a header and a row per model and seed)"

@@ -52,7 +52,7 @@ def single_machine_mode() -> Iterator[None]:
     servers listen on every interface. Ray reads the mode from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when
     it is imported, and has no init argument for it (`ray.init(_node_ip_address="127.0.0.1")` is turned back
     into the external address), so the flag it read is set here, whenever ray was imported."""
-    from nas.ray_compat import cluster_mode
+    from nas.runtime.ray_compat import cluster_mode
 
     with cluster_mode(False):
         yield

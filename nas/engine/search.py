@@ -5,18 +5,17 @@ study.db (Optuna's SQLite storage, the record of truth), trials.csv (rendered fr
 written atomically) and one Ray experiment folder per session (`ray-1`, `ray-2` after a resume).
 `resume_search(run_dir)` reopens the study: finished trials are kept and never rerun; trials a crash left
 running are closed as failed (interrupted). Both build one `SearchSession`, run it, and return a `SearchResult`;
-they print nothing (`on_progress` receives the live view's lines).
+they print nothing: their lines are logged (qkvnas_core.log; the live view's are nas.engine.progress's).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
-import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
@@ -28,137 +27,32 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from qkvnas_core.errors import UsageError
-from qkvnas_core.files import dataclass_from_json, exclusive_lock, write_json_atomic
-from nas.budget import Budget, check_feasible, smallest_description
-from nas.objectives import (DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, SCORE, check_objectives, cost_limits,
-                            reference_limits)
-from nas.hypervolume import front_hypervolume, hypervolume_history
+from qkvnas_core.log import logger
+from qkvnas_core.files import exclusive_lock, write_json_atomic
+from nas.engine.budget import Budget, check_feasible, smallest_description
+from nas.engine.objectives import (SCORE, reference_limits)
+from nas.engine.hypervolume import front_hypervolume, hypervolume_history
 from nas.naming import given, named
-from nas.pareto import plot_hypervolume, scored_trials, write_pareto
-from nas.progress import Progress
-from nas.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
-from nas.results import best_trial, load_settings, trained_count, write_trials
-from nas.scheduler import RungScheduler
-from nas.startup import POOL_PER_DRAW, STARTUP_DRAWS, parse_startup, startup_points
-from nas.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study, render_trials,
-                          trial_curves)
-from nas.tracking import DEFAULT_LOGGERS, check_loggers, tracking_callbacks, tracking_environment
+from nas.runs.pareto import draw_front, plot_hypervolume, scored_trials
+from nas.engine.progress import Progress
+from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
+from nas.runs.results import Run, RunFolder, as_written, best_trial, load_settings, trained_count, write_trials
+from nas.engine.scheduler import RungScheduler
+from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
+from nas.engine.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
+from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study,
+                                 render_trials, trial_curves)
+from nas.runtime.tracking import tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
 from trainers.data import DatasetSplits, load_dataset
-from trainers.holdout import DEFAULT_VAL_FRACTION, SPLIT_VERSION, TRAIN_FRACTION, VAL_FRACTION
-from trainers.recipe import PROXY, get_recipe
+from trainers.holdout import SPLIT_VERSION
+from trainers.recipe import get_recipe
 from trainers.trial import TrialSettings, run_trial
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logger(__name__)
 
-# Settings a resume may change; the others define the run and stay as they were.
-RESUMABLE = ("trials", "epoch_budget", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "address", "verbose",
-             "loggers")
-# What a run recorded before these settings existed: one objective, TPE, ASHA.
-EARLIER_DEFAULTS = {"objectives": ["val_acc"], "sampler": "tpe", "early_stopping": "asha"}
-LOCK_FILE = ".lock"
-TRIALS_FILE = "trials.csv"
 SEARCH_FRONT = "search_front"
 HYPERVOLUME_PLOT = "hypervolume"
-
-
-@dataclass
-class SearchSettings:
-    """Everything that defines a search; written to search.json and read back by a resume.
-
-    Validates itself; a bad value is one UsageError naming it as the `nas search` flag that sets it.
-    """
-
-    name: str
-    budget: int
-    results_dir: str = "results"
-    max_flops: int | None = None
-    dataset: str = "digits"
-    data_dir: str | None = None
-    classes: int | None = None
-    train_fraction: float = 1.0
-    img_size: int | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    space: str = "qkv"
-    patch_size: int | None = None
-    trials: int = 16
-    epochs: int = 10
-    grace_epochs: int = 2
-    reduction_factor: int = 4
-    recipe: str = PROXY.name
-    recipe_overrides: dict[str, Any] = field(default_factory=dict)
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    address: str | None = None
-    seed: int = 0
-    split_seed: int | None = None  # None: seed
-    max_infeasible_streak: int = 300
-    verbose: bool = False
-    study_name: str | None = None
-    objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
-    sampler: str = "tpe"
-    early_stopping: str = "asha"
-    epoch_budget: int | None = None
-    loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))
-    startup: str | None = None  # None: the sampler's random phase; proxy:NAME (nas.startup)
-
-    def __post_init__(self) -> None:
-        # The Optuna study keeps its first name even if the run folder is renamed or moved later.
-        self.study_name = self.study_name or self.name
-        for name in ("budget", "max_flops", "classes", "img_size", "patch_size", "trials", "epochs", "grace_epochs",
-                     "max_concurrent", "epoch_budget"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UsageError(f"{given(name, value)}: expected a positive integer")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
-        split_seed = self.split_seed
-        if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0):
-            raise UsageError(f"{given('split_seed', split_seed)}: expected a non-negative integer")
-        if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 2:
-            raise UsageError(f"{given('reduction_factor', self.reduction_factor)}: expected an integer of at least 2")
-        for setting in (VAL_FRACTION, TRAIN_FRACTION):
-            setting.check(getattr(self, setting.name), given(setting.name, getattr(self, setting.name)))
-        if not self.cpus_per_trial > 0 or not self.gpus_per_trial >= 0:
-            raise UsageError(f"{given('cpus_per_trial', self.cpus_per_trial)} "
-                             f"{given('gpus_per_trial', self.gpus_per_trial)}: expected a positive CPU count and a GPU "
-                             "count of 0 or more")
-        check_objectives(self.objectives)
-        cost_limits(self.objectives, self.budget, self.max_flops)
-        for name, choices in (("sampler", SAMPLERS), ("early_stopping", EARLY_STOPPING)):
-            if getattr(self, name) not in choices:
-                raise UsageError(f"{given(name, getattr(self, name))}: expected one of {', '.join(choices)}")
-        check_loggers(self.loggers)
-        if self.startup is not None:
-            try:
-                parse_startup(self.startup)
-            except UsageError as error:
-                raise UsageError(f"{given('startup', self.startup)}: {str(error).partition(': ')[2]}") from None
-        if "epochs" in self.recipe_overrides:
-            raise UsageError(f"{given('recipe_overrides', self.recipe_overrides)}: expected epochs as a setting of its "
-                             f"own ({named('epochs')})")
-        # The recipe is checked now, not once Ray runs the first trial.
-        get_recipe(self.recipe, epochs=self.epochs, **self.recipe_overrides)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.results_dir) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
-        """The settings search.json records (its other fields are the session's); each of its JSON type."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return dataclass_from_json(cls, {k: v for k, v in data.items() if k in known})
-
-
-def default_run_name(space: str | None, dataset: str | None, budget: int) -> str:
-    """The name of a run not given one: <space>-<dataset>-<budget>-<time> (a space file: its function's name)."""
-    return (f"{(space or SearchSettings.space).split(':')[-1]}-{dataset or SearchSettings.dataset}-{budget}-"
-            f"{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def versions() -> dict[str, str]:
@@ -179,21 +73,22 @@ def load_search_data(settings: SearchSettings) -> DatasetSplits:
     return dataclasses.replace(splits, test=None)
 
 
-def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainable: Callable | None = None,
-                  on_progress: Callable[[str], None] | None = None) -> SearchResult:
+def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
+                  trainable: Callable | None = None) -> SearchResult:
     """Continue the run in `run_dir` with its own settings. `changes` are the settings given again: the
-    RESUMABLE ones change (validated as for a new run); any other is one UsageError, as it would silently
+    resumable ones change (validated as for a new run); any other is one UsageError, as it would silently
     make the run a different search. The run folder is locked before its search.json is read."""
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir}: no such folder to resume; expected results/<run> from nas search")
     changes = changes or {}
-    fixed = sorted(name for name in changes if name not in RESUMABLE)
+    fixed = sorted(name for name in changes if name not in resumable(SearchSettings))
     if fixed:
         listed = ", ".join(given(name, changes[name]) for name in fixed)
         raise UsageError(f"resuming {run_dir} with {listed}: a resumed run keeps the settings it was started with; "
-                         f"expected only {', '.join(named(name) for name in RESUMABLE)}, or a new run (--name)")
+                         f"expected only {', '.join(named(name) for name in resumable(SearchSettings))}, or a new "
+                         "run (--name)")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
+        stack.enter_context(exclusive_lock(RunFolder(run_dir).lock_file, f"run folder {run_dir}"))
         record = load_settings(run_dir)
         # The folder may have been moved or renamed since: it is where the run is now.
         settings = SearchSettings.from_dict({**EARLIER_DEFAULTS, **record, "name": run_dir.name,
@@ -202,18 +97,17 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainabl
             raise UsageError(f"--resume {run_dir}: its validation split is version {record.get('split_version', 1)} "
                              f"(an older qkvnas), this version draws {SPLIT_VERSION}, with other images; expected a "
                              "new run (--name)")
-        return open_session(settings, record, stack, trainable, on_progress).run()
+        return open_session(settings, record, stack, trainable).run()
 
 
-def run_search(settings: SearchSettings, trainable: Callable | None = None,
-               on_progress: Callable[[str], None] | None = None) -> SearchResult:
-    """Run a new search into `settings.run_dir`; `on_progress` receives the live view's lines (none by default).
+def run_search(settings: SearchSettings, trainable: Callable | None = None) -> SearchResult:
+    """Run a new search into `settings.run_dir`; the live view's lines are logged (nas.engine.progress).
     `trainable` replaces the trial function (tests inject faults with it)."""
     if settings.run_dir.exists():
         raise UsageError(f"run folder {settings.run_dir} already exists: `nas search {settings.run_dir} --resume` "
                          "continues it; expected --name NEW for a new run")
     with contextlib.ExitStack() as stack:
-        return open_session(settings, None, stack, trainable, on_progress).run()
+        return open_session(settings, None, stack, trainable).run()
 
 
 @dataclass(frozen=True)
@@ -227,6 +121,7 @@ class SearchResult:
     ended: str
     note: str  # why it ended before --trials were trained, or how to go on; "" when it finished
     trials: pd.DataFrame  # trials.csv as written last
+    settings: dict[str, Any]  # search.json as written last: the settings and the sessions' record
     best: dict[str, Any] | None  # its row, None while no trial has a score
     front: Path | None  # search_front.csv, written when a trial ran every epoch
     study: optuna.Study
@@ -261,14 +156,14 @@ class SearchSession:
     limits: dict[str, float]  # the costs the hypervolume is measured over, and their limits
 
     @property
-    def run_dir(self) -> Path:
-        return self.settings.run_dir
+    def folder(self) -> RunFolder:
+        return RunFolder(self.settings.run_dir)
 
     def run(self) -> SearchResult:
         settings = self.settings
         already = self.progress.already
         if already >= settings.trials:
-            return self.finish("already trained", f"{self.run_dir}: {already} trials already trained "
+            return self.finish("already trained", f"{self.folder.path}: {already} trials already trained "
                                                   f"(--trials {settings.trials}); raise --trials to extend it")
         searcher = self.tune(settings.trials - already)
         if searcher.exhausted:
@@ -283,13 +178,13 @@ class SearchSession:
         if trained < settings.trials:
             # Ray Tune ends fit() quietly on Ctrl-C: what is missing tells an interrupted search.
             return self.finish("interrupted", f"search interrupted after {trained} of {settings.trials} trials; "
-                                              f"continue it with: nas search {self.run_dir} --resume")
+                                              f"continue it with: nas search {self.folder.path} --resume")
         return self.finish("finished", "")
 
     def save_trials(self, ended: bool = False) -> None:
         """trials.csv rendered from the study, after every event; when a trial `ended`, the session's time too."""
         trials = render_trials(self.study)
-        write_trials(self.run_dir / TRIALS_FILE, trials)
+        write_trials(self.folder.trials_file, trials)
         if ended:
             self.clock.write()
         self.progress.show(trials, force=ended)
@@ -298,8 +193,8 @@ class SearchSession:
         """The new search's first points: the space's initial points, then a proxy's picks (--startup)."""
         settings = self.settings
         if settings.startup is not None:
-            self.progress.say(f"startup: scoring {STARTUP_DRAWS * POOL_PER_DRAW} feasible draws with "
-                              f"{settings.startup}; the best {STARTUP_DRAWS} train first")
+            log.info(f"startup: scoring {STARTUP_DRAWS * POOL_PER_DRAW} feasible draws with {settings.startup}; "
+                     f"the best {STARTUP_DRAWS} train first")
         return startup_points(settings.startup, self.space, self.budget, self.splits,
                               get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
                               settings.seed)
@@ -308,9 +203,6 @@ class SearchSession:
         """Ray Tune's part: `remaining` trials; returns the searcher, which knows why it stopped drawing."""
         settings = self.settings
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        if not settings.verbose:
-            # Failed trials are recorded with their reason in trials.csv; Ray's tracebacks would bury the view.
-            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         searcher = BudgetedSearcher(
             self.space, self.budget, self.study, settings.seed, settings.epochs,
             settings.max_infeasible_streak, on_record=self.save_trials,
@@ -325,8 +217,8 @@ class SearchSession:
             scheduler = FIFOScheduler()
         trial_settings = TrialSettings(
             recipe=get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides),
-            threads=max(1, int(settings.cpus_per_trial)), device="cuda" if settings.gpus_per_trial > 0 else "cpu")
-        resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+            threads=max(1, int(settings.cpus_per_model)), device="cuda" if settings.gpus_per_model > 0 else "cpu")
+        resources = {"cpu": settings.cpus_per_model, "gpu": settings.gpus_per_model}
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(self.trainable, data=self.splits, settings=trial_settings),
                                 resources),
@@ -334,13 +226,14 @@ class SearchSession:
                                         max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
             run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}",
-                                      storage_path=str(self.run_dir.resolve()), verbose=1 if settings.verbose else 0,
+                                      storage_path=str(self.folder.path.resolve()),
+                                      verbose=1 if settings.verbose else 0,
                                       callbacks=[TrialEvents(searcher),
-                                                 *tracking_callbacks(settings.loggers, self.run_dir)],
+                                                 *tracking_callbacks(settings.logger, self.folder.path)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         try:
-            with tracking_environment(settings.loggers):
+            with tracking_environment(settings.logger):
                 tuner.fit()
         finally:
             # Trials Ctrl-C left running are failed (interrupted) in the study: a resume trains others instead.
@@ -358,22 +251,24 @@ class SearchSession:
                          hypervolume_reference={SCORE: 0.0, **self.limits})
         best = best_trial(trials)
         full_fidelity = scored_trials(trials, include_stopped=False)
-        front = write_pareto(self.run_dir, name=SEARCH_FRONT).csv_path if len(full_fidelity) else None
+        front = None
         if len(full_fidelity):
+            run = Run(self.folder.path, self.clock.record, trials)
+            front = draw_front(run, name=SEARCH_FRONT).csv_path
             history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
-            plot_hypervolume(history, self.run_dir / HYPERVOLUME_PLOT,
+            plot_hypervolume(history, self.folder.stem(HYPERVOLUME_PLOT),
                              f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
-        return SearchResult(self.run_dir, ended, note, trials, best, front, self.study, hypervolume)
+        return SearchResult(self.folder.path, ended, note, as_written(trials, self.folder.trials_file),
+                            dict(self.clock.record), best, front, self.study, hypervolume)
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
-                 trainable: Callable | None, on_progress: Callable[[str], None] | None) -> SearchSession:
+                 trainable: Callable | None) -> SearchSession:
     """Check everything a session needs (space, data, budget, Ray and its resources), then record its start:
     search.json, the study (trials a stopped session left running closed as interrupted) and trials.csv.
 
     `record` is the run's search.json on a resume (its folder already locked), None for a new run; nothing is
     written before every check has passed. `stack` shuts down a Ray started here and releases the lock."""
-    say = on_progress or (lambda line: None)
     resumed = record is not None
     run_dir = settings.run_dir
     space = load_space(settings.space)
@@ -386,31 +281,31 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     started_ray = start_ray(settings.address, settings.verbose)
     if started_ray:
         stack.callback(ray.shutdown)
-    check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
-                    f"{named('cpus_per_trial')} {settings.cpus_per_trial:g} {named('gpus_per_trial')} "
-                    f"{settings.gpus_per_trial:g}")
+    check_resources(settings.cpus_per_model, settings.gpus_per_model,
+                    f"{named('cpus_per_model')} {settings.cpus_per_model:g} {named('gpus_per_model')} "
+                    f"{settings.gpus_per_model:g}")
     if not resumed:
         run_dir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"))
+        stack.enter_context(exclusive_lock(RunFolder(run_dir).lock_file, f"run folder {run_dir}"))
 
     record = dict(record or {})
     stopped = stop_leftovers([tuple(process) for process in record.get("ray_processes") or []])
     if stopped:
-        say(f"stopped {stopped} Ray processes the killed session left running")
+        log.info(f"stopped {stopped} Ray processes the killed session left running")
     record.update(settings.to_dict())
     record.update(sessions=int(record.get("sessions", 0)) + 1, versions=versions(), split_version=SPLIT_VERSION,
                   patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
                   in_chans=shape.in_chans, started=record.get("started", _now()), finished=None, ended=None,
                   ray_processes=ray_processes() if started_ray else [])
-    clock = SessionClock(run_dir / "search.json", record)
+    folder = RunFolder(run_dir)
+    clock = SessionClock(folder.settings_file, record)
     clock.write()
-    study = open_study(f"sqlite:///{run_dir.resolve() / 'study.db'}", settings.study_name, settings.seed,
-                       settings.objectives, settings.sampler)
+    study = open_study(folder.storage, settings.study_name, settings.seed, settings.objectives, settings.sampler)
     close_interrupted(study)
     trials = render_trials(study)
-    write_trials(run_dir / TRIALS_FILE, trials)
+    write_trials(folder.trials_file, trials)
     limits = reference_limits(settings.budget, settings.max_flops)
-    progress = Progress(settings.trials, trained_count(trials), say,
+    progress = Progress(settings.trials, trained_count(trials),
                         hypervolume=functools.partial(run_hypervolume, limits=limits), epochs=settings.epochs)
     return SearchSession(settings, resumed, space, splits, budget, study, clock, progress,
                          trainable or run_trial, limits)

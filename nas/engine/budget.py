@@ -23,12 +23,14 @@ class Budget:
     max_flops: int | None
     shape: DataShape
 
-    def measure(self, arch: ArchConfig) -> tuple[int, int | None]:
-        """Params always; FLOPs of a model within the params budget. Counting them runs the model at the
-        shape on the meta device (cost.check_buildable): one that cannot run is a UsageError here, not a
-        failed trial."""
+    def measure(self, arch: ArchConfig, flops: bool = False) -> tuple[int, int | None]:
+        """Params always; FLOPs of a model within the params budget only where a FLOPs limit or `flops` (a FLOPs
+        objective) asks for them: counting them runs the model on the meta device, several times the build's time.
+        Either way the model is built at the shape, and building refuses whatever running it would
+        (tests/test_budget.py compares both on random draws): one that cannot run is a UsageError here, not a
+        failed trial. Both counts are cached per architecture, so a repeated draw costs nothing."""
         params = count_params(arch, self.shape)
-        if params > self.params:
+        if params > self.params or not (flops or self.max_flops is not None):
             return params, None
         return params, count_flops(arch, self.shape)
 
@@ -139,9 +141,9 @@ class FeasibleDraw:
 
 def feasible_draws(space: Space, budget: Budget, count: int, seed: int = 0,
                    max_draws: int | None = None) -> list[FeasibleDraw]:
-    """`count` distinct architectures drawn by Optuna's random sampler (seeded) that meet every limit, in draw
-    order: the population a budgeted search samples from. Draws that fail, repeat or exceed a limit are skipped,
-    at most `max_draws` in all (default 300 per architecture asked for)."""
+    """`count` distinct architectures drawn by Optuna's random sampler (seeded) that meet every limit, with their
+    params and FLOPs, in draw order: the population a budgeted search samples from. Draws that fail, repeat or
+    exceed a limit are skipped, at most `max_draws` in all (default 300 per architecture asked for)."""
     sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(sampler=sampler)
     found: dict[str, FeasibleDraw] = {}
@@ -151,7 +153,7 @@ def feasible_draws(space: Space, budget: Budget, count: int, seed: int = 0,
         trial = study.ask()
         try:
             arch = draw(space, trial, budget.shape)
-            params, flops = budget.measure(arch)
+            params, flops = budget.measure(arch, flops=True)
         except Exception:  # a draw the builders reject is not part of the population
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue

@@ -1,7 +1,8 @@
 """The live view of a search: one line per finished trial, and at most one every 15 s otherwise.
 
-Each line is a `ProgressLine`: a str (what a plain callback prints) that also carries the figures it shows, so
-that `nas search` can draw them as a live bar where a terminal is attached.
+Each line is logged (INFO, "qkvnas.nas.engine.progress") as a `ProgressLine`, the record's message: a str (what a plain
+handler prints) that also carries the figures it shows, so that `nas search` can draw them as a live bar where a
+terminal is attached.
 """
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from qkvnas_core.log import logger
 from qkvnas_core.units import format_count, format_duration
-from nas.results import INTERRUPTED, SCORED_STATES, TrialState, best_trial, interrupted_count, trained_count
+from nas.runs.results import INTERRUPTED, SCORED_STATES, TrialState, best_trial, interrupted_count, trained_count
+
+
+log = logger(__name__)
 
 
 class ProgressLine(str):
@@ -53,15 +58,14 @@ def seconds_left(trials: pd.DataFrame, target: int, epochs: int) -> float | None
 
 
 class Progress:
-    """Tells `say` lines a person can read, `[elapsed] trained/target: states | best | hypervolume | time left`,
+    """Logs lines a person can read, `[elapsed] trained/target: states | best | hypervolume | time left`,
     from the trials table as the search renders it; `hypervolume` measures the table's full-fidelity front and
     `epochs` is a trial's full length (for the time left)."""
 
-    def __init__(self, target: int, already: int, say: Callable[[str], None], interval: float = 15.0,
+    def __init__(self, target: int, already: int, interval: float = 15.0,
                  hypervolume: Callable[[pd.DataFrame], float] | None = None, *, epochs: int) -> None:
         self.target = target
         self.already = already
-        self.say = say
         self.interval = interval
         self.start = time.monotonic()
         self.last = 0.0
@@ -97,7 +101,7 @@ class Progress:
         self.last_status = status
         summary = " | ".join([f"{counts[TrialState.RUNNING]} running", best_text,
                               *([f"hypervolume {hypervolume:.4f}"] if hypervolume is not None else []), left])
-        self.say(ProgressLine(f"[{format_duration(now - self.start):>7}] {status} | {left}", trained=trained,
+        log.info(ProgressLine(f"[{format_duration(now - self.start):>7}] {status} | {left}", trained=trained,
                               target=self.target, running=counts[TrialState.RUNNING],
                               best_val_acc=None if best is None else float(best["val_acc"]), hypervolume=hypervolume,
                               seconds_left=left_seconds, summary=summary))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from search_spaces.device import parse_device
+from search_spaces.model_tools.device import parse_device
 from search_spaces.shape import DataShape
 
 
