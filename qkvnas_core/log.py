@@ -1,9 +1,9 @@
 """The library's messages: Python's logging, under one logger tree named "qkvnas".
 
-Each module logs to `log = logger(__name__)` ("qkvnas.nas.winners.retrain", "qkvnas.trainers.model_folder"): the lines a
-command shows at INFO, a warning at WARNING, a model's failure that the run survives at ERROR. The library prints
-nothing, shows nothing by itself (the tree's root has a NullHandler) and configures no other library's logging:
-the application does. `nas` (nas/cli.py) shows the tree's lines for a command's duration; the Python API forwards
+Each module logs to `log = logger(__name__)` ("qkvnas.nas.winners.retrain", "qkvnas.trainers.model_folder"): the
+lines a command shows at INFO, a warning at WARNING, a model's failure that the run survives at ERROR. The library
+prints nothing, shows nothing by itself (the tree's root has a NullHandler) and configures no other library's
+logging: the application does. `nas` (nas/cli.py) shows the tree's lines for a command's duration; the Python API forwards
 them to its `progress` callback (`Forward`); a notebook sees them with `logging.basicConfig(level=logging.INFO)`.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ logging.getLogger(ROOT).addHandler(logging.NullHandler())
 
 
 def logger(name: str) -> logging.Logger:
-    """The logger of module `name` in the tree: logger(__name__) in nas/winners/retrain.py is "qkvnas.nas.winners.retrain"."""
+    """The logger of module `name` in the tree: logger(__name__) in nas/winners/retrain.py is
+    "qkvnas.nas.winners.retrain"."""
     return logging.getLogger(f"{ROOT}.{name}")
 
 

@@ -2,9 +2,9 @@
 
 Both formats write timm's Hub layout's config.json (search_spaces/model_tools/export.py): safetensors beside it
 model.safetensors, as `timm.models.save_for_hf` writes them, which `timm.create_model("local-dir:<folder>",
-pretrained=True)` and `search_spaces.model_tools.export.load_exported` read back; onnx model.onnx (dynamic batch), checked
-against PyTorch with onnxruntime when it is installed. Nothing is overwritten: both formats of one checkpoint may
-share a folder, nothing else may.
+pretrained=True)` and `search_spaces.model_tools.export.load_exported` read back; onnx model.onnx (dynamic batch),
+checked against PyTorch with onnxruntime when it is installed. Nothing is overwritten: both formats of one
+checkpoint may share a folder, nothing else may.
 """
 from __future__ import annotations
 
