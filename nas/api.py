@@ -25,7 +25,7 @@ from qkvnas_core.errors import UsageError
 from nas.flags import integer, output_folder, path_argument
 from nas.naming import given, python_names
 from nas.engine.objectives import SCORE
-from nas.settings import RetrainRequest, SearchSettings, Value, keyword_parsers, keyword_signature
+from nas.settings import RetrainRequest, SearchSettings, Value, keyword_parsers, keyword_signature, resumable
 
 if TYPE_CHECKING:
     import optuna
@@ -50,7 +50,7 @@ def _costs(text: str) -> list[str]:
 # REPEATED a list for a flag given several times. Recipe fields other than epochs come as **recipe_fields.
 # A search's keywords are SearchSettings' fields (nas/settings.py), and config; a resume's those it may change.
 SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {"config": path_argument, **keyword_parsers(SearchSettings)}
-RESUME_FLAGS = keyword_parsers(SearchSettings, lambda name, spec: spec.resumable)
+RESUME_FLAGS = {name: SEARCH_FLAGS[name] for name in resumable(SearchSettings)}
 PARETO_FLAGS: dict[str, Callable[[str], Any]] = {
     "cost": _costs, "reference": bool, "measure_latency": bool, "device": str, "include_stopped": bool,
     "out": output_folder,

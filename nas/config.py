@@ -97,19 +97,29 @@ def search_settings(given: dict[str, Any], config: str | Path | None = None) -> 
     return _settings({**stored, **given, "recipe_overrides": overrides})
 
 
-def _from_text(name: str, value: Any) -> Any:
-    """A setting written as its flag's text read as the flag reads it; any other value as it is."""
-    flagged = settings_of(SearchSettings)
-    if not isinstance(value, str) or name not in flagged or _takes_text(typing.get_type_hints(SearchSettings)[name]):
-        return value
-    try:
-        return inspect.unwrap(parser_of(name, flagged[name][1]))(value)
-    except UsageError as error:
-        raise UsageError(f"{name}={value!r}: {str(error).rpartition(': ')[2]}") from None
-
-
 def _takes_text(hint: Any) -> bool:
     return hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint))
+
+
+def _parsers_of_text_settings() -> dict[str, Any]:
+    """The settings a config file may also write as their flag's text (a count, a list), each with its flag's
+    parser."""
+    hints = typing.get_type_hints(SearchSettings)
+    return {name: inspect.unwrap(parser_of(name, spec)) for name, (item, spec) in settings_of(SearchSettings).items()
+            if not _takes_text(hints[name])}
+
+
+FROM_TEXT = _parsers_of_text_settings()
+
+
+def _from_text(name: str, value: Any) -> Any:
+    """A setting written as its flag's text read as the flag reads it; any other value as it is."""
+    if not isinstance(value, str) or name not in FROM_TEXT:
+        return value
+    try:
+        return FROM_TEXT[name](value)
+    except UsageError as error:
+        raise UsageError(f"{name}={value!r}: {str(error).rpartition(': ')[2]}") from None
 
 
 def _settings(values: dict[str, Any], name: str | None = None) -> SearchSettings:

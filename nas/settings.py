@@ -1,5 +1,5 @@
-"""Settings declared once: a search's settings (`SearchSettings`) and a retrain's (`RetrainRequest`) as one
-dataclass each, each field's metadata its flag.
+"""Settings declared once: a search's settings (`SearchSettings`), a retrain's (`RetrainRequest`) and a transfer's
+(`TransferRequest`, trainers/transfer_request.py) as one dataclass each, each field's metadata its flag.
 
 A `Setting` in a field's metadata holds what its flag shows (help, metavar, group), the parser its text goes
 through, and whether a resume may change it. Everything else is derived from the fields: `nas search`'s flags
@@ -148,13 +148,11 @@ def parser_of(name: str, spec: Setting) -> Callable[[str], Any]:
     return spec.parse or str
 
 
-def keyword_parsers(cls: type, names: Callable[[str, Setting], bool] = lambda name, spec: True
-                    ) -> dict[str, Callable[[str], Any]]:
-    """The Python API's keywords for the settings of `cls` (those `names` keeps), each with its parser."""
-    return {name: parser_of(name, spec) for name, (item, spec) in settings_of(cls).items() if names(name, spec)}
+def keyword_parsers(cls: type) -> dict[str, Callable[[str], Any]]:
+    """The Python API's keywords for the settings of `cls`, each with its parser."""
+    return {name: parser_of(name, spec) for name, (item, spec) in settings_of(cls).items()}
 
-
-def keyword_signature(function: Callable, keywords: list[str], first: tuple[str, ...] = ()) -> inspect.Signature:
+def keyword_signature(function: Callable, keywords: list[str]) -> inspect.Signature:
     """`function`'s signature with `keywords` as keyword-only parameters (default None) where it takes
     **settings, so that help(), a notebook's completion and inspect show every setting as a keyword."""
     signature = inspect.signature(function)

@@ -172,15 +172,6 @@ class RunFolder:
         """Where the run's own outputs named `name` go, .csv and .png added: pareto, search_front, hypervolume."""
         return self.path / name
 
-    def settings(self, required: bool = True) -> dict[str, Any]:
-        return load_settings(self.path, required)
-
-    def trials(self) -> pd.DataFrame:
-        return load_trials(self.path)
-
-    def read(self) -> Run:
-        return read_run(self.path)
-
     def load_study(self, study_name: str) -> Any:
         """The run's Optuna study; one UsageError when study.db is not there."""
         import optuna
