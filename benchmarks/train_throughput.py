@@ -78,7 +78,7 @@ def main() -> int:
     from search_spaces.build import build_model
     from search_spaces.model_tools.latency import device_name
     from search_spaces.presets import PRESETS
-    from trainers.data import load_dataset
+    from trainers.datasets.registry import load_dataset
     from trainers.batches import TensorBatches
     from trainers.engine import train_epoch
     from trainers.holdout import DEFAULT_VAL_FRACTION

@@ -321,7 +321,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, default_recipe: str | 
         base, _, optional = kind.partition("|")
         convert = converters[base]
         if optional:
-            convert, text = _optional(convert), text + " (none to disable)"
+            convert, text = _optional(convert), f"{text} ({field.metadata.get('none', 'none to disable')})"
         group.add_argument(flag, type=convert, default=argparse.SUPPRESS, dest=dest, metavar=METAVARS[base],
                            help=text)
 

@@ -251,9 +251,11 @@ def dataclass_from_json(cls: type, data: Any, path: str = "") -> Any:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created, holding this process's id) for the block. Another process
-    holding it is one UsageError naming `what` and that process; the kernel drops the lock when a holder dies."""
+def exclusive_lock(path: str | os.PathLike, what: str,
+                   on_wait: typing.Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created, holding this process's id) for the block; the kernel drops the
+    lock when a holder dies. Another process holding it is one UsageError naming `what` and that process, or,
+    with `on_wait`, a wait for it: on_wait(holder's pid) is called once, then the lock is taken when it is free."""
     import fcntl
 
     path = Path(path)
@@ -264,8 +266,11 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise UsageError(f"{what} is in use by another process (pid {holder}): expected one at a time; wait for "
-                             "it to end, or stop it") from None
+            if on_wait is None:
+                raise UsageError(f"{what} is in use by another process (pid {holder}): expected one at a time; wait "
+                                 "for it to end, or stop it") from None
+            on_wait(holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

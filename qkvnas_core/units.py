@@ -1,4 +1,4 @@
-"""Counts and durations as people write and read them: 3.1M, 750K, 3.1e6; 1m07s, 2h03m."""
+"""Counts, sizes and durations as people write and read them: 3.1M, 750K, 3.1e6; 15.7 GB; 1m07s, 2h03m."""
 from __future__ import annotations
 
 import math
@@ -41,3 +41,11 @@ def format_duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+def format_bytes(count: int) -> str:
+    """15_740_000_000 -> '15.7 GB' (decimal units, as disks are sold)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count:,} bytes"

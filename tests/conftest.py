@@ -9,7 +9,8 @@ import pytest
 from nas.cli import main
 from nas.runs.results import trial_row, trials_frame, write_trials
 from search_spaces.arch import ArchConfig, QKVConfig
-from trainers.data import DatasetSplits, load_dataset
+from trainers.datasets.registry import load_dataset
+from trainers.datasets.splits import DatasetSplits
 
 TINY = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
 FSNE = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2,

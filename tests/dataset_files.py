@@ -1,7 +1,7 @@
 """Small files in each dataset's real on-disk format (torchvision's layouts), for tests that read datasets.
 
 CIFAR pickles as Python 2 wrote them, STL-10 column-major binaries, the Stanford Cars devkit, and image
-class folders: what `trainers.data` reads, written with a few random images per class.
+class folders: what `trainers.datasets` reads, written with a few random images per class.
 """
 from __future__ import annotations
 

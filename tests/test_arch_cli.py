@@ -15,7 +15,7 @@ from search_spaces.arch import ArchConfig, AttentionConfig, FFNConfig, QKVConfig
 from search_spaces.cost import count_flops, count_params
 from search_spaces.presets import PRESETS
 from search_spaces.shape import IMAGENET, DataShape
-from trainers.data import DataRequest
+from trainers.datasets.registry import DataRequest
 from trainers.model_folder import TrainingTask, start_folder
 from trainers.recipe import get_recipe
 

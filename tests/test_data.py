@@ -23,9 +23,11 @@ from dataset_files import (CIFAR10_NAMES, write_cars_annotations, write_cifar10,
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.presets import patch_size_for
-from trainers import data
+from trainers.datasets import registry
 from trainers.batches import allows_hflip
-from trainers.data import FileImageDataset, FileSplit, TensorSplit, dataset_names, load_dataset
+from trainers.batches import FileImageDataset
+from trainers.datasets.registry import dataset_names, load_dataset
+from trainers.datasets.splits import FileSplit, TensorSplit
 from trainers.holdout import DEFAULT_VAL_FRACTION, stratified_sample
 
 
@@ -51,8 +53,8 @@ def _skip_md5(monkeypatch: pytest.MonkeyPatch, module) -> None:
 
 def test_registry_names_and_descriptions():
     assert dataset_names() == ["digits", "mnist5k", "cifar10", "cifar100", "stl10", "stanford_cars", "imagenet",
-                               "folder", "synthetic"]
-    for name, entry in data.DATASETS.items():
+                               "imagenet16", "imagenet32", "imagenet64", "folder", "synthetic"]
+    for name, entry in registry.DATASETS.items():
         assert entry.name == name
         assert entry.description and "\n" not in entry.description
 
@@ -217,7 +219,7 @@ def test_cifar_missing_or_malformed_files_name_the_path(tmp_path):
     with pytest.raises(UsageError, match="missing cifar-10-batches-py/data_batch_3"):
         load_dataset("cifar10", root)
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(UsageError, match=f"{root}/cifar-10-batches-py/data_batch_3: not a readable CIFAR pickle"):
+    with pytest.raises(UsageError, match=f"{root}/cifar-10-batches-py/data_batch_3: not a readable pickle .*expected a CIFAR pickle"):
         load_dataset("cifar10", root)
 
 

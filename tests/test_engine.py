@@ -10,7 +10,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.shape import DataShape
 from trainers.batches import TensorBatches, make_batches
-from trainers.data import DatasetInfo, TensorSplit
+from trainers.datasets.splits import DatasetInfo, TensorSplit
 from trainers.engine import StopTraining, TrainingDiverged, evaluate, fit
 from trainers.metrics import EpochMetrics
 from trainers.optim import build_optimizer, build_scheduler, build_training

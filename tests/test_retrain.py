@@ -24,7 +24,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
 from search_spaces.shape import DataShape
 from trainers.checkpoint import load_checkpoint
-from trainers.data import DataRequest, load_dataset
+from trainers.datasets.registry import DataRequest, load_dataset
 from trainers.engine import evaluate
 from trainers.from_scratch import RetrainTask
 from trainers.holdout import SPLIT_VERSION

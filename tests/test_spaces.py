@@ -16,7 +16,7 @@ from search_spaces.shape import DataShape
 from search_spaces.spaces import SPACES, draw
 
 DIGITS = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
-# The shapes of the built-in datasets' small images, at the patch size each declares (trainers.data).
+# The shapes of the built-in datasets' small images, at the patch size each declares (trainers.datasets).
 SHAPES = [DIGITS, DataShape(img_size=28, in_chans=1, num_classes=10, patch_size=4),
           DataShape(img_size=32, in_chans=3, num_classes=100, patch_size=4)]
 

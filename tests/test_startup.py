@@ -13,7 +13,7 @@ from search_spaces.build import build_model
 from search_spaces.proxies import zico
 from search_spaces.spaces import load_space
 from trainers.batches import make_batches
-from trainers.data import load_dataset
+from trainers.datasets.registry import load_dataset
 from trainers.recipe import PROXY
 from trainers.runtime import seed_everything
 

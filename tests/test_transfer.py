@@ -14,7 +14,7 @@ from qkvnas_core.errors import UsageError
 from dataset_files import write_cifar10, write_stl10
 from search_spaces.arch import ArchConfig
 from trainers.checkpoint import load_checkpoint
-from trainers.data import DataRequest, load_dataset
+from trainers.datasets.registry import DataRequest, load_dataset
 from trainers.from_scratch import RetrainTask, retrain_model
 from trainers.recipe import get_recipe
 from trainers.transfer import load_pretrained, transfer_model

@@ -23,8 +23,8 @@ from torch import nn
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from trainers import checkpoint as ckpt
-from trainers.batches import Batches, TensorBatches, make_batches
-from trainers.data import DatasetInfo, DatasetSplits, FileSplit, TensorSplit
+from trainers.batches import Batches, DeviceBatches, make_batches
+from trainers.datasets.splits import DatasetInfo, DatasetSplits, Split
 from trainers.metrics import EpochMetrics
 from trainers.optim import Training, build_training
 from trainers.recipe import Recipe
@@ -100,7 +100,7 @@ def evaluate_batches(model: nn.Module, batches: Batches, *, device: torch.device
     return {"loss": loss_sum / count, "acc": correct / count, "top5": correct5 / count, "count": int(count)}
 
 
-def evaluate(model: nn.Module, split: TensorSplit | FileSplit, info: DatasetInfo, *, device: torch.device | str,
+def evaluate(model: nn.Module, split: Split, info: DatasetInfo, *, device: torch.device | str,
              batch_size: int = 256) -> dict[str, float]:
     """Evaluate `model` (already on `device`) on a whole split: {'loss', 'acc', 'top5', 'count'}."""
     device = select_device(device)
@@ -201,7 +201,7 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
         raise UsageError(f"batch_size={recipe.batch_size}: larger than the training split of {data.info.name!r}; "
                          "expected a smaller batch")
     training = build_training(model, recipe, data.info.num_classes, device, steps_per_epoch=steps_per_epoch,
-                              compile=compile, world=world, erase_in_step=isinstance(train_batches, TensorBatches))
+                              compile=compile, world=world, erase_in_step=isinstance(train_batches, DeviceBatches))
 
     history: list[EpochMetrics] = []
     best_val_acc = -1.0

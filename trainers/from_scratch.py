@@ -19,7 +19,8 @@ from search_spaces.cost import count_flops
 from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.model_tools.memory import TRAINING_COPIES, check_fits
 from search_spaces.presets import fit_patch_size
-from trainers.data import DataRequest, DatasetSplits
+from trainers.datasets.registry import DataRequest
+from trainers.datasets.splits import DatasetSplits
 from trainers.metrics import EpochMetrics
 from trainers.model_folder import TrainingTask, describe_test, plan, train_in_folder
 from trainers.recipe import Recipe, describe_recipe

@@ -1,6 +1,6 @@
 """How a share of a labelled set is held out: the validation defaults, the range each fraction setting takes (one
 check, used by every reader of it), the version of the rule, and the seeded, stratified sample (scikit-learn's)
-every split of `trainers.data` is drawn with.
+every split of `trainers.datasets` is drawn with.
 
 Imports neither numpy nor scikit-learn at module level, so command-line parsers can read the defaults.
 """
@@ -21,6 +21,9 @@ TRANSFER_VAL_FRACTION = 0.1
 # Which images a fraction and a seed hold out: 1 was a hand-written per-class draw, 2 is scikit-learn's
 # train_test_split. search.json and result.json record it, so a resume never mixes two versions' splits.
 SPLIT_VERSION = 2
+# Separate random streams of one seed: validation never moves with train_fraction or the validation cap, nor a
+# built-in test set with any of them.
+VAL_STREAM, TRAIN_FRACTION_STREAM, TEST_STREAM, VAL_CAP_STREAM = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)

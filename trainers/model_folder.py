@@ -36,7 +36,8 @@ from search_spaces.arch import ArchConfig
 from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 from trainers import checkpoint as ckpt
-from trainers.data import DataRequest, DatasetInfo, DatasetSplits
+from trainers.datasets.registry import DataRequest
+from trainers.datasets.splits import DatasetInfo, DatasetSplits
 from trainers.engine import describe_epoch, evaluate, fit
 from trainers.holdout import SPLIT_VERSION
 from trainers.metrics import EpochMetrics

@@ -49,6 +49,11 @@ class Recipe:
     crop_padding: float = field(
         default=0.125, metadata={"help": "random crop after zero padding by this fraction of the image side (4 px at "
                                          "32 px, 1 px at 8 px); in-memory datasets without RandAugment; 0 disables"})
+    resized_crop: float | None = field(
+        default=None, metadata={"help": "smallest share of the image area a random-resized crop keeps (aspect ratio "
+                                        "3/4 to 4/3), on data augmented on the device; None: 0.08 (timm's) for image "
+                                        "files, cached or not, none for in-memory sets, which take crop_padding",
+                                "none": "none: by the data"})
     hflip: float = field(
         default=0.5, metadata={"help": "horizontal flip probability, applied only on datasets where a mirror keeps the "
                                        "label"})
@@ -81,6 +86,8 @@ class Recipe:
                 raise UsageError(f"recipe {name}={value!r}: expected a number from 0 to 1")
         if not _is_number(self.crop_padding) or not 0 <= self.crop_padding < 1:
             raise UsageError(f"recipe crop_padding={self.crop_padding!r}: expected a fraction from 0 to below 1")
+        if self.resized_crop is not None and (not _is_number(self.resized_crop) or not 0 < self.resized_crop <= 1):
+            raise UsageError(f"recipe resized_crop={self.resized_crop!r}: expected a share above 0, at most 1, or None")
         if not self.drop_path < 1:
             raise UsageError(f"recipe drop_path={self.drop_path!r}: expected a rate below 1")
         if self.schedule not in SCHEDULES:

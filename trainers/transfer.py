@@ -20,7 +20,8 @@ from torch import nn
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
 from trainers import checkpoint as ckpt
-from trainers.data import DataRequest, DatasetSplits, dataset_names
+from trainers.datasets.registry import DataRequest, dataset_names
+from trainers.datasets.splits import DatasetSplits
 from trainers.engine import TrainingDiverged
 from trainers.metrics import EpochMetrics
 from trainers.transfer_request import TransferRequest

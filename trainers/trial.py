@@ -11,7 +11,7 @@ from ray import tune
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.cost import count_flops
-from trainers.data import DatasetSplits
+from trainers.datasets.splits import DatasetSplits
 from trainers.engine import fit
 from trainers.metrics import EpochMetrics
 from trainers.recipe import Recipe

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from search_spaces.presets import load_arch
     from trainers.engine import TrainingDiverged
-    from trainers.data import DataRequest
+    from trainers.datasets.registry import DataRequest
     from trainers.from_scratch import train_arch
     from trainers.recipe import get_recipe
 

@@ -44,7 +44,8 @@ from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupte
                                  render_trials, trial_curves)
 from nas.runtime.tracking import tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
-from trainers.data import DatasetSplits, load_dataset
+from trainers.datasets.registry import cache_images, image_path, load_dataset
+from trainers.datasets.splits import DatasetSplits
 from trainers.holdout import SPLIT_VERSION
 from trainers.recipe import get_recipe
 from trainers.trial import TrialSettings, run_trial

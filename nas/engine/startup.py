@@ -19,7 +19,7 @@ from search_spaces.build import build_model
 from search_spaces.proxies import PROXIES
 from search_spaces.spaces import Space
 from trainers.batches import make_batches
-from trainers.data import DatasetSplits
+from trainers.datasets.splits import DatasetSplits
 from trainers.recipe import Recipe
 from trainers.runtime import seed_everything
 

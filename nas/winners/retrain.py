@@ -30,7 +30,8 @@ from nas.settings import RetrainRequest
 from nas.runs.results import RunFolder, find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
 from search_spaces.presets import fit_patch_size, load_arch
-from trainers.data import DataRequest, DatasetInfo
+from trainers.datasets.registry import DataRequest
+from trainers.datasets.splits import DatasetInfo
 from trainers.engine import TrainingDiverged
 from trainers.from_scratch import RETRAIN_COLUMNS, RetrainTask, retrain_model
 from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_VERSION

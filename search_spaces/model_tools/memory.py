@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from qkvnas_core.errors import UsageError
+from qkvnas_core.units import format_bytes
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_params
 from search_spaces.shape import DataShape
@@ -34,13 +35,6 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _bytes_text(count: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if count >= scale:
-            return f"{count / scale:,.1f} {unit}"
-    return f"{count:,} bytes"
-
-
 def check_fits(arch: ArchConfig, shape: DataShape, device: torch.device, copies: int) -> int:
     """The parameter count of `arch` at `shape`, or one UsageError naming the model's size when `copies` of its
     parameters do not fit in `device`'s available memory (and one copy in RAM, where every model is built)."""
@@ -52,6 +46,6 @@ def check_fits(arch: ArchConfig, shape: DataShape, device: torch.device, copies:
         if needed > available:
             what = "weights" if place_copies == INFERENCE_COPIES else "weights, gradients and AdamW state"
             raise UsageError(f"model {arch.arch_id} ({arch.summary()}) has {params:,} parameters: its {what} need "
-                             f"{_bytes_text(needed)} but {place} has {_bytes_text(available)} available; expected a "
+                             f"{format_bytes(needed)} but {place} has {format_bytes(available)} available; expected a "
                              "smaller model")
     return params
