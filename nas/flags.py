@@ -221,7 +221,8 @@ class Word:
     metavar: str | None = None  # None: a switch
 
 
-DATASETS_HELP = "digits or mnist5k (built in), cifar10, cifar100, stl10, stanford_cars, imagenet, folder, synthetic"
+DATASETS_HELP = ("digits or mnist5k (built in), cifar10, cifar100, stl10, stanford_cars, imagenet, imagenet16, imagenet32, "
+                 "imagenet64, folder, synthetic")
 
 # The one vocabulary of the commands: a flag that more than one command takes is added from here (tests/
 # test_vocabulary.py reads every parser and refuses a word with two meanings).
@@ -230,6 +231,11 @@ VOCABULARY: dict[str, Word] = {
     "--data-dir": Word("folder holding the dataset's files in its own on-disk format", path_argument, "DIR"),
     "--download": Word("download the dataset into --data-dir if it is missing"),
     "--img-size": Word("image side in px", positive_int, "PX"),
+    "--image-cache": Word("read image files once into the image cache (decoded at the run's size into a memory-mapped "
+                          "array every process on the machine shares) instead of decoding them every step; "
+                          "docs/datasets.md"),
+    "--cache-dir": Word("folder of the image cache (default ~/.cache/qkvnas/images, or $XDG_CACHE_HOME/qkvnas/"
+                        "images)", output_folder, "DIR"),
     "--num-classes": Word("classifier size", positive_int, "N"),
     "--in-chans": Word("image channels", positive_int, "C"),
     "--patch-size": Word("patch size", positive_int, "P"),

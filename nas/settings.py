@@ -34,15 +34,15 @@ from nas.naming import given, named
 from nas.engine.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
 from nas.runtime.tracking import DEFAULT_LOGGERS, check_loggers, parse_loggers
 from search_spaces.model_tools.device import DEFAULT_DEVICE
-from trainers.holdout import DEFAULT_VAL_FRACTION
+from trainers.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_IMAGES
 from trainers.recipe import PROXY, get_recipe
 
 # A value as Python code gives it: the flag's text, a number, a path, or a list where the flag takes several.
 Value = Union[str, int, float, os.PathLike, list, tuple, None]
 # search.json's names of settings written before each was named as its flag.
 RENAMED = {"cpus_per_trial": "cpus_per_model", "gpus_per_trial": "gpus_per_model", "loggers": "logger"}
-# What a run recorded before these settings existed: one objective, TPE, ASHA.
-EARLIER_DEFAULTS = {"objectives": ["val_acc"], "sampler": "tpe", "early_stopping": "asha"}
+# What a run recorded before these settings existed: one objective, TPE, ASHA, no validation cap.
+EARLIER_DEFAULTS = {"objectives": ["val_acc"], "sampler": "tpe", "early_stopping": "asha", "val_images": None}
 # nas search's argument groups, in the order --help shows them.
 SEARCH_GROUPS = {
     "what": "what to search (--budget, or a --config file that gives it)",
@@ -237,6 +237,15 @@ class SearchSettings:
                                     help="proxy: fraction of the training set")
     img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
     val_fraction: float = setting(DEFAULT_VAL_FRACTION, group="data", help="it scores the trials")
+    val_images: int | None = setting(
+        DEFAULT_VAL_IMAGES, parse=positive_int, metavar="N", group="data",
+        help="validation capped at a stratified sample of N of the held-out images (the others are not trained on "
+             "either): enough to rank trials (binomial standard error at most 0.5 points), not an epoch's worth of "
+             "evaluation on a proxy of ImageNet")
+    cache_dir: str | None = setting(None, group="data", resumable=True,
+                                    help="image files (imagenet, folder, stanford_cars) and ImageNet 16/32/64 are "
+                                         "read once into the image cache kept there",
+                                    default_text="~/.cache/qkvnas/images")
     split_seed: int | None = setting(None, group="data", help="", default_text="--seed")
     trials: int = setting(16, parse=positive_int, metavar="N", group="trials", resumable=True,
                           help="trials to train; infeasible draws do not count")
@@ -329,6 +338,9 @@ class RetrainRequest:
     data_dir: str | None = setting(None, group="data", help="", default_text="the run's when it is the run's dataset")
     download: bool = setting(False, group="data", help="")
     img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
+    image_cache: bool = setting(False, group="data", help="image files only (imagenet, folder, stanford_cars)")
+    cache_dir: str | None = setting(None, group="data", help="with --image-cache, and for ImageNet 16/32/64",
+                                    default_text="~/.cache/qkvnas/images")
     patch_size: int | None = setting(None, group="data", help="of every model",
                                      default_text="each arch's, or the dataset's where it does not fit")
     val_fraction: float | None = setting(None, group="data", help="", default_text="the run's")

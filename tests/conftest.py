@@ -20,6 +20,16 @@ DEFAULT_ROWS = (("t0000", TINY, "complete", [0.50, 0.70, 0.80]), ("t0001", FSNE,
                 ("t0003", TINY.replace(embed_dim=256), "infeasible", []))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory) -> Path:
+    """The user's cache folder (the image cache's default place) in a temporary folder, never ~/.cache."""
+    import os
+
+    home = tmp_path_factory.mktemp("cache-home")
+    os.environ["XDG_CACHE_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def digits() -> DatasetSplits:
     return load_dataset("digits")

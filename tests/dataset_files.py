@@ -147,3 +147,47 @@ def write_image_folders(root: Path, test_name: str | None = "val", per_class: in
     (root / "train" / "n02" / "notes.txt").write_text("not an image")
     (root / "train" / ".ipynb_checkpoints").mkdir()
     return root
+
+
+def write_downsampled_imagenet(root: Path, side: int, per_file: int = 6, val_count: int = 8,
+                               labels: tuple[int, ...] = (1, 2, 3, 119, 120, 121, 1000)) -> dict[str, np.ndarray]:
+    """Downsampled ImageNet's official files (Chrabaszcz et al. 2017) as the archives unpack them:
+    Imagenet<S>_train/train_data_batch_1..10 and Imagenet<S>_val/val_data, each a Python 2 pickle of a dict with
+    `data` (N x 3*S*S uint8, channels first), `labels` (a list, 1..1000) and, in the training batches, `mean`.
+    Returns the rows written: {"train": (N, 3, S, S), "train_labels": 1-based, "val": ..., "val_labels": ...}."""
+    rng = np.random.default_rng(side)
+    train_dir, val_dir = root / f"Imagenet{side}_train", root / f"Imagenet{side}_val"
+    train_dir.mkdir(parents=True)
+    val_dir.mkdir(parents=True)
+    rows, row_labels = [], []
+    for index in range(1, 11):
+        batch_labels = [labels[(index + i) % len(labels)] for i in range(per_file)]
+        data = rng.integers(0, 256, (per_file, 3 * side * side), dtype=np.uint8)
+        write_python2_pickle(train_dir / f"train_data_batch_{index}", {
+            b"data": data, b"labels": batch_labels, b"mean": data.mean(axis=0)})
+        rows.append(data)
+        row_labels += batch_labels
+    val_labels = [labels[i % len(labels)] for i in range(val_count)]
+    val = rng.integers(0, 256, (val_count, 3 * side * side), dtype=np.uint8)
+    write_python2_pickle(val_dir / "val_data", {b"data": val, b"labels": val_labels})
+    return {"train": np.concatenate(rows).reshape(-1, 3, side, side), "train_labels": np.asarray(row_labels),
+            "val": val.reshape(-1, 3, side, side), "val_labels": np.asarray(val_labels)}
+
+
+def write_photo_folders(root: Path, classes: int, per_class: int, size: tuple[int, int] = (500, 375),
+                        quality: int = 90) -> Path:
+    """train/<class>/*.JPEG and val/<class>/*.JPEG of photo-like images (smooth gradients and noise, so JPEG
+    compresses them as it does photographs) at ImageNet's typical size."""
+    rng = np.random.default_rng(0)
+    width, height = size
+    ramp = np.linspace(0, 1, width)[None, :, None] * np.linspace(0, 1, height)[:, None, None]
+    for part, count in (("train", per_class), ("val", max(1, per_class // 10))):
+        for class_index in range(classes):
+            folder = root / part / f"n{class_index:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                tint = rng.uniform(0.2, 1.0, 3)[None, None, :]
+                pixels = 255 * (0.6 * ramp * tint + 0.4 * rng.random((height, width, 1)))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(
+                    folder / f"{part}_{class_index}_{index}.JPEG", "JPEG", quality=quality)
+    return root

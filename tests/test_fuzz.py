@@ -597,3 +597,119 @@ def test_memory_check_counts_weights_gradients_and_adamw_state(monkeypatch):
         monkeypatch.setattr(memory, "available_memory", lambda device, free=params * copies * 4 - 1: free)
         with pytest.raises(UsageError, match=f"has {params:,} parameters"):
             check_fits(XCIT, DIGITS, cpu, copies)
+
+
+# The image cache's manifest and downsampled ImageNet's pickles (trainers/datasets)
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A finished image cache of four JPEGs, and the source it was made from."""
+    from dataset_files import write_jpeg
+    from trainers.datasets.image_cache import image_files, open_cache
+
+    folder = tmp_path_factory.mktemp("jpegs")
+    paths = []
+    for index in range(4):
+        write_jpeg(folder / f"{index}.jpg", (30 + 7 * index, 20), seed=index)
+        paths.append(str(folder / f"{index}.jpg"))
+    source = image_files("folder", paths, [0, 1, 0, 1], 8, tmp_path_factory.mktemp("cache"))
+    cache = open_cache(source)
+    return source, np.array(cache.images), json.loads((source.folder / "manifest.json").read_text())
+
+
+def _opened_again(source, expected: np.ndarray) -> None:
+    """open_cache on a cache folder changed by hand: the right images (rebuilt where need be) or one UsageError."""
+    from trainers.datasets import image_cache
+
+    image_cache._OPENED.clear()
+    cache = read(lambda: image_cache.open_cache(source), source.folder)
+    if cache is not None:
+        assert np.array_equal(cache.images, expected)
+        assert set(cache.unreadable_rows.tolist()) <= set(range(4))
+
+
+@FUZZ
+@given(data=st.data())
+def test_cache_manifest_with_any_field_changed(tmp_path, tiny_cache, data):
+    source, expected, manifest = tiny_cache
+    _, document = data.draw(changed(manifest))
+    (source.folder / "manifest.json").write_text(json.dumps(document))
+    _opened_again(source, expected)
+
+
+@FUZZ
+@given(name=st.sampled_from(["manifest.json", "images.npy", "labels.npy"]), data=st.binary(max_size=300))
+def test_cache_file_of_any_bytes(tmp_path, tiny_cache, name, data):
+    source, expected, _ = tiny_cache
+    (source.folder / name).write_bytes(data)
+    _opened_again(source, expected)
+
+
+# What a batch file's dict may hold instead of what it should: any JSON value, arrays of any dtype and shape.
+ARRAYS = st.builds(lambda dtype, shape: np.zeros(shape, dtype=dtype),
+                   st.sampled_from([np.uint8, np.int64, np.float32, np.bool_, object]),
+                   st.lists(st.integers(0, 4), max_size=3).map(tuple))
+BATCH_VALUES = JSON_VALUES | ARRAYS
+
+
+@pytest.fixture(scope="module")
+def imagenet16_files(tmp_path_factory):
+    from dataset_files import write_downsampled_imagenet
+
+    root = tmp_path_factory.mktemp("imagenet16")
+    write_downsampled_imagenet(root, 16, per_file=2, val_count=2)
+    return root
+
+
+@FUZZ
+@given(file=st.sampled_from(["Imagenet16_train/train_data_batch_4", "Imagenet16_val/val_data"]),
+       data=st.binary(max_size=300))
+def test_downsampled_imagenet_file_of_any_bytes(tmp_path, imagenet16_files, file, data):
+    from trainers.datasets.registry import load_dataset
+
+    root = tmp_path / "data"
+    for folder in (root, tmp_path / "cache"):  # one example's files and cache never meet the next's
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(imagenet16_files, root)
+    (root / file).write_bytes(data)
+    read(lambda: load_dataset("imagenet16", root, cache_dir=tmp_path / "cache"), root / file)
+
+
+@FUZZ
+@given(key=st.sampled_from(["data", "labels", "extra"]), value=BATCH_VALUES, protocol=st.integers(0, 5),
+       keep_other=st.booleans())
+def test_downsampled_imagenet_batch_with_any_field_changed(tmp_path, imagenet16_files, key, value, protocol,
+                                                           keep_other):
+    from trainers.datasets.registry import load_dataset
+
+    root = tmp_path / "data"
+    for folder in (root, tmp_path / "cache"):  # one example's files and cache never meet the next's
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(imagenet16_files, root)
+    content = {"data": np.zeros((2, 768), np.uint8), "labels": [1, 2]} if keep_other else {}
+    content[key] = value
+    path = root / "Imagenet16_train" / "train_data_batch_2"
+    import pickle
+
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+    splits = read(lambda: load_dataset("imagenet16", root, cache_dir=tmp_path / "cache"), path)
+    if splits is not None:
+        assert splits.info.num_classes == 1000 and len(splits.train) + len(splits.val) >= 18
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_pickle_with_bytes_flipped_or_cut_reads_or_is_one_line(tmp_path, data):
+    import pickle
+
+    from trainers.datasets.safe_pickle import load_pickle
+
+    whole = pickle.dumps({"data": np.arange(24, dtype=np.uint8).reshape(2, 12), "labels": [1, 2],
+                          "mean": np.float64(3.0)}, protocol=data.draw(st.integers(0, 5)))
+    spoiled = bytearray(whole)
+    for _ in range(data.draw(st.integers(1, 4))):
+        spoiled[data.draw(st.integers(0, len(spoiled) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(spoiled)))
+    path = tmp_path / "batch"
+    path.write_bytes(bytes(spoiled[:cut]))
+    read(lambda: load_pickle(path, "a batch"), path)

@@ -278,9 +278,10 @@ def test_searched_patch_size_meets_the_retrain_images(tmp_path, cli):
 # Task fields that say where or how a model runs, or what it is called, but not what it learns: the only ones a
 # resume may change. A new field must go into the resume key (trainers.model_folder.resume_key) or here.
 RUN_ONLY = {"role", "source", "folder", "overrides", "resume", "device", "compile", "progress_bar", "threads",
-            "data.data_dir", "data.download"}
+            "data.data_dir", "data.download", "data.cache_dir"}
 OTHER_VALUES = {"arch": WIDER_LINEAR, "recipe": get_recipe("proxy", epochs=2), "seed": 1, "checkpoint": Path("b.json"),
-                "data.name": "synthetic", "data.val_fraction": 0.3, "data.split_seed": 1, "data.img_size": 16}
+                "data.name": "synthetic", "data.val_fraction": 0.3, "data.split_seed": 1, "data.img_size": 16,
+                "data.image_cache": True}
 
 
 @pytest.mark.parametrize("task", [

@@ -572,3 +572,28 @@ def test_a_damaged_table_is_refused_then_rendered_again_from_the_study(ray_clust
     assert (run_dir / "trials.csv").read_bytes() == original
     assert {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")} == mine
     assert (run_dir / "search_front.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_on_image_files_trains_every_trial_from_the_cache(ray_cluster, tmp_path, space_file):
+    """The cache is built when the search loads its data; then every JPEG is made unreadable (bytes that are no image,
+    size and modification time kept, so the cache is still the source's) and the search runs to its end."""
+    from dataset_files import write_photo_folders
+    from nas.engine.search import load_search_data
+
+    root = write_photo_folders(tmp_path / "data", classes=3, per_class=12, size=(80, 60))
+    settings = settings_for(tmp_path, space_file, trials=2, dataset="imagenet", data_dir=str(root), img_size=8,
+                            epochs=2, grace_epochs=1, cache_dir=str(tmp_path / "cache"), val_images=6,
+                            recipe_overrides={"batch_size": 8})
+    splits = load_search_data(settings)
+    assert len(splits.val) == 6 and splits.test is None
+    for path in root.rglob("*.JPEG"):
+        stat = path.stat()
+        path.write_bytes(b"\0" * stat.st_size)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run_search(settings)
+    assert result.ended == "finished" and result.trained == 2
+    assert set(result.trials["state"]) <= {"complete", "stopped", "infeasible"}
+    record = json.loads((tmp_path / "results" / "run" / "search.json").read_text())
+    assert record["images_from"].startswith(f"image cache {tmp_path / 'cache'}")
+    assert record["val_count"] == 6 and record["train_count"] == len(splits.train) and record["val_images"] == 6

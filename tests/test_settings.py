@@ -103,7 +103,7 @@ def _typed(text: str) -> object:
 
 def test_resumable_is_what_a_resume_may_change():
     assert set(resumable(SearchSettings)) == {"trials", "epoch_budget", "max_concurrent", "cpus_per_model",
-                                              "gpus_per_model", "address", "logger", "verbose"}
+                                              "gpus_per_model", "address", "logger", "verbose", "cache_dir"}
 
 
 def test_search_json_under_the_older_names_reads_with_the_new(tmp_path):

@@ -90,9 +90,10 @@ def resized_crop_boxes(count: int, height: int, width: int, min_share: float,
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """Each image's crop (boxes: top, left, height, width in pixels) resized to size x size by bilinear sampling
-    (torchvision's resized_crop without antialiasing: the crops are never larger than the output), mirrored where
-    `flips`; one affine grid_sample for the batch. images: float (B, C, H, W)."""
+    """Each image's crop (boxes: top, left, height, width in pixels) resized to size x size by bilinear sampling,
+    as PIL's resize of the box samples it for timm (the pixels beside the box included; no antialiasing, as the
+    crops are never larger than the output), mirrored where `flips`; one affine grid_sample for the batch.
+    images: float (B, C, H, W)."""
     height, width = images.shape[-2:]
     top, left, crop_h, crop_w = boxes.to(images.device, torch.float32).unbind(1)
     scale_x = torch.where(flips.to(images.device), -crop_w / width, crop_w / width)
@@ -185,7 +186,8 @@ class DeviceBatches:
         order = torch.randperm(len(self.labels), generator=generator)[:drawn]
         boxes = offsets = None
         if self.resized_crop is not None:
-            height, width = self._stored_size()
+            # crops of an image stored larger than the output are drawn on it resized to the output (antialiased)
+            height, width = (min(side, self.img_size) for side in self._stored_size())
             boxes = resized_crop_boxes(drawn, height, width, self.resized_crop, generator)
             flips = torch.rand(drawn, generator=generator) < self.hflip
         elif self.padding > 0 or self.hflip > 0:
@@ -199,6 +201,9 @@ class DeviceBatches:
             labels = self.labels[order[picked].to(self.device)]
             if boxes is not None:
                 normalised = torch.addcmul(self.shift, images.float(), self.scale)
+                if max(normalised.shape[-2:]) > self.img_size:
+                    normalised = F.interpolate(normalised, size=(height, width), mode="bilinear", antialias=True,
+                                               align_corners=False)
                 batch = resized_crop(normalised, boxes[picked], flips[picked], self.img_size)
                 yield (batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch), labels
                 continue

@@ -94,6 +94,7 @@ class ResumeKey:
     split_seed: int
     split_version: int
     seed: int
+    image_cache: bool = False  # the images read from the image cache (the on-device augmentation), not the files
 
     def as_json(self) -> dict[str, Any]:
         """The key as result.json and settings.json hold it (tuples as lists), so it compares with them."""
@@ -106,7 +107,8 @@ def resume_key(task: TrainingTask) -> ResumeKey:
         raise ValueError(f"{task.folder}: the task's data request has no resolved img_size")
     return ResumeKey(arch_id=task.arch.arch_id, pretrained=task.pretrained, recipe_fields=task.recipe.to_dict(),
                      dataset=task.data.name, img_size=task.data.img_size, val_fraction=task.data.val_fraction,
-                     split_seed=task.data.split_seed, split_version=SPLIT_VERSION, seed=task.seed)
+                     split_seed=task.data.split_seed, split_version=SPLIT_VERSION, seed=task.seed,
+                     image_cache=task.data.image_cache)
 
 
 def folder_state(folder: Path) -> str:
@@ -148,7 +150,21 @@ def read_result(folder: Path) -> dict[str, Any]:
 
 
 def _differences(key: ResumeKey, recorded: dict[str, Any]) -> list[str]:
-    return [name for name, value in key.as_json().items() if recorded.get(name) != value]
+    """The fields of `key` a recorded one differs in. A field an older qkvnas did not record is at its default, and
+    the recipe is compared as a Recipe reads it (a recipe field added since is at its default)."""
+    defaults = {item.name: item.default for item in dataclasses.fields(ResumeKey)
+                if item.default is not dataclasses.MISSING}
+    differs = []
+    for name, value in key.as_json().items():
+        was = recorded.get(name, defaults.get(name))
+        if name == "recipe_fields" and isinstance(was, dict):
+            try:
+                was = Recipe.from_dict(was).to_dict()
+            except UsageError:
+                pass  # a recipe this version cannot read differs
+        if was != value:
+            differs.append(name)
+    return differs
 
 
 def plan_folder(task: TrainingTask, info: DatasetInfo | None = None) -> dict[str, Any] | None:

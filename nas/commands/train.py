@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "--data-dir")
     add_flag(data, "--download")
     add_flag(data, "--img-size", "images resized to it (default: the dataset's own)")
+    add_flag(data, "--image-cache", "image files only (imagenet, folder, stanford_cars)")
+    add_flag(data, "--cache-dir", "with --image-cache, and for ImageNet 16/32/64")
     add_flag(data, "--patch-size", "default: the architecture's, or the dataset's when that does not fit")
     add_flag(data, "--val-fraction", f"default {DEFAULT_VAL_FRACTION}, as nas search", default=DEFAULT_VAL_FRACTION)
     add_flag(data, "--split-seed", f"default {DEFAULT_SPLIT_SEED}, as nas search", default=DEFAULT_SPLIT_SEED)
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from trainers.recipe import get_recipe
 
     overrides = recipe_overrides(args)
-    data = DataRequest(args.dataset, args.data_dir, args.download, args.val_fraction, args.split_seed, args.img_size)
+    data = DataRequest(args.dataset, args.data_dir, args.download, args.val_fraction, args.split_seed, args.img_size,
+                       args.image_cache, args.cache_dir)
     try:
         train_arch(load_arch(args.arch), data, get_recipe(args.recipe, **overrides), overrides,
                    folder=None if args.out is None else Path(args.out), patch_size=args.patch_size, seed=args.seed,

@@ -44,7 +44,7 @@ from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupte
                                  render_trials, trial_curves)
 from nas.runtime.tracking import tracking_callbacks, tracking_environment
 from search_spaces.spaces import Space, load_space
-from trainers.datasets.registry import cache_images, image_path, load_dataset
+from trainers.datasets.registry import image_path, load_dataset
 from trainers.datasets.splits import DatasetSplits
 from trainers.holdout import SPLIT_VERSION
 from trainers.recipe import get_recipe
@@ -65,13 +65,19 @@ def versions() -> dict[str, str]:
 
 
 def load_search_data(settings: SearchSettings) -> DatasetSplits:
-    """The dataset the trials train on; the search scores on its validation split only, never on test."""
+    """The dataset the trials train on; the search scores on its validation split only, never on test. Image files
+    are read into the image cache (decoded once at the search's size), which every trial reads."""
+    # The test split stays on disk, unread: trials never receive it.
     splits = load_dataset(settings.dataset, settings.data_dir, val_fraction=settings.val_fraction,
                           seed=settings.seed if settings.split_seed is None else settings.split_seed,
                           classes=settings.classes, train_fraction=settings.train_fraction,
-                          img_size=settings.img_size)
-    # The test split stays on disk: trials never receive it.
-    return dataclasses.replace(splits, test=None)
+                          img_size=settings.img_size, val_images=settings.val_images, image_cache=True,
+                          cache_dir=settings.cache_dir, with_test=False)
+    capped = " (--val-images caps it)" if settings.val_images is not None and len(splits.val) == settings.val_images \
+        else ""
+    log.info(f"data: {settings.dataset} at {splits.info.img_size} px, {len(splits.train):,} training and "
+             f"{len(splits.val):,} validation images{capped}, read from {image_path(splits)}")
+    return splits
 
 
 def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
@@ -296,7 +302,8 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     record.update(settings.to_dict())
     record.update(sessions=int(record.get("sessions", 0)) + 1, versions=versions(), split_version=SPLIT_VERSION,
                   patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
-                  in_chans=shape.in_chans, started=record.get("started", _now()), finished=None, ended=None,
+                  in_chans=shape.in_chans, train_count=len(splits.train), val_count=len(splits.val),
+                  images_from=image_path(splits), started=record.get("started", _now()), finished=None, ended=None,
                   ray_processes=ray_processes() if started_ray else [])
     folder = RunFolder(run_dir)
     clock = SessionClock(folder.settings_file, record)

@@ -216,7 +216,8 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
 # What search.json records beside the settings (nas.settings.SearchSettings gives theirs): the session's record.
 RECORD_FIELDS = {
     **dict.fromkeys(("started", "finished", "ended"), str), **dict.fromkeys(("sessions", "split_version"), int),
-    **dict.fromkeys(("num_classes", "in_chans"), int), "seconds": float, "ray_processes": list[tuple[int, float]],
+    **dict.fromkeys(("num_classes", "in_chans", "train_count", "val_count"), int), "images_from": str,
+    "seconds": float, "ray_processes": list[tuple[int, float]],
     "versions": dict[str, str], "hypervolume": float, "hypervolume_reference": dict[str, float],
 }
 # The record's counts of which 0 means nothing; the others are from 1.

@@ -229,7 +229,8 @@ def retrain_run(request: RetrainRequest) -> RetrainOutcome:
     same_data = dataset == settings.get("dataset")
     data_request = DataRequest(
         name=dataset, data_dir=request.data_dir or (settings.get("data_dir") if same_data else None),
-        download=request.download, img_size=request.img_size,
+        download=request.download, img_size=request.img_size, image_cache=request.image_cache,
+        cache_dir=request.cache_dir or (settings.get("cache_dir") if same_data else None),
         val_fraction=(request.val_fraction if request.val_fraction is not None
                       else settings.get("val_fraction", DEFAULT_VAL_FRACTION)),
         split_seed=next(seed for seed in (request.split_seed, settings.get("split_seed"), settings.get("seed"),

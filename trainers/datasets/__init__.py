@@ -1,7 +1,7 @@
 """Datasets: one reader a file, the registry that loads and splits them, and the image cache.
 
     splits.py               what a reader returns: DatasetInfo, TensorSplit / FileSplit / CachedSplit, DatasetSplits
-    registry.py             DATASETS, load_dataset (split, proxies, validation cap), cache_images, DataRequest
+    registry.py             DATASETS, load_dataset (split, proxies, validation cap, the cache), DataRequest
     image_cache.py          images decoded once at a run's size into a memory-mapped array every process shares
     safe_pickle.py          dataset pickles read without running their code
     digits.py, mnist5k.py   built in
@@ -15,8 +15,7 @@ Imported on first use (PEP 562): a process that only builds a cache (its pool's 
 from qkvnas_core.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    **dict.fromkeys(("DATASETS", "load_dataset", "dataset_names", "cache_images", "DataRequest", "image_path",
-                     "reads_files"), "registry"),
+    **dict.fromkeys(("DATASETS", "load_dataset", "dataset_names", "DataRequest", "image_path"), "registry"),
     **dict.fromkeys(("DatasetInfo", "DatasetSplits", "TensorSplit", "FileSplit", "CachedSplit", "Split",
                      "IMAGENET_MEAN", "IMAGENET_STD"), "splits"),
     **dict.fromkeys(("open_cache", "decode_image", "default_cache_root", "RESIZE_METHOD", "ImageCache"),

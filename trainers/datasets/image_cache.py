@@ -26,7 +26,7 @@ damaged (a manifest that does not read, an array truncated or of another shape) 
 why. Images that cannot be decoded are named once, at the build, and recorded in the manifest: the splits leave
 them out. The pixels of a finished cache carry no checksum: bytes changed in place are not detected.
 
-This module imports numpy and PIL only (no torch): the pool's processes start fast.
+This module imports numpy and PIL, not torch.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -69,6 +70,9 @@ CHUNKS_PER_PROCESS = 4
 # Below this many images a pool's start-up costs more than it saves: decoded in this process.
 POOL_THRESHOLD = 256
 PROGRESS_EVERY_S = 10.0
+# Forked on Linux: the pool starts at once and does not import the caller's script again (spawn would run a script
+# without a __main__ guard twice); the children only decode and write, holding no lock a parent's thread may hold.
+POOL_START = "fork" if sys.platform == "linux" else "spawn"
 # A process unpickling a batch file holds about this many times its size at once.
 PICKLE_MEMORY_FACTOR = 3
 
@@ -388,11 +392,8 @@ def _read_cache(folder: Path, source: CacheSource) -> ImageCache:
         raise CacheProblem(f"its source changed since it was built (a file of {source.dataset} was added, removed, "
                            "resized or modified)")
     shape = (manifest.count, source.in_chans, source.img_size, source.img_size)
-    try:
-        images = np.load(folder / IMAGES_FILE, mmap_mode="r")
-        labels = np.load(folder / LABELS_FILE, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise CacheProblem(f"{error.filename or folder} is damaged ({' '.join(str(error).split())[:100]})") from None
+    images = _load_array(folder / IMAGES_FILE, mmap_mode="r")
+    labels = _load_array(folder / LABELS_FILE)
     if images.dtype != np.uint8 or images.shape != shape:
         raise CacheProblem(f"{folder / IMAGES_FILE} is damaged: {images.dtype} {images.shape}, expected uint8 {shape}")
     if labels.dtype != np.int64 or labels.shape != (manifest.count,) or (len(labels) and labels.min() < 0):
@@ -403,6 +404,14 @@ def _read_cache(folder: Path, source: CacheSource) -> ImageCache:
     return ImageCache(folder, manifest, images, labels)
 
 
+def _load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise CacheProblem(f"{path} is damaged ({' '.join(str(error).split())[:100]})") from None
+
+
+# The caches this process has mapped, by folder and fingerprint: a trial's train and validation batches share one.
 _OPENED: dict[tuple[Path, str], ImageCache] = {}
 
 
@@ -570,7 +579,8 @@ def _build(source: CacheSource, folder: Path) -> None:
             state.record(index, state.jobs[index].run())
             meter.advance(_rows(state.jobs[index]))
     else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        Image.init()  # every format plugin imported before the fork, so no child imports one
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(POOL_START)) as pool:
             futures = {pool.submit(state.jobs[index].run): index for index in left}
             for future in as_completed(futures):
                 index = futures[future]

@@ -1,7 +1,9 @@
 """Image files in class folders: ImageNet (train/ and val/ sorted into class folders) and any train/<class>/ tree.
 
-The listing keeps the files PIL can open (a header check; one warning per split names how many it skipped), in
-sorted class and path order, so labels follow the sorted class names.
+The listing holds every file with an image extension, in sorted class and path order, so labels follow the sorted
+class names; the splits are drawn over it. Files that do not open are left out of their split afterwards
+(`readable_files`, a header check where the files are read every step; the image cache's build, where they are
+cached), so a run's splits are the same whichever way it reads its images.
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ def is_readable_image(path: str) -> bool:
         return False
 
 
-def readable_split(paths: list[str], labels: list[int], folder: Path) -> FileSplit:
-    """Drop files PIL cannot open, with one warning per split rather than a crash mid-training."""
-    keep = [index for index, path in enumerate(paths) if is_readable_image(path)]
-    if len(keep) < len(paths):
-        warnings.warn(f"skipped {len(paths) - len(keep)} unreadable images under {folder}", stacklevel=2)
-    return FileSplit([paths[index] for index in keep], [labels[index] for index in keep])
+def readable_files(split: FileSplit, what: str) -> FileSplit:
+    """The files of a split PIL can open, with one warning naming how many were left out, rather than a crash
+    mid-training; the image cache finds them instead by decoding every image once."""
+    keep = [index for index, path in enumerate(split.paths) if is_readable_image(path)]
+    if len(keep) < len(split):
+        warnings.warn(f"skipped {len(split) - len(keep)} unreadable images of {what}", stacklevel=2)
+    return FileSplit([split.paths[index] for index in keep], [split.labels[index] for index in keep])
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -65,7 +68,7 @@ def _read_class_tree(folder: Path, class_to_label: dict[str, int]) -> FileSplit:
         files = sorted(_image_files(str(folder / class_name)))
         paths += files
         labels += [class_to_label[class_name]] * len(files)
-    return readable_split(paths, labels, folder)
+    return FileSplit(paths, labels)
 
 
 def _read_image_folders(request: SourceRequest, layout: str, test_names: tuple[str, ...], test_required: bool,
@@ -84,7 +87,7 @@ def _read_image_folders(request: SourceRequest, layout: str, test_names: tuple[s
     seen = set(train.labels)
     empty = [class_name for class_name, label in class_to_label.items() if label not in seen]
     if empty:
-        raise UsageError(f"{train_dir}: no readable images ({' '.join(IMAGE_EXTENSIONS)}) in class folder(s) "
+        raise UsageError(f"{train_dir}: no images ({' '.join(IMAGE_EXTENSIONS)}) in class folder(s) "
                          f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; expected at least one per class")
     test = None
     if test_dir is not None:

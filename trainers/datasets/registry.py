@@ -20,7 +20,7 @@ from trainers.datasets.cifar import read_cifar10, read_cifar100
 from trainers.datasets.digits import read_digits
 from trainers.datasets.downsampled_imagenet import SIDES, read_downsampled_imagenet
 from trainers.datasets.image_cache import image_files, open_cache
-from trainers.datasets.image_folders import read_folder, read_imagenet
+from trainers.datasets.image_folders import read_folder, read_imagenet, readable_files
 from trainers.datasets.mnist5k import read_mnist5k
 from trainers.datasets.splits import (CachedSplit, DatasetEntry, DatasetInfo, DatasetSplits, FileSplit, SourceRequest,
                                       Split, TensorSplit, complement, labels_of, subset)
@@ -28,7 +28,8 @@ from trainers.datasets.stanford_cars import read_stanford_cars
 from trainers.datasets.stl10 import read_stl10
 from trainers.datasets.synthetic import read_synthetic
 from trainers.holdout import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, TRAIN_FRACTION, TRAIN_FRACTION_STREAM,
-                              VAL_CAP_STREAM, VAL_FRACTION, VAL_STREAM, stratified_sample)
+                              VAL_CAP_STREAM, VAL_FRACTION, VAL_STREAM, stratified_sample,
+                              stratified_subset)
 
 log = logger(__name__)
 
@@ -93,15 +94,17 @@ def _check_arguments(val_fraction: float, seed: int, classes: int | None, train_
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
                  val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SPLIT_SEED,
                  classes: int | None = None, train_fraction: float = 1.0, img_size: int | None = None,
-                 val_images: int | None = None, cache_dir: str | os.PathLike | None = None,
-                 synthetic_train: int = 5000, synthetic_classes: int = 10,
+                 val_images: int | None = None, image_cache: bool = False, cache_dir: str | os.PathLike | None = None,
+                 with_test: bool = True, synthetic_train: int = 5000, synthetic_classes: int = 10,
                  synthetic_img_size: int = 32) -> DatasetSplits:
     """Read dataset `name` and split it: train / val (seeded, stratified, from the training set) / test.
 
     Search proxies: `classes` keeps the first K classes, `train_fraction` keeps a seeded stratified share of
     the training part (drawn after val, so val stays put), `val_images` caps validation at a stratified sample of
     that many of the held-out images (the others are not trained on either, so training is the same with or
-    without a cap), `img_size` resizes. `cache_dir` is where datasets read through the image cache keep it.
+    without a cap), `img_size` resizes. `image_cache`: image files are read into the image cache at img_size (in
+    `cache_dir`, None the default; ImageNet 16/32/64 always are), the rest as they are; otherwise image files whose
+    header does not read are left out. `with_test` False leaves the test split unread (None), as a search does.
     """
     if name not in DATASETS:
         raise UsageError(f"dataset {name!r}: expected one of {', '.join(DATASETS)}")
@@ -110,7 +113,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                             synthetic_train, synthetic_classes, synthetic_img_size,
                             Path(cache_dir).expanduser() if cache_dir is not None else None)
     source = DATASETS[name].read(request)
-    info, whole_train, test = source.info, source.train, source.test
+    info, whole_train, test = source.info, source.train, source.test if with_test else None
     if classes is not None and classes > info.num_classes:
         raise UsageError(f"classes={classes}: dataset {name} has only {info.num_classes} classes")
 
@@ -125,7 +128,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                        class_names=info.class_names[:classes] if info.class_names is not None else None)
 
     if val_images is not None and len(val) > val_images:
-        val = subset(val, stratified_sample(labels_of(val), val_images / len(val), seed, VAL_CAP_STREAM))
+        val = subset(val, stratified_subset(labels_of(val), val_images, seed, VAL_CAP_STREAM))
 
     if train_fraction < 1:
         # the complement of a stratified draw of the rest, so a class with one training image keeps it
@@ -136,11 +139,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         train, val = _resized(train, img_size), _resized(val, img_size)
         test = _resized(test, img_size) if test is not None else None
         info = replace(info, shape=replace(info.shape, img_size=img_size, patch_size=patch_size_for(img_size)))
-    return DatasetSplits(info, train, val, test)
+    if image_cache:
+        return _cache_files(DatasetSplits(info, train, val, test), cache_dir)
+    parts = {part: readable_files(split, f"{name} ({part})") if isinstance(split, FileSplit) else split
+             for part, split in (("train", train), ("val", val), ("test", test))}
+    return DatasetSplits(info, **parts)
 
 
-def _cached_files(name: str, parts: list[FileSplit], img_size: int,
-                  cache_dir: str | os.PathLike | None) -> list[CachedSplit]:
+def _cached(name: str, parts: list[FileSplit], img_size: int,
+            cache_dir: str | os.PathLike | None) -> list[CachedSplit]:
     """`parts` (image files) as rows of one cache of all of them at img_size, the images that did not decode at
     its build left out."""
     paths = [path for part in parts for path in part.paths]
@@ -159,22 +166,17 @@ def _cached_files(name: str, parts: list[FileSplit], img_size: int,
     return cached
 
 
-def cache_images(splits: DatasetSplits, cache_dir: str | os.PathLike | None = None) -> DatasetSplits:
+def _cache_files(splits: DatasetSplits, cache_dir: str | os.PathLike | None) -> DatasetSplits:
     """`splits` with their image files read into the image cache at the dataset's img_size (train and val in
     one cache, test in another): decoded once, then every process reads the same pages. Splits already in
     memory or cached are kept as they are."""
     info = splits.info
     train, val, test = splits.train, splits.val, splits.test
     if isinstance(train, FileSplit) and isinstance(val, FileSplit):
-        train, val = _cached_files(info.name, [train, val], info.img_size, cache_dir)
+        train, val = _cached(info.name, [train, val], info.img_size, cache_dir)
     if isinstance(test, FileSplit):
-        (test,) = _cached_files(f"{info.name}-test", [test], info.img_size, cache_dir)
+        (test,) = _cached(f"{info.name}-test", [test], info.img_size, cache_dir)
     return replace(splits, train=train, val=val, test=test)
-
-
-def reads_files(splits: DatasetSplits) -> bool:
-    """Whether a split is still image files, decoded per step."""
-    return any(isinstance(split, FileSplit) for split in (splits.train, splits.val, splits.test))
 
 
 def image_path(splits: DatasetSplits) -> str:
@@ -202,9 +204,9 @@ class DataRequest:
     cache_dir: str | None = None
 
     def load(self) -> DatasetSplits:
-        splits = load_dataset(self.name, self.data_dir, download=self.download, val_fraction=self.val_fraction,
-                              seed=self.split_seed, img_size=self.img_size, cache_dir=self.cache_dir)
-        return cache_images(splits, self.cache_dir) if self.image_cache else splits
+        return load_dataset(self.name, self.data_dir, download=self.download, val_fraction=self.val_fraction,
+                            seed=self.split_seed, img_size=self.img_size, image_cache=self.image_cache,
+                            cache_dir=self.cache_dir)
 
     def resolved(self, info: DatasetInfo) -> DataRequest:
         """This request with the image size it loads at (`info`'s: the dataset's own when img_size is None)."""

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 
 from qkvnas_core.errors import UsageError
-from trainers.datasets.image_folders import readable_split
 from trainers.datasets.splits import (IMAGENET_MEAN, IMAGENET_STD, FileSplit, SourceData, SourceRequest, data_root,
                                       dataset_info, missing_files)
 
@@ -34,7 +33,7 @@ def _read_part(annotations_path: Path, images_dir: Path, num_classes: int) -> Fi
                          f"(Stanford Cars devkit layout) ({error})") from error
     if any(not 0 <= label < num_classes for _, label in samples):
         raise UsageError(f"{annotations_path}: expected classes 1..{num_classes} (as many as cars_meta.mat names)")
-    return readable_split([path for path, _ in samples], [label for _, label in samples], images_dir)
+    return FileSplit([path for path, _ in samples], [label for _, label in samples])
 
 
 def read_stanford_cars(request: SourceRequest) -> SourceData:
