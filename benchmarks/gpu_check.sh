@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared acceptance run for a lent GPU (issue 23): the GPU test tier, then the figures benchmarks/RESULTS.md
 # lists as not measured. Each step runs under its own time limit, so a slow one cannot starve the rest; the limits,
-# and the seconds `timeout` waits before it kills a step that ignored its TERM, add up to less than 8 minutes.
+# and the seconds `timeout` waits before it kills a step that ignored its TERM, add up to less than 9 minutes.
 #
 #   bash benchmarks/gpu_check.sh             # on the GPU machine, from anywhere in the project, .whl/ carried
 #   bash benchmarks/gpu_check.sh --dry-run   # print each step and its time limit, run nothing
@@ -91,6 +91,7 @@ else
         --record "$figures" --work "$work/compile"
     step retrain_epoch 35 "$python" benchmarks/gpu_figures.py retrain-epoch --record "$figures" \
         --work "$work/retrain"
+    step data_path 50 "$python" benchmarks/data_path.py --device cuda --sizes 64 --record "$figures"
 fi
 step summary 5 "$python" benchmarks/gpu_summary.py "$out"
 if ((dry_run)); then

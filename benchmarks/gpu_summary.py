@@ -4,7 +4,7 @@
 
 figures.jsonl holds one JSON object a line: a step's outcome, written by gpu_check.sh ({"step", "limit_s",
 "seconds", "exit"}), or a measurement, written through `append_record` ({"part": "preflight" | "throughput" |
-"trials_per_hour" | "compile_payback" | "retrain_epoch", ...}). gpu-tier.xml is pytest's JUnit report of the GPU
+"trials_per_hour" | "compile_payback" | "retrain_epoch" | "data_path", ...}). gpu-tier.xml is pytest's JUnit report of the GPU
 tier. Each goal is a ratio against a baseline measured in the same run: the engine at least 1.5x timm eager; four
 trials per GPU at least 2.5x the trials per hour of one; and whether compiling pays back within a search trial.
 """
@@ -196,6 +196,21 @@ def retrain_line(records: list[Record], steps: dict[str, Record]) -> str:
             f"{record['batch_size']}, nas train): {rates} img/s")
 
 
+def data_path_line(records: list[Record], steps: dict[str, Record]) -> str:
+    """Training batches delivered to the GPU by the file path and by the image cache, beside the model's step: which
+    side waits (no goal: the figure RESULTS.md lacks)."""
+    found = parts(records, "data_path")
+    if not found:
+        return f"data path: not measured ({step_note(steps.get('data_path'))})"
+    record = found[-1]
+    files, streamed, step = record["files_to_gpu_all_cores"], record["cache_to_gpu_streamed"], record["step_gpu"]
+    return (f"data path at {record['size']} px ({record['images']:,} JPEGs of 500 x 375, {record['cores']} cores): "
+            f"files {files:,.0f} img/s on every core, image cache {streamed:,.0f} img/s a batch at a time "
+            f"({streamed / files:.1f}x), {record['cache_to_gpu_resident']:,.0f} img/s held on the GPU; a 3M XCiT "
+            f"trains at {step:,.0f} img/s there, so the files feed it {min(files / step, 1):.0%} of its pace and the "
+            f"cache {min(streamed / step, 1):.0%}; the cache built at {record['build_all_cores_img_s']:,.0f} img/s")
+
+
 def preflight_line(records: list[Record], steps: dict[str, Record]) -> str:
     """The software the check ran on, and the modules it lacked (the GPU image's are carried in .whl/)."""
     found = parts(records, "preflight")
@@ -246,6 +261,7 @@ def summary(folder: Path) -> str:
     if at_throughput is not None:
         lines.append(at_throughput)
     lines.append(retrain_line(records, steps))
+    lines.append(data_path_line(records, steps))
     return "\n".join(lines)
 
 

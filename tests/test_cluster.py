@@ -21,18 +21,23 @@ import optuna
 import pytest
 
 from conftest import FSNE, TINY, write_run
+from dataset_files import write_photo_folders
 from test_drills import wait_for
 from test_search import TINY_SPACE
 
 pytestmark = pytest.mark.slow
 
-# This machine plays both machines; a request without the cluster's token is refused.
-CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
 HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"
 RAY = str(Path(sys.executable).with_name("ray"))
 # What `ray start` prints once its node runs; a loaded 2-core machine can take minutes to get there.
 STARTED = "Ray runtime started."
 START_TIMEOUT_S = 300
+
+
+def cluster_env(**changes: str) -> dict[str, str]:
+    """The environment as it is now (the test session's user cache folder included), with Ray's token
+    authentication: this machine plays both machines, and a request without the cluster's token is refused."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", **changes}
 
 
 def free_port() -> int:
@@ -41,12 +46,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ray_node(ip: str, temp_dir: str, *argv: str) -> subprocess.Popen:
+def ray_node(ip: str, temp_dir: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`ray start --block ...` in its own process group (killing the group is the machine going away); what it
     prints goes to <temp_dir>/start-<ip>.txt."""
     with started_output(temp_dir, ip).open("w") as sink:
         return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--disable-usage-stats",
-                                 "--node-ip-address", ip, "--temp-dir", temp_dir, *argv], env=CLUSTER_ENV,
+                                 "--node-ip-address", ip, "--temp-dir", temp_dir, *argv], env=env or cluster_env(),
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -107,20 +112,23 @@ def stop(node: subprocess.Popen, ip: str) -> None:
 
 
 @pytest.fixture()
-def cluster():
-    """A head and a second node, one CPU each; both stopped at the end, whatever happened.
+def cluster(tmp_path):
+    """A head and a second node, one CPU each; both stopped at the end, whatever happened. The second node has a user
+    cache folder of its own, as another machine has.
 
     Their own temp folder (short: it holds unix sockets) keeps the cluster's address out of /tmp/ray, where a later
     plain `ray.init()` on this machine would find and join it."""
     address = f"{HEAD_IP}:{free_port()}"
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    second_cache = tmp_path / "second-node-cache"
     nodes = {HEAD_IP: ray_node(HEAD_IP, temp_dir, "--head", "--port", address.split(":")[1],
                                "--include-dashboard", "false")}
     try:
         wait_started(nodes[HEAD_IP], HEAD_IP, temp_dir)
-        nodes[SECOND_IP] = ray_node(SECOND_IP, temp_dir, "--address", address)
+        nodes[SECOND_IP] = ray_node(SECOND_IP, temp_dir, "--address", address,
+                                    env=cluster_env(XDG_CACHE_HOME=str(second_cache)))
         wait_started(nodes[SECOND_IP], SECOND_IP, temp_dir)
-        yield address, nodes
+        yield address, nodes, second_cache
     finally:
         for ip, node in nodes.items():
             stop(node, ip)
@@ -128,12 +136,12 @@ def cluster():
 
 
 def nas(*argv: object, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, argv)], env=CLUSTER_ENV, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, argv)], env=cluster_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
-def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_path):
-    address, nodes = cluster
+def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_path, cache_home):
+    address, nodes, second_cache = cluster
     space = tmp_path / "tiny_space.py"
     space.write_text(TINY_SPACE)
     common = ["--budget", "60000", "--space", f"{space}:tiny", "--epochs", "3", "--grace-epochs", "1",
@@ -145,6 +153,21 @@ def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_
     whole = list(csv.DictReader(open(tmp_path / "whole" / "trials.csv")))
     assert sum(row["state"] in ("complete", "stopped") for row in whole) == 3
 
+    # Image files: the driver builds the image cache in its machine's cache folder, and the first trial on the other
+    # machine builds that machine's own (its own user cache folder); the two caches are the same images.
+    photos = write_photo_folders(tmp_path / "photos", classes=2, per_class=12, size=(64, 48))
+    done = nas("search", *common, "--trials", "2", "--max-concurrent", "2", "--name", "images", "--dataset", "imagenet",
+               "--data-dir", photos, "--img-size", "8", "--batch-size", "8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    images = list(csv.DictReader(open(tmp_path / "images" / "trials.csv")))
+    assert sum(row["state"] in ("complete", "stopped") for row in images) == 2
+    built = [sorted(path.name for path in (home / "qkvnas" / "images").iterdir() if path.is_dir())
+             for home in (cache_home, second_cache)]
+    assert built[0] == built[1] and len(built[0]) == 1, built
+    first, second = ((home / "qkvnas" / "images" / built[0][0] / "images.npy").read_bytes()
+                     for home in (cache_home, second_cache))
+    assert first == second
+
     run = write_run(tmp_path / "run", rows=(("t0000", TINY, "complete", [0.5]), ("t0001", FSNE, "complete", [0.9])))
     done = nas("retrain", run, "--trial-ids", "t0000,t0001", "--recipe", "proxy", "--epochs", "1", "--address",
                address, "--cpus-per-model", "1")
@@ -153,7 +176,7 @@ def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_
 
     # A search that loses the second node while its trials run: two trials at once, one on each node.
     search = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", *map(str, common), "--trials", "5",
-                               "--epochs", "30", "--max-concurrent", "2", "--name", "dying"], env=CLUSTER_ENV,
+                               "--epochs", "30", "--max-concurrent", "2", "--name", "dying"], env=cluster_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     table = tmp_path / "dying" / "trials.csv"
     wait_for(lambda: table.is_file() and sum(row["state"] == "running" for row in csv.DictReader(open(table))) == 2,

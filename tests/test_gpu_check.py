@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh without a GPU: its dry run (every step and its time limit, within 8 minutes), its
+"""benchmarks/gpu_check.sh without a GPU: its dry run (every step and its time limit, within 9 minutes), its
 arguments, its stop after the preflight; and the summary it prints, read from an example run in the recorded
 format (tests/data/gpu-check-example: figures invented, chosen so that goals are met and missed)."""
 from __future__ import annotations
@@ -18,8 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 EXAMPLE = Path(__file__).parent / "data" / "gpu-check-example"
-STEPS = ["wheels", "preflight", "tier", "throughput", "trials_per_hour", "compile_payback", "retrain_epoch", "summary"]
-EIGHT_MINUTES = 480
+STEPS = ["wheels", "preflight", "tier", "throughput", "trials_per_hour", "compile_payback", "retrain_epoch",
+         "data_path", "summary"]
+# 15 minutes of device time a task, a machine's start-up of a few minutes included: the check must fit once.
+NINE_MINUTES = 540
 KILL_AFTER = 3  # the seconds `timeout --kill-after` waits on top of each limit
 
 
@@ -41,7 +43,7 @@ def check(*argv: str, out: Path, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env})
 
 
-def test_dry_run_lists_every_step_with_its_time_limit_within_eight_minutes(tmp_path):
+def test_dry_run_lists_every_step_with_its_time_limit_within_nine_minutes(tmp_path):
     done = check("--dry-run", out=tmp_path / "out")
     assert done.returncode == 0, done.stderr
     steps = re.findall(r"^step (\S+) +limit +(\d+) s: (.+)$", done.stdout, re.MULTILINE)
@@ -49,7 +51,7 @@ def test_dry_run_lists_every_step_with_its_time_limit_within_eight_minutes(tmp_p
     limits = [int(limit) for _, limit, _ in steps]
     assert all(limit > 0 for limit in limits)
     total = sum(limit + KILL_AFTER for limit in limits)
-    assert total <= EIGHT_MINUTES and f"at most {total} s in all" in done.stdout
+    assert total <= NINE_MINUTES and f"at most {total} s in all" in done.stdout
     for _, _, command in steps:
         assert all((ROOT / script).is_file() for script in re.findall(r"\S+\.(?:py|sh)\b", command)), command
     assert "tests/test_gpu.py -m gpu" in done.stdout and "--compile both --img-size 224" in done.stdout
@@ -106,6 +108,10 @@ def test_summary_of_the_example_gives_each_ratio_and_verdict():
     # 62.5 - 2.5 = 60 s of warm-up against 1/4,800 - 1/6,000 s an image: 60 / (1,200 / 28.8e6) = 1,440,000 images.
     assert "adds 60.0 s of warm-up and saves 0.042 ms an image: pays back after 1,440,000 images" in lines[8]
     assert lines[9].endswith("epoch 1 1,800, epoch 2 2,600 img/s")
+    # 48,000 / 1,600 img/s; 1,600 / 20,000 of the step's pace.
+    assert ("files 1,600 img/s on every core, image cache 48,000 img/s a batch at a time (30.0x), 120,000 img/s held "
+            "on the GPU; a 3M XCiT trains at 20,000 img/s there, so the files feed it 8% of its pace and the cache "
+            "100%") in lines[10]
 
 
 def test_summary_names_what_a_timed_out_step_left_unmeasured(tmp_path):

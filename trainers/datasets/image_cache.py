@@ -18,7 +18,9 @@ Two kinds of source:
 
 `open_cache(source)` opens a cache, building it first where it is missing. One process builds, under the lock
 <folder>.lock; the others wait for it (on one machine, or on several sharing a file system with fcntl locks: NFSv4,
-Lustre). The build writes <folder>.partial/ and renames it to <folder> once complete, so a build cut off (kill -9)
+Lustre). On a Ray cluster, each machine keeps its own cache in its user cache folder, built by the first process
+there that needs it (a search's driver on its machine, the first trial on each other one); a --cache-dir on
+shared storage is one cache for every machine, built once by the driver. The build writes <folder>.partial/ and renames it to <folder> once complete, so a build cut off (kill -9)
 is never read; the next build resumes from the chunks it finished. Chunks are decoded by a pool of processes, one
 per core. Its size is logged before it starts, and a disk without room for it is refused before decoding. A cache
 whose source changed (its fingerprint: every source file's path, size and modification time) or whose files are
@@ -222,13 +224,13 @@ class CacheSource:
     dataset: str
     img_size: int
     in_chans: int
-    root: str
+    root: str | None  # None: each process's own user cache folder (on a cluster, each machine builds its own)
     fingerprint: str
     identity: str
 
     @property
     def folder(self) -> Path:
-        return Path(self.root) / f"{self.dataset}-{self.img_size}px-{self.identity[:16]}"
+        return Path(self.root or default_cache_root()) / f"{self.dataset}-{self.img_size}px-{self.identity[:16]}"
 
     @property
     def kind(self) -> str:
@@ -278,9 +280,12 @@ def image_files(dataset: str, paths: list[str], labels: list[int], img_size: int
     """The source of a cache of these image files at img_size (the files are stat'ed, not read)."""
     paths = tuple(os.path.abspath(path) for path in paths)
     labels = tuple(int(label) for label in labels)
-    return ImageFiles(dataset, img_size, 3, str(Path(root or default_cache_root()).expanduser().resolve()),
-                      file_fingerprint(paths), _identity("ImageFiles", img_size, RESIZE_METHOD, paths, labels),
-                      paths, labels)
+    return ImageFiles(dataset, img_size, 3, _root(root), file_fingerprint(paths),
+                      _identity("ImageFiles", img_size, RESIZE_METHOD, paths, labels), paths, labels)
+
+
+def _root(root: str | os.PathLike | None) -> str | None:
+    return None if root is None else str(Path(root).expanduser().resolve())
 
 
 @dataclass(frozen=True)
@@ -314,10 +319,8 @@ class PickledRows(CacheSource):
 def pickled_rows(dataset: str, batch_files: list[Path], layout: PickleLayout,
                  root: str | os.PathLike | None = None) -> PickledRows:
     files = tuple(os.path.abspath(path) for path in batch_files)
-    return PickledRows(dataset, layout.side, layout.in_chans, str(Path(root or default_cache_root()).expanduser()
-                                                                   .resolve()),
-                       file_fingerprint(files), _identity("PickledRows", dataclasses.asdict(layout), files),
-                       files, layout)
+    return PickledRows(dataset, layout.side, layout.in_chans, _root(root), file_fingerprint(files),
+                       _identity("PickledRows", dataclasses.asdict(layout), files), files, layout)
 
 
 # --- the cache as stored ---------------------------------------------------------------------------------------------
@@ -541,7 +544,7 @@ def _check_room(source: CacheSource, partial: Path, needed: int) -> None:
     free = shutil.disk_usage(partial).free
     if free < needed:
         shutil.rmtree(partial, ignore_errors=True)
-        raise UsageError(f"image cache {source.folder}: {format_bytes(needed)} of images and {Path(source.root)} has "
+        raise UsageError(f"image cache {source.folder}: {format_bytes(needed)} of images and {source.folder.parent} has "
                          f"{format_bytes(free)} free; expected a --cache-dir with room for it")
 
 
