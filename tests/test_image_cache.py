@@ -106,7 +106,7 @@ def test_images_that_do_not_decode_are_named_once_and_left_out(tmp_path, caplog)
                               cache_dir=tmp_path / "cache")
     named = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(named) == 1 and "2 of" in named[0] and "n01_0.jpeg" in named[0] and "broken.JPEG" in named[0]
-    listing = cached.train.source.paths
+    listing = cached.train.source.files
     for part in ("train", "val"):
         from_cache = [listing[row] for row in getattr(cached, part).rows]
         assert from_cache == [path for path in getattr(files, part).paths if path != str(cut)]

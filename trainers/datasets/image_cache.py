@@ -131,6 +131,10 @@ class ImageFilesJob:
     paths: tuple[str, ...]
     img_size: int
 
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.paths)
+
     def run(self) -> ChunkDone:
         images = np.load(self.images_path, mmap_mode="r+")
         unreadable = []
@@ -143,7 +147,7 @@ class ImageFilesJob:
                 images[row] = 0
                 unreadable.append((row, path, f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"))
         images.flush()
-        return ChunkDone(self.start, self.start + len(self.paths), unreadable)
+        return ChunkDone(self.start, self.stop, unreadable)
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,6 @@ class BuildPlan:
 
     labels: np.ndarray
     jobs: list[ImageFilesJob | PickledRowsJob]
-    bytes_per_job: int  # the most memory one job holds at once, beyond its rows (0 for image files)
 
 
 @dataclass(frozen=True)
@@ -218,15 +221,18 @@ class CacheSource:
     """What a cache is made from and where it lives; plain data that crosses to Ray's workers, so a process that
     finds the cache missing (another machine of a cluster) builds its own.
 
-    fingerprint: the source files' as this run found them (`file_fingerprint`); identity: what the cache holds
-    (the files in order, the size, the method), which names its folder."""
+    files: what is read (image files, or batch files); fingerprint: theirs as this run found them
+    (`file_fingerprint`); identity: what the cache holds (the files in order, the size, the method), which names
+    its folder; method: how the pixels are made from the files."""
 
     dataset: str
     img_size: int
     in_chans: int
     root: str | None  # None: each process's own user cache folder (on a cluster, each machine builds its own)
+    files: tuple[str, ...]
     fingerprint: str
     identity: str
+    method: str
 
     @property
     def folder(self) -> Path:
@@ -235,13 +241,6 @@ class CacheSource:
     @property
     def kind(self) -> str:
         return type(self).__name__
-
-    @property
-    def method(self) -> str:
-        raise NotImplementedError
-
-    def files(self) -> tuple[str, ...]:
-        raise NotImplementedError
 
     def plan(self, images_path: Path, workers: int) -> BuildPlan:
         raise NotImplementedError
@@ -252,75 +251,57 @@ def _identity(*parts: object) -> str:
     return digest.hexdigest()
 
 
+def _root(root: str | os.PathLike | None) -> str | None:
+    return None if root is None else str(Path(root).expanduser().resolve())
+
+
 @dataclass(frozen=True)
 class ImageFiles(CacheSource):
     """Image files (one image each) with their labels: decoded by `decode_image` at img_size."""
 
-    paths: tuple[str, ...] = ()
     labels: tuple[int, ...] = ()
 
-    @property
-    def method(self) -> str:
-        return RESIZE_METHOD
-
-    def files(self) -> tuple[str, ...]:
-        return self.paths
-
     def plan(self, images_path: Path, workers: int) -> BuildPlan:
-        count, image_bytes = len(self.paths), self.in_chans * self.img_size ** 2
+        count, image_bytes = len(self.files), self.in_chans * self.img_size ** 2
         per_job = max(MIN_CHUNK_IMAGES, min(CHUNK_BYTES // image_bytes,
                                             -(-count // max(1, workers * CHUNKS_PER_PROCESS))))
-        jobs = [ImageFilesJob(str(images_path), start, self.paths[start:start + per_job], self.img_size)
+        jobs = [ImageFilesJob(str(images_path), start, self.files[start:start + per_job], self.img_size)
                 for start in range(0, count, per_job)]
-        return BuildPlan(np.asarray(self.labels, dtype=np.int64), jobs, 0)
+        return BuildPlan(np.asarray(self.labels, dtype=np.int64), jobs)
 
 
 def image_files(dataset: str, paths: list[str], labels: list[int], img_size: int,
                 root: str | os.PathLike | None = None) -> ImageFiles:
     """The source of a cache of these image files at img_size (the files are stat'ed, not read)."""
-    paths = tuple(os.path.abspath(path) for path in paths)
+    files = tuple(os.path.abspath(path) for path in paths)
     labels = tuple(int(label) for label in labels)
-    return ImageFiles(dataset, img_size, 3, _root(root), file_fingerprint(paths),
-                      _identity("ImageFiles", img_size, RESIZE_METHOD, paths, labels), paths, labels)
-
-
-def _root(root: str | os.PathLike | None) -> str | None:
-    return None if root is None else str(Path(root).expanduser().resolve())
+    return ImageFiles(dataset, img_size, 3, _root(root), files, file_fingerprint(files),
+                      _identity("ImageFiles", img_size, RESIZE_METHOD, files, labels), RESIZE_METHOD, labels)
 
 
 @dataclass(frozen=True)
 class PickledRows(CacheSource):
     """CIFAR-style batch pickles, every row of each in order, labels read from them."""
 
-    batch_files: tuple[str, ...] = ()
     layout: PickleLayout | None = None
-
-    @property
-    def method(self) -> str:
-        return STORED_METHOD
-
-    def files(self) -> tuple[str, ...]:
-        return self.batch_files
 
     def plan(self, images_path: Path, workers: int) -> BuildPlan:
         # The files hold their labels beside the pixels: each is read once to count and label its rows.
-        log.info(f"image cache: indexing {len(self.batch_files)} batch files of {self.dataset}")
+        log.info(f"image cache: indexing {len(self.files)} batch files of {self.dataset}")
         labels, jobs, start = [], [], 0
-        for path in self.batch_files:
+        for path in self.files:
             _, file_labels = self.layout.read(Path(path))
             labels.append(file_labels)
             jobs.append(PickledRowsJob(str(images_path), start, start + len(file_labels), path, self.layout))
             start += len(file_labels)
-        largest = max((os.path.getsize(path) for path in self.batch_files), default=0)
-        return BuildPlan(np.concatenate(labels) if labels else np.zeros(0, np.int64), jobs,
-                         PICKLE_MEMORY_FACTOR * largest)
+        return BuildPlan(np.concatenate(labels) if labels else np.zeros(0, np.int64), jobs)
 
 
 def pickled_rows(dataset: str, batch_files: list[Path], layout: PickleLayout,
                  root: str | os.PathLike | None = None) -> PickledRows:
     files = tuple(os.path.abspath(path) for path in batch_files)
-    return PickledRows(dataset, layout.side, layout.in_chans, _root(root), file_fingerprint(files),
-                       _identity("PickledRows", dataclasses.asdict(layout), files), files, layout)
+    return PickledRows(dataset, layout.side, layout.in_chans, _root(root), files, file_fingerprint(files),
+                       _identity("PickledRows", dataclasses.asdict(layout), files), STORED_METHOD, layout)
 
 
 # --- the cache as stored ---------------------------------------------------------------------------------------------
@@ -485,8 +466,7 @@ class _Partial:
 
 def _build_record(source: CacheSource, count: int, jobs: list) -> dict:
     return {"format": CACHE_FORMAT, "identity": source.identity, "fingerprint": source.fingerprint, "count": count,
-            "jobs": [[job.start, job.start + len(job.paths)] if isinstance(job, ImageFilesJob) else [job.start, job.stop]
-                     for job in jobs]}
+            "jobs": [[job.start, job.stop] for job in jobs]}
 
 
 def _resumed_partial(partial: Path, source: CacheSource) -> _Partial | None:
@@ -507,11 +487,11 @@ def _resumed_partial(partial: Path, source: CacheSource) -> _Partial | None:
     images_path = str(partial / IMAGES_FILE)
     try:
         if isinstance(source, ImageFiles):
-            jobs = [ImageFilesJob(images_path, int(start), source.paths[int(start):int(stop)], source.img_size)
+            jobs = [ImageFilesJob(images_path, int(start), source.files[int(start):int(stop)], source.img_size)
                     for start, stop in ranges]
         else:
             jobs = [PickledRowsJob(images_path, int(start), int(stop), path, source.layout)
-                    for (start, stop), path in zip(ranges, source.files(), strict=True)]
+                    for (start, stop), path in zip(ranges, source.files, strict=True)]
     except (ValueError, TypeError):
         return None
     unreadable = {}
@@ -569,7 +549,7 @@ def _build(source: CacheSource, folder: Path) -> None:
                  f"{len(state.jobs)} chunks")
     left = [index for index, done in enumerate(state.done) if not done]
     image_bytes = source.in_chans * source.img_size ** 2
-    rows_left = sum(_rows(state.jobs[index]) for index in left)
+    rows_left = sum(state.jobs[index].stop - state.jobs[index].start for index in left)
     memory = (max((os.path.getsize(job.path) for job in state.jobs if isinstance(job, PickledRowsJob)), default=0)
               * PICKLE_MEMORY_FACTOR)
     workers = _workers(len(left), memory) if rows_left >= POOL_THRESHOLD or memory else 1
@@ -580,7 +560,7 @@ def _build(source: CacheSource, folder: Path) -> None:
     if workers == 1:
         for index in left:
             state.record(index, state.jobs[index].run())
-            meter.advance(_rows(state.jobs[index]))
+            meter.advance(state.jobs[index].stop - state.jobs[index].start)
     else:
         Image.init()  # every format plugin imported before the fork, so no child imports one
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(POOL_START)) as pool:
@@ -588,12 +568,8 @@ def _build(source: CacheSource, folder: Path) -> None:
             for future in as_completed(futures):
                 index = futures[future]
                 state.record(index, future.result())
-                meter.advance(_rows(state.jobs[index]))
+                meter.advance(state.jobs[index].stop - state.jobs[index].start)
     _finish(source, folder, state, time.monotonic() - started)
-
-
-def _rows(job: ImageFilesJob | PickledRowsJob) -> int:
-    return len(job.paths) if isinstance(job, ImageFilesJob) else job.stop - job.start
 
 
 def _finish(source: CacheSource, folder: Path, state: _Partial, seconds: float) -> None:
@@ -601,7 +577,7 @@ def _finish(source: CacheSource, folder: Path, state: _Partial, seconds: float) 
     unreadable = [UnreadableImage(row, *state.unreadable[row]) for row in sorted(state.unreadable)]
     manifest = CacheManifest(
         format=CACHE_FORMAT, identity=source.identity, fingerprint=source.fingerprint, dataset=source.dataset,
-        source=source.kind, source_files=len(source.files()), count=state.count, img_size=source.img_size,
+        source=source.kind, source_files=len(source.files), count=state.count, img_size=source.img_size,
         in_chans=source.in_chans, method=source.method, split_version=SPLIT_VERSION, qkvnas=version("qkvnas"),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(seconds, 1), unreadable=unreadable)
     with open(state.folder / IMAGES_FILE, "rb") as images:
