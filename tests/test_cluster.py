@@ -7,6 +7,7 @@ mode refuses a second node), so the cluster runs with Ray's token authentication
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -27,11 +28,31 @@ from test_search import TINY_SPACE
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[1]
 HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"
 RAY = str(Path(sys.executable).with_name("ray"))
 # What `ray start` prints once its node runs; a loaded 2-core machine can take minutes to get there.
 STARTED = "Ray runtime started."
 START_TIMEOUT_S = 300
+
+
+# A driver on the head's machine hands a trial's split to a task pinned to the second machine, which opens it.
+PINNED = """
+import hashlib, json
+import numpy as np, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from trainers.datasets.registry import load_dataset
+
+def opened(split):
+    cache = split.cache()
+    return str(cache.folder), hashlib.sha256(np.ascontiguousarray(cache.images[split.rows]).tobytes()).hexdigest()
+
+ray.init(address="{address}")
+splits = load_dataset("imagenet", "{photos}", img_size=8, val_images=10_000, image_cache=True, with_test=False)
+second = next(node["NodeID"] for node in ray.nodes() if node["Alive"] and node["NodeManagerAddress"] == "{second}")
+task = ray.remote(num_cpus=1)(opened).options(scheduling_strategy=NodeAffinitySchedulingStrategy(second, soft=False))
+print(json.dumps([opened(splits.train), ray.get(task.remote(splits.train))]))
+"""
 
 
 def cluster_env(**changes: str) -> dict[str, str]:
@@ -113,35 +134,36 @@ def stop(node: subprocess.Popen, ip: str) -> None:
 
 @pytest.fixture()
 def cluster(tmp_path):
-    """A head and a second node, one CPU each; both stopped at the end, whatever happened. The second node has a user
-    cache folder of its own, as another machine has.
+    """A head and a second node, one CPU each; both stopped at the end, whatever happened. Each node has a user cache
+    folder of its own, as two machines have (the driver runs on the head's machine: `nas(..., cache_home=)`).
 
     Their own temp folder (short: it holds unix sockets) keeps the cluster's address out of /tmp/ray, where a later
     plain `ray.init()` on this machine would find and join it."""
     address = f"{HEAD_IP}:{free_port()}"
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    second_cache = tmp_path / "second-node-cache"
+    head_cache, second_cache = tmp_path / "head-node-cache", tmp_path / "second-node-cache"
     nodes = {HEAD_IP: ray_node(HEAD_IP, temp_dir, "--head", "--port", address.split(":")[1],
-                               "--include-dashboard", "false")}
+                               "--include-dashboard", "false", env=cluster_env(XDG_CACHE_HOME=str(head_cache)))}
     try:
         wait_started(nodes[HEAD_IP], HEAD_IP, temp_dir)
         nodes[SECOND_IP] = ray_node(SECOND_IP, temp_dir, "--address", address,
                                     env=cluster_env(XDG_CACHE_HOME=str(second_cache)))
         wait_started(nodes[SECOND_IP], SECOND_IP, temp_dir)
-        yield address, nodes, second_cache
+        yield address, nodes, (head_cache, second_cache)
     finally:
         for ip, node in nodes.items():
             stop(node, ip)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def nas(*argv: object, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, argv)], env=cluster_env(), capture_output=True,
+def nas(*argv: object, timeout: float = 400, cache_home: Path | None = None) -> subprocess.CompletedProcess:
+    env = cluster_env() if cache_home is None else cluster_env(XDG_CACHE_HOME=str(cache_home))
+    return subprocess.run([sys.executable, "-m", "nas.cli", *map(str, argv)], env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
-def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_path, cache_home):
-    address, nodes, second_cache = cluster
+def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_path):
+    address, nodes, caches = cluster
     space = tmp_path / "tiny_space.py"
     space.write_text(TINY_SPACE)
     common = ["--budget", "60000", "--space", f"{space}:tiny", "--epochs", "3", "--grace-epochs", "1",
@@ -153,20 +175,25 @@ def test_search_and_retrain_through_a_cluster_and_a_node_that_dies(cluster, tmp_
     whole = list(csv.DictReader(open(tmp_path / "whole" / "trials.csv")))
     assert sum(row["state"] in ("complete", "stopped") for row in whole) == 3
 
-    # Image files: the driver builds the image cache in its machine's cache folder, and the first trial on the other
-    # machine builds that machine's own (its own user cache folder); the two caches are the same images.
+    # Image files: the driver builds the image cache in its machine's cache folder; a trial on the other machine
+    # builds that machine's own (its own user cache folder), with the same images.
     photos = write_photo_folders(tmp_path / "photos", classes=2, per_class=12, size=(64, 48))
     done = nas("search", *common, "--trials", "2", "--max-concurrent", "2", "--name", "images", "--dataset", "imagenet",
-               "--data-dir", photos, "--img-size", "8", "--batch-size", "8")
+               "--data-dir", photos, "--img-size", "8", "--batch-size", "8", cache_home=caches[0])
     assert done.returncode == 0, done.stderr[-2000:]
     images = list(csv.DictReader(open(tmp_path / "images" / "trials.csv")))
     assert sum(row["state"] in ("complete", "stopped") for row in images) == 2
-    built = [sorted(path.name for path in (home / "qkvnas" / "images").iterdir() if path.is_dir())
-             for home in (cache_home, second_cache)]
-    assert built[0] == built[1] and len(built[0]) == 1, built
-    first, second = ((home / "qkvnas" / "images" / built[0][0] / "images.npy").read_bytes()
-                     for home in (cache_home, second_cache))
-    assert first == second
+    used = Path(json.loads((tmp_path / "images" / "search.json").read_text())["images_from"].split(" ", 2)[2])
+    assert used.parent == caches[0] / "qkvnas" / "images" and (used / "manifest.json").is_file()
+    # Whether a trial of that search ran on the second machine is Ray's choice: a task pinned there opens the
+    # search's split as a trial does.
+    done = subprocess.run([sys.executable, "-c", PINNED.format(address=address, photos=photos, second=SECOND_IP)],
+                          env=cluster_env(XDG_CACHE_HOME=str(caches[0]), PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (here, here_digest), (there, there_digest) = json.loads(done.stdout.splitlines()[-1])
+    assert Path(here) == used and Path(there) == caches[1] / "qkvnas" / "images" / used.name
+    assert here_digest == there_digest
 
     run = write_run(tmp_path / "run", rows=(("t0000", TINY, "complete", [0.5]), ("t0001", FSNE, "complete", [0.9])))
     done = nas("retrain", run, "--trial-ids", "t0000,t0001", "--recipe", "proxy", "--epochs", "1", "--address",
