@@ -64,7 +64,8 @@ DONE_ENDINGS = ("finished", "exhausted", "already trained")
 RAY_PROCESSES_FILE = "ray_processes.json"
 # Settings that define a run: an existing folder must hold the same, or --out mixes two benchmarks.
 FIXED_SETTINGS = ("dataset", "space", "budget", "epochs", "train_fraction", "sampler", "early_stopping",
-                  "objectives", "seed", "grace_epochs", "reduction_factor", "startup")
+                  "objectives", "seed", "grace_epochs", "reduction_factor", "startup", "screen", "screen_pool",
+                  "screen_train")
 IQM_TRIM = 0.25
 BOOTSTRAP_RESAMPLES = 9999
 CONFIDENCE = 0.95
@@ -72,21 +73,32 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class Method:
-    """One searcher of the comparison, as `nas search` flags."""
+    """One searcher of the comparison, as `nas search` flags; grace_epochs and reduction_factor None: the
+    benchmark's (--grace-epochs, --reduction-factor)."""
 
     sampler: str
     early_stopping: str
     objectives: tuple[str, ...]
     startup: str | None = None
+    screen: str | None = None
+    grace_epochs: int | None = None
+    reduction_factor: int | None = None
 
 
+MO = ("val_acc", "params")
 METHODS = {
     "random": Method("random", "none", ("val_acc",)),
     "random+asha": Method("random", "asha", ("val_acc",)),
     "tpe+asha": Method("tpe", "asha", ("val_acc",)),
-    "mo-tpe+mo-asha": Method("tpe", "asha", ("val_acc", "params")),
+    "mo-tpe+mo-asha": Method("tpe", "asha", MO),
     # The multi-objective search whose first 8 draws are ZiCo's best of 64 (nas search --startup proxy:zico).
-    "zico+mo-tpe+mo-asha": Method("tpe", "asha", ("val_acc", "params"), "proxy:zico"),
+    "zico+mo-tpe+mo-asha": Method("tpe", "asha", MO, startup="proxy:zico"),
+    # The levers of issue 29, one at a time. A rung 0: every trial the best of 8 TPE draws by ZiCo (--screen).
+    "screen-zico+mo-tpe+mo-asha": Method("tpe", "asha", MO, screen="proxy:zico"),
+    # The first rung later: at epoch 2 of 4 (grace 2, factor 2: rungs 2, 4) instead of 1 (rungs 1, 4).
+    "mo-tpe+mo-asha-rung2": Method("tpe", "asha", MO, grace_epochs=2, reduction_factor=2),
+    # The reduction factor 2 from the same first rung (rungs 1, 2, 4).
+    "mo-tpe+mo-asha-rf2": Method("tpe", "asha", MO, reduction_factor=2),
 }
 
 
@@ -96,14 +108,18 @@ def method_slug(method: str) -> str:
     return method.replace("+", "-")
 
 
-def method_of(settings: dict) -> str:
-    """The method a run's search.json describes (the recorded settings, not the folder name, are the truth)."""
-    found = Method(settings.get("sampler", "tpe"), settings.get("early_stopping", "asha"),
-                   tuple(settings.get("objectives") or ("val_acc",)), settings.get("startup"))
+def method_of(settings: dict, grace_epochs: int, reduction_factor: int) -> str:
+    """The method a run's search.json describes (the recorded settings, not the folder name, are the truth), given
+    the benchmark's own grace epochs and reduction factor (a method that sets neither uses them)."""
+    found = (settings.get("sampler", "tpe"), settings.get("early_stopping", "asha"),
+             tuple(settings.get("objectives") or ("val_acc",)), settings.get("startup"), settings.get("screen"),
+             settings.get("grace_epochs", grace_epochs), settings.get("reduction_factor", reduction_factor))
     for name, method in METHODS.items():
-        if method == found:
+        if found == (method.sampler, method.early_stopping, method.objectives, method.startup, method.screen,
+                     method.grace_epochs or grace_epochs, method.reduction_factor or reduction_factor):
             return name
-    return f"{found.sampler}+{found.early_stopping} ({','.join(found.objectives)})"
+    return (f"{found[0]}+{found[1]} ({','.join(found[2])}, rungs from {found[5]} by {found[6]}"
+            f"{f', screen {found[4]}' if found[4] else ''}{f', startup {found[3]}' if found[3] else ''})")
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -133,11 +149,12 @@ def plan_runs(args: argparse.Namespace) -> list[RunPlan]:
                     name=f"{args.dataset}-{space}-{method_slug(method)}-seed{seed}", results_dir=str(args.out),
                     budget=args.budget[space], dataset=args.dataset, space=space, seed=seed,
                     objectives=list(spec.objectives), sampler=spec.sampler, early_stopping=spec.early_stopping,
-                    startup=spec.startup,
+                    startup=spec.startup, screen=spec.screen,
                     epochs=args.epochs, epoch_budget=args.epoch_budget,
                     # Every trial trains at least one epoch: the epoch budget always binds before the trial count.
                     trials=args.epoch_budget, train_fraction=args.train_fraction,
-                    grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor,
+                    grace_epochs=spec.grace_epochs or args.grace_epochs,
+                    reduction_factor=spec.reduction_factor or args.reduction_factor,
                     max_concurrent=args.max_concurrent or trial_slots(args.cpus_per_trial, args.gpus_per_trial),
                     cpus_per_model=args.cpus_per_trial,
                     gpus_per_model=args.gpus_per_trial), method))
@@ -316,8 +333,9 @@ class FinishedRun:
     trials: pd.DataFrame
 
 
-def read_finished_runs(out: Path) -> list[FinishedRun]:
-    """Every run folder under `out` whose search returned without interruption."""
+def read_finished_runs(out: Path, grace_epochs: int, reduction_factor: int) -> list[FinishedRun]:
+    """Every run folder under `out` whose search returned without interruption (its method told apart with the
+    benchmark's grace epochs and reduction factor)."""
     from nas.runs.results import load_settings, load_trials
 
     runs = []
@@ -326,7 +344,8 @@ def read_finished_runs(out: Path) -> list[FinishedRun]:
             continue
         run_dir = done_path.parent
         settings = load_settings(run_dir)
-        runs.append(FinishedRun(run_dir, settings["dataset"], settings["space"], method_of(settings),
+        runs.append(FinishedRun(run_dir, settings["dataset"], settings["space"],
+                                method_of(settings, grace_epochs, reduction_factor),
                                 settings["seed"], settings["budget"], settings["epochs"], settings["epoch_budget"],
                                 settings.get("early_stopping", "asha"), settings.get("study_name") or settings["name"],
                                 load_trials(run_dir)))
@@ -544,9 +563,9 @@ def plot_curves(curves: pd.DataFrame, goal: pd.DataFrame, path: Path) -> None:
     figure.savefig(path, format="png")
 
 
-def report(out: Path, grid_step: int | None, seed: int) -> str:
+def report(out: Path, grid_step: int | None, seed: int, grace_epochs: int, reduction_factor: int) -> str:
     """Read the finished runs in `out`, write search_quality.md/.csv/.png there; returns the markdown."""
-    runs = read_finished_runs(out)
+    runs = read_finished_runs(out, grace_epochs, reduction_factor)
     if not runs:
         raise UsageError(f"--out {out}: no finished run of this benchmark; expected folders it wrote")
     curves = quality_curves(runs, grid_step, seed)
@@ -610,7 +629,7 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             if not run_benchmark(args):
                 raise SystemExit(f"interrupted; run the same command again to resume it (--out {args.out})")
-        print(report(args.out, args.grid_step, args.bootstrap_seed))
+        print(report(args.out, args.grid_step, args.bootstrap_seed, args.grace_epochs, args.reduction_factor))
         print(f"written: {args.out / 'search_quality.md'}, search_quality.csv, search_quality.png")
     except UsageError as error:
         raise SystemExit(f"error: {error}") from None

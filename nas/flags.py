@@ -121,10 +121,19 @@ def seeds_argument(text: str) -> int | tuple[int, ...]:
 
 @argument_type
 def startup_argument(text: str) -> str | None:
-    """How a search starts: random, or proxy:NAME (nas.engine.startup.parse_startup; imported only when given)."""
-    from nas.engine.startup import parse_startup
+    """How a search starts: random, or proxy:NAME (nas.engine.proxy_choice.parse_startup; imported only when
+    given)."""
+    from nas.engine.proxy_choice import parse_startup
 
     return parse_startup(text)
+
+
+@argument_type
+def proxy_argument(text: str) -> str:
+    """A training-free proxy: proxy:NAME (nas.engine.proxy_choice.parse_proxy; imported only when given)."""
+    from nas.engine.proxy_choice import parse_proxy
+
+    return parse_proxy(text)
 
 
 @argument_type

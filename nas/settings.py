@@ -29,7 +29,7 @@ from qkvnas_core.files import dataclass_from_json
 from qkvnas_core.settings import Setting, setting, settings_of
 from nas.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, comma_list,
                        count_argument, integer, integer_at_least, path_argument, positive_int, run_name, seeds_argument,
-                       share, space_argument, startup_argument)
+                       proxy_argument, share, space_argument, startup_argument)
 from nas.naming import given, named
 from nas.engine.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
 from nas.runtime.tracking import DEFAULT_LOGGERS, check_loggers, parse_loggers
@@ -258,6 +258,14 @@ class SearchSettings:
         None, parse=startup_argument, metavar="random|proxy:NAME", group="trials", default_text="random",
         help="the first draws: the sampler's random ones (random), or proxy:zico (the best 8 of 64 feasible draws "
              "by the training-free proxy, trained first; see docs/search.md)")
+    screen: str | None = setting(
+        None, parse=proxy_argument, metavar="proxy:NAME", group="trials", default_text="none: every draw trains",
+        help="rung 0: each trial trained is the best of a pool of feasible draws by the training-free proxy "
+             "(proxy:zico); the others are screened out untrained (see docs/search.md)")
+    screen_pool: int = setting(8, parse=integer_at_least(2), metavar="N", group="trials",
+                               help="with --screen: the draws scored for each pool")
+    screen_train: int = setting(1, parse=positive_int, metavar="K", group="trials",
+                                help="with --screen: the best K of each pool are trained")
     early_stopping: str = setting("asha", parse=choice_argument(EARLY_STOPPING), metavar="|".join(EARLY_STOPPING),
                                   group="trials", help="asha (multi-objective ASHA with costs) or none")
     grace_epochs: int = setting(2, parse=positive_int, metavar="N", group="trials",
@@ -292,6 +300,9 @@ class SearchSettings:
         check_settings(self)
         cost_limits(self.objectives, self.budget, self.max_flops)
         check_loggers(self.logger)
+        if self.screen_train > self.screen_pool:
+            raise UsageError(f"{given('screen_train', self.screen_train)}: expected at most "
+                             f"{given('screen_pool', self.screen_pool)}")
         if "epochs" in self.recipe_overrides:
             raise UsageError(f"{given('recipe_overrides', self.recipe_overrides)}: expected epochs as a setting of its "
                              f"own ({named('epochs')})")

@@ -597,3 +597,23 @@ def test_a_search_on_image_files_trains_every_trial_from_the_cache(ray_cluster, 
     record = json.loads((tmp_path / "results" / "run" / "search.json").read_text())
     assert record["images_from"].startswith(f"image cache {tmp_path / 'cache'}")
     assert record["val_count"] == 6 and record["train_count"] == len(splits.train) and record["val_images"] == 6
+
+
+@pytest.mark.slow
+def test_a_screened_search_trains_the_best_of_each_pool(ray_cluster, tmp_path, space_file):
+    """--screen proxy:zico: every trained trial was the best by ZiCo of its pool; the others never reached Ray."""
+    from nas.engine.searcher import POOL_ATTR, SCREEN_ATTR
+
+    settings = settings_for(tmp_path, space_file, trials=2, screen="proxy:zico", screen_pool=3, epochs=1,
+                            grace_epochs=1)
+    result = run_search(settings)
+    assert result.ended == "finished" and result.trained == 2
+    scored = [trial for trial in result.study.get_trials(deepcopy=False) if SCREEN_ATTR in trial.user_attrs]
+    pools = {trial.user_attrs[POOL_ATTR] for trial in scored}
+    assert len(pools) == 2 and len(scored) > 2
+    for pool in pools:
+        members = [trial for trial in scored if trial.user_attrs[POOL_ATTR] == pool]
+        best = max(members, key=lambda trial: trial.user_attrs[SCREEN_ATTR])
+        assert [trial for trial in members if not trial.user_attrs.get("screened_out")] == [best]
+    rows = set(result.trials["trial_id"])
+    assert all(f"t{trial.number:04d}" not in rows for trial in scored if trial.user_attrs.get("screened_out"))

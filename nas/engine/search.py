@@ -39,7 +39,7 @@ from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, s
 from nas.runs.results import Run, RunFolder, as_written, best_trial, load_settings, trained_count, write_trials
 from nas.engine.scheduler import RungScheduler
 from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
-from nas.engine.startup import POOL_PER_DRAW, STARTUP_DRAWS, startup_points
+from nas.engine.proxy_choice import POOL_PER_DRAW, STARTUP_DRAWS, proxy_scorer, startup_points
 from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study,
                                  render_trials, trial_curves)
 from nas.runtime.tracking import tracking_callbacks, tracking_environment
@@ -210,12 +210,19 @@ class SearchSession:
         """Ray Tune's part: `remaining` trials; returns the searcher, which knows why it stopped drawing."""
         settings = self.settings
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        recipe = get_recipe(settings.recipe, epochs=settings.epochs, **settings.recipe_overrides)
+        screen = None
+        if settings.screen is not None:
+            log.info(f"screen: each trial is the best {settings.screen_train} of {settings.screen_pool} feasible "
+                     f"draws by {settings.screen}")
+            screen = proxy_scorer(settings.screen, self.splits, recipe, settings.seed)
         searcher = BudgetedSearcher(
             self.space, self.budget, self.study, settings.seed, settings.epochs,
             settings.max_infeasible_streak, on_record=self.save_trials,
             initial_points=None if self.resumed else self.startup_points(),
             sampler=functools.partial(make_sampler, kind=settings.sampler), objectives=settings.objectives,
-            epoch_budget=settings.epoch_budget)
+            epoch_budget=settings.epoch_budget, screen=screen, screen_pool=settings.screen_pool,
+            screen_train=settings.screen_train)
         if settings.early_stopping == "asha":
             scheduler = RungScheduler(settings.objectives, settings.epochs, settings.grace_epochs,
                                       settings.reduction_factor)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from qkvnas_core.errors import UsageError
 from nas.engine.budget import Budget, over_budget_reason
 from nas.engine.objectives import SCORE, directions
 from nas.runtime.optuna_compat import running_trial, set_system_attr
-from nas.runs.results import INTERRUPTED, TrialState, trial_row, trials_frame
+from nas.runs.results import INTERRUPTED, TrialState, has_row, trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 from search_spaces.spaces import Space, draw
 
@@ -44,6 +45,9 @@ CURVE_ATTR = "val_acc_curve"
 # The constraint value of a draw that cannot be built: above any model's excess params or FLOPs, so TPE ranks
 # it below every over-budget draw.
 UNBUILDABLE = 1e18
+# The proxy score a screened draw got (--screen), and the mark of one screened out (never trained, no row).
+SCREEN_ATTR = "screen_score"
+POOL_ATTR = "screen_pool"  # the number of the first trial of its pool
 # The state Optuna holds for a trial that recorded none of its own (a study from an older version).
 TOLD_STATES = {OptunaState.COMPLETE: TrialState.COMPLETE, OptunaState.PRUNED: TrialState.STOPPED,
                OptunaState.FAIL: TrialState.FAILED, OptunaState.RUNNING: TrialState.RUNNING}
@@ -73,12 +77,25 @@ def open_study(storage_url: str, study_name: str, seed: int, objectives: Sequenc
                                directions=directions(objectives), load_if_exists=True)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A feasible new draw, asked of the study and not told yet: trained, or screened out."""
+
+    ot_trial: optuna.Trial
+    arch: ArchConfig
+    params: int
+    flops: int | None
+    violation: dict[str, float]
+
+
 class BudgetedSearcher(Searcher):
     """Asks `study` for points of a define-by-run `space`, rejects infeasible ones, records every trial event in
     the study; `on_record(ended)` is called after each record (`ended`: a trial ended).
 
     `objectives`: val_acc, then the costs told to Optuna beside it (the study's directions match). With an
-    `epoch_budget`, no trial is drawn once the trials' epochs add up to it (running trials finish)."""
+    `epoch_budget`, no trial is drawn once the trials' epochs add up to it (running trials finish). With a
+    `screen` (a proxy's scores of architectures), each pool of `screen_pool` feasible draws trains its best
+    `screen_train` and records the others as screened out (told FAIL, so TPE learns from trained trials only)."""
 
     def __init__(
             self,
@@ -93,6 +110,9 @@ class BudgetedSearcher(Searcher):
             sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
             objectives: Sequence[str] = (SCORE,),
             epoch_budget: int | None = None,
+            screen: Callable[[Sequence[ArchConfig]], list[float]] | None = None,
+            screen_pool: int = 1,
+            screen_train: int = 1,
     ) -> None:
         super().__init__(metric=SCORE, mode="max")
         self.space = space
@@ -105,11 +125,13 @@ class BudgetedSearcher(Searcher):
         self.make_sampler = sampler or make_sampler
         self.objectives = tuple(objectives)
         self.epoch_budget = epoch_budget
+        self.screen, self.screen_pool, self.screen_train = screen, screen_pool, screen_train
         self.epoch_budget_spent = False
         self.infeasible_streak = 0
         self.exhausted = False
         self.running: dict[str, optuna.Trial] = {}
         self.last_results: dict[str, dict[str, Any]] = {}
+        self.pending: list[Candidate] = []  # the screen's picks not handed to Ray yet
         # Architectures already trained (or training): drawn again, they are skipped, not retrained.
         trials = render_trials(study)
         trained = ((trials["state"] != TrialState.INFEASIBLE) & trials["arch_id"].notna()
@@ -123,15 +145,26 @@ class BudgetedSearcher(Searcher):
         if self.epoch_budget is not None and self.epochs_spent >= self.epoch_budget:
             self.epoch_budget_spent = True
             return Searcher.FINISHED
-        # The streak counts draws in a row that gave nothing new to train: infeasible, unbuildable or repeated.
-        while self.infeasible_streak < self.max_infeasible_streak:
+        if not self.pending:
+            self.pending = self._screened(self._draw_pool())
+        if not self.pending:
+            self.exhausted = True
+            return Searcher.FINISHED
+        return self._start(trial_id, self.pending.pop(0))
+
+    def _draw_pool(self) -> list[Candidate]:
+        """New feasible draws: one, or a screen's pool (fewer when the space runs out). The streak counts draws in a
+        row that gave nothing new to train: infeasible, unbuildable or repeated."""
+        wanted = self.screen_pool if self.screen is not None else 1
+        pool: list[Candidate] = []
+        while len(pool) < wanted and self.infeasible_streak < self.max_infeasible_streak:
             with self._sampler_for_draw():
                 ot_trial = self.study.ask()
                 arch, cost, unbuildable = self._build(ot_trial)
             if unbuildable:
                 self._reject(ot_trial, arch, None, None, unbuildable_violation(self.budget), unbuildable)
                 continue
-            if arch.arch_id in self.trained_ids:
+            if arch.arch_id in self.trained_ids or any(arch.arch_id == other.arch.arch_id for other in pool):
                 self._skip_duplicate(ot_trial, arch)
                 continue
             params, flops = cost
@@ -140,16 +173,38 @@ class BudgetedSearcher(Searcher):
                 self._reject(ot_trial, arch, params, flops, violation, over_budget_reason(self.budget, params, flops))
                 continue
             self.infeasible_streak = 0
-            self.trained_ids.add(arch.arch_id)
-            self.running[trial_id] = ot_trial
-            seed = ot_trial.user_attrs.get("seed", self.seed + ot_trial.number)  # a retried trial keeps its seed
-            _set_constraints(ot_trial, violation)
-            _set_attrs(ot_trial, arch=arch.to_json(), params=params, flops=flops, seed=seed, state=TrialState.QUEUED)
-            self._recorded()
-            return {"arch": arch.to_dict(), "trial_number": ot_trial.number, "seed": seed, "params": params,
-                    "flops": flops}
-        self.exhausted = True
-        return Searcher.FINISHED
+            pool.append(Candidate(ot_trial, arch, params, flops, violation))
+        return pool
+
+    def _screened(self, pool: list[Candidate]) -> list[Candidate]:
+        """The pool's best `screen_train` by the screen, best first; the others recorded as screened out."""
+        if self.screen is None or len(pool) <= self.screen_train:
+            return pool
+        scores = self.screen([candidate.arch for candidate in pool])
+        order = sorted(range(len(pool)), key=lambda index: -scores[index])
+        first = min(candidate.ot_trial.number for candidate in pool)
+        for rank, index in enumerate(order):
+            candidate = pool[index]
+            _set_attrs(candidate.ot_trial, **{SCREEN_ATTR: float(scores[index]), POOL_ATTR: first})
+            if rank >= self.screen_train:
+                _set_constraints(candidate.ot_trial, candidate.violation)
+                _set_attrs(candidate.ot_trial, arch=candidate.arch.to_json(), params=candidate.params,
+                           flops=candidate.flops, screened_out=True)
+                self.study.tell(candidate.ot_trial, state=OptunaState.FAIL)
+        return [pool[index] for index in order[:self.screen_train]]
+
+    def _start(self, trial_id: str, candidate: Candidate) -> dict[str, Any]:
+        """Hand a candidate to Ray as a trial."""
+        ot_trial, arch = candidate.ot_trial, candidate.arch
+        self.trained_ids.add(arch.arch_id)
+        self.running[trial_id] = ot_trial
+        seed = ot_trial.user_attrs.get("seed", self.seed + ot_trial.number)  # a retried trial keeps its seed
+        _set_constraints(ot_trial, candidate.violation)
+        _set_attrs(ot_trial, arch=arch.to_json(), params=candidate.params, flops=candidate.flops, seed=seed,
+                   state=TrialState.QUEUED)
+        self._recorded()
+        return {"arch": arch.to_dict(), "trial_number": ot_trial.number, "seed": seed, "params": candidate.params,
+                "flops": candidate.flops}
 
     def _build(self, ot_trial: optuna.Trial) -> tuple[ArchConfig | None, tuple[int, int | None] | None, str]:
         """(architecture, (params, FLOPs), why it cannot be built: '' when it can)."""
@@ -367,7 +422,7 @@ def render_trials(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        if "duplicate_of" in attrs or trial.state == OptunaState.WAITING:
+        if not has_row(trial) or trial.state == OptunaState.WAITING:
             continue
         state = attrs.get("state", TOLD_STATES[trial.state])
         # A failure that recorded no reason was cut off as it was drawn (or in a study from an older version).

@@ -341,6 +341,16 @@ def read_run(run_dir: str | Path) -> Run:
     return run
 
 
+# The marks of trials the study records and trials.csv leaves out: a repeat of a trained architecture (skipped) and
+# a draw a --screen left untrained.
+NO_ROW_ATTRS = ("duplicate_of", "screened_out")
+
+
+def has_row(trial: Any) -> bool:
+    """Whether a trial of the study (an Optuna FrozenTrial) has its row in trials.csv."""
+    return not any(name in trial.user_attrs for name in NO_ROW_ATTRS)
+
+
 def check_against_study(run: Run) -> None:
     """Every trial study.db records as ended must have its row: the study is the record of truth."""
     name = run.settings.get("study_name") or run.settings.get("name")
@@ -351,7 +361,7 @@ def check_against_study(run: Run) -> None:
     study = run.folder.load_study(name)
     ended = {trial.number for trial in study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
-        if "duplicate_of" not in trial.user_attrs}
+        if has_row(trial)}
     listed = {int(trial_id[1:]) for trial_id in run.table["trial_id"].astype(str) if trial_id[1:].isdigit()}
     missing = sorted(ended - listed)
     if missing:

@@ -1,6 +1,10 @@
-"""How a search starts: its first draws from the sampler's random phase (`random`, the default), or a training-free
-proxy's pick (`proxy:NAME`): a pool of feasible random draws scored on one minibatch of the search's training data
-(search_spaces.proxies), the best trained first.
+"""What a search trains, chosen by a training-free proxy (search_spaces.proxies) scoring untrained models on one
+minibatch of the search's training data:
+
+- `--startup proxy:NAME`: the search's first draws are the best of a pool of feasible random draws, trained first
+  (the sampler's own random first draws otherwise: `random`, the default);
+- `--screen proxy:NAME`: every draw is the best `--screen-train` of a pool of `--screen-pool` feasible draws of the
+  sampler (a rung 0 before any training); the others are recorded as screened out, never trained.
 
 Wired in because one proxy earned it: on the ranking set of benchmarks/ranking_set.py (48 qkv architectures within
 1M params on mnist5k), ZiCo ranks full-length val_acc with Kendall 0.47 [0.29, 0.62] against #params' 0.09 [-0.10,
@@ -8,6 +12,7 @@ Wired in because one proxy earned it: on the ranking set of benchmarks/ranking_s
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +20,7 @@ import torch
 
 from qkvnas_core.errors import UsageError
 from nas.engine.budget import Budget, FeasibleDraw, feasible_draws
+from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
 from search_spaces.proxies import PROXIES
 from search_spaces.spaces import Space
@@ -28,15 +34,40 @@ STARTUP_DRAWS = 8
 # The pool a proxy picks them from: eight candidates for each draw it replaces.
 POOL_PER_DRAW = 8
 
+Scorer = Callable[[Sequence[ArchConfig]], list[float]]
+
 
 def parse_startup(text: str) -> str | None:
     """`random` (None: the sampler's own first draws) or `proxy:NAME` with NAME one of search_spaces.proxies."""
     if text == "random":
         return None
+    return parse_proxy(text, "random or ")
+
+
+def parse_proxy(text: str, also: str = "") -> str:
+    """`proxy:NAME` with NAME one of search_spaces.proxies."""
     kind, _, name = text.partition(":")
     if kind != "proxy" or name not in PROXIES:
-        raise UsageError(f"{text[:40]!r}: expected random or proxy:NAME with NAME one of {', '.join(PROXIES)}")
+        raise UsageError(f"{text[:40]!r}: expected {also}proxy:NAME with NAME one of {', '.join(PROXIES)}")
     return text
+
+
+def proxy_scorer(proxy_text: str, splits: DatasetSplits, recipe: Recipe, seed: int) -> Scorer:
+    """The proxy `proxy_text` names (proxy:NAME) as a function of architectures: each model built with `seed` and
+    scored on the first training batch (the recipe's size, unaugmented), higher better."""
+    proxy = PROXIES[proxy_text.partition(":")[2]]
+    batches = make_batches(splits.train, splits.info, None, torch.device("cpu"), batch_size=recipe.batch_size,
+                           train=True, seed=seed)
+    images, labels = next(iter(batches.epoch(0)))
+
+    def score(archs: Sequence[ArchConfig]) -> list[float]:
+        scores = []
+        for arch in archs:
+            seed_everything(seed)
+            scores.append(proxy(build_model(arch, splits.info.shape), images, labels))
+        return scores
+
+    return score
 
 
 @dataclass(frozen=True)
@@ -47,16 +78,10 @@ class ScoredDraw:
 
 def proxy_draws(startup: str, space: Space, budget: Budget, splits: DatasetSplits, recipe: Recipe, seed: int,
                 count: int = STARTUP_DRAWS) -> list[ScoredDraw]:
-    """The `count` best of `count * POOL_PER_DRAW` feasible random draws by the proxy `startup` names, best first;
-    each model built with `seed` and scored on the first training batch (the recipe's size, unaugmented)."""
-    proxy = PROXIES[startup.partition(":")[2]]
-    batches = make_batches(splits.train, splits.info, None, torch.device("cpu"), batch_size=recipe.batch_size,
-                           train=True, seed=seed)
-    images, labels = next(iter(batches.epoch(0)))
-    scored = []
-    for found in feasible_draws(space, budget, count * POOL_PER_DRAW, seed=seed):
-        seed_everything(seed)
-        scored.append(ScoredDraw(found, proxy(build_model(found.arch, splits.info.shape), images, labels)))
+    """The `count` best of `count * POOL_PER_DRAW` feasible random draws by the proxy `startup` names, best first."""
+    pool = feasible_draws(space, budget, count * POOL_PER_DRAW, seed=seed)
+    scores = proxy_scorer(startup, splits, recipe, seed)([found.arch for found in pool])
+    scored = [ScoredDraw(found, score) for found, score in zip(pool, scores)]
     return sorted(scored, key=lambda item: -item.score)[:count]
 
 
