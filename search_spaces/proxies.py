@@ -88,8 +88,14 @@ def synflow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None 
         for parameter in scored.parameters():
             parameter.abs_()
     scored(torch.ones((1, *images.shape[1:]), dtype=torch.float64)).sum().backward()
-    return float(sum((parameter * parameter.grad).abs().sum() for parameter in scored.parameters()
-                     if parameter.grad is not None))
+    return _saliency(scored)
+
+
+def _saliency(scored: nn.Module) -> float:
+    """sum |theta * dL/dtheta| over the parameters with a gradient, read outside autograd."""
+    with torch.no_grad():
+        return float(sum((parameter * parameter.grad).abs().sum() for parameter in scored.parameters()
+                         if parameter.grad is not None))
 
 
 def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -98,9 +104,7 @@ def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
 
 
 def snip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    scored = _loss_gradients(model, images, labels)
-    return float(sum((parameter * parameter.grad).abs().sum() for parameter in scored.parameters()
-                     if parameter.grad is not None))
+    return _saliency(_loss_gradients(model, images, labels))
 
 
 def zico(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -212,3 +212,26 @@ def test_without_a_terminal_the_lines_are_printed_as_they_come():
 def test_search_resumes_a_run_given_as_its_argument(cli, argv, fragment):
     code, _, err = cli("search", *argv)
     assert code == 2 and fragment in err and err.count("\n") == 1
+
+
+def test_time_left_moves_with_the_epochs_run_not_with_each_trials_speed():
+    """Two trials at once, 10 s an epoch: 20 s later one has ended and a new one spent 40 s on its first epoch (its
+    start-up). The work left fell by the 4 epochs run, and so does the estimate; the old one, from each running
+    trial's own pace, doubled (9 epochs at 40 s)."""
+    from nas.engine.progress import seconds_left
+    from nas.runs.results import trial_row, trials_frame
+    from conftest import TINY
+
+    def trial(number, state, epochs, seconds):
+        return trial_row(number, state, arch=TINY.replace(embed_dim=16 * (number + 1)), params=1000, seed=number,
+                         curve=[0.5] * epochs, seconds=seconds)
+
+    ended = [trial(index, "complete", 10, 100.0) for index in range(3)]
+    before = trials_frame([*ended, trial(3, "running", 5, 50.0), trial(4, "running", 9, 90.0)])
+    after = trials_frame([*ended, trial(3, "running", 7, 70.0), trial(4, "complete", 10, 100.0),
+                          trial(5, "running", 1, 40.0)])
+    first, second = seconds_left(before, 8, 10, slots=2), seconds_left(after, 8, 10, slots=2)
+    # epochs left: 5 + 1 + 3 trials to start x 10 = 36 at 10 s on 2 slots; then 3 + 9 + 2 x 10 = 32 at 510 / 48 s
+    assert first == pytest.approx(36 / 2 * 10)
+    assert second == pytest.approx(32 / 2 * 510 / 48)
+    assert second < first

@@ -38,23 +38,25 @@ class ProgressLine(str):
         return line
 
 
-def seconds_left(trials: pd.DataFrame, target: int, epochs: int) -> float | None:
-    """Time until `target` trials are trained: the epochs the running trials have left (each at its own pace) and
-    the trials not started yet (each as long as the mean trained trial), shared among the trials running at once,
-    but never less than the running trial with most time left needs alone. None before an epoch is timed."""
+def seconds_left(trials: pd.DataFrame, target: int, epochs: int, slots: int = 1) -> float | None:
+    """Time until `target` trials are trained: the epochs left (each running trial's to its full length, and each
+    trial not started yet as many as the trained trials ran on average, `epochs` before one ended) at the search's
+    pace (seconds per epoch over every epoch run so far), shared among `slots` trials at once (the most seen running
+    together); never less than the running trial with most epochs left needs alone. One pace for every trial, so a
+    trial that starts, is stopped early or spends its first epoch starting up moves the estimate by its epochs, not
+    by its own speed. None before an epoch is timed."""
     ran = trials[trials["epochs"].fillna(0) > 0]
     if ran.empty:
         return None
     pace = float(ran["seconds"].sum()) / float(ran["epochs"].sum())
     running = trials[trials["state"] == TrialState.RUNNING]
-    done = running["epochs"].fillna(0).astype(float)
-    own_pace = (running["seconds"].astype(float) / done.where(done > 0)).fillna(pace)
-    running_left = ((epochs - done).clip(lower=0) * own_pace).tolist()
+    running_left = (epochs - running["epochs"].fillna(0).astype(float)).clip(lower=0)
     trained = trials[trials["state"].isin(SCORED_STATES) & (trials["reason"] != INTERRUPTED)]
-    per_trial = float(trained["seconds"].mean()) if len(trained) else epochs * pace
+    epochs_per_trial = float(trained["epochs"].mean()) if len(trained) else float(epochs)
     to_start = max(0, target - trained_count(trials) - len(running))
-    shared = (sum(running_left) + to_start * per_trial) / max(1, len(running))
-    return max([shared, *running_left])
+    epochs_left = float(running_left.sum()) + to_start * epochs_per_trial
+    longest = float(running_left.max()) if len(running) else 0.0
+    return max(epochs_left / max(slots, len(running), 1), longest) * pace
 
 
 class Progress:
@@ -72,6 +74,7 @@ class Progress:
         self.last_status = ""
         self.hypervolume = hypervolume
         self.epochs = epochs
+        self.slots = 1  # the most trials seen running at once: how many share the work left
 
     def show(self, trials: pd.DataFrame, force: bool = False) -> None:
         now = time.monotonic()
@@ -79,7 +82,8 @@ class Progress:
             return
         self.last = now
         trained = trained_count(trials)
-        left_seconds = seconds_left(trials, self.target, self.epochs) if trained < self.target else 0.0
+        self.slots = max(self.slots, int((trials["state"] == TrialState.RUNNING).sum()))
+        left_seconds = seconds_left(trials, self.target, self.epochs, self.slots) if trained < self.target else 0.0
         if trained >= self.target:
             left = "finishing"
         else:
