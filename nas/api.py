@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,14 +89,16 @@ def search(*, config: str | os.PathLike | None = None, progress: ProgressCallbac
     its flag (`budget="3.1M"`, `max_flops`, `cpus_per_model`); None, the default, is the flag's default. `config`
     is a file of settings the keywords override. The other keywords set the trials' recipe fields
     (`batch_size=32`, `lr=1e-2`: trainers.recipe.Recipe's names and types, which it checks). Returns the run."""
-    with python_names(), _progress(progress):
+    with python_names(), _progress(progress) as forward:
         checked = search_settings(config=config, **settings)
         if checked.run_dir.exists():
             raise UsageError(f"{given('name', checked.name)}: run folder {checked.run_dir} already exists; expected "
                              f"a new name, or nas.resume({str(checked.run_dir)!r}) to continue it")
         from nas.engine.search import run_search
 
-        result = run_search(checked)
+        with _users_own_errors():
+            result = run_search(checked, stop=forward.failed if forward else None)
+        _raise_callback_error(forward)
         return _session_run(result)
 
 
@@ -124,11 +126,13 @@ def resume(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLike
     for name in changes:
         if name not in RESUME_FLAGS:
             raise TypeError(f"resume() got an unexpected keyword argument {name!r}")
-    with python_names(), _progress(progress):
+    with python_names(), _progress(progress) as forward:
         run_dir = _run_folder(run, results_dir)
         from nas.engine.search import resume_search
 
-        result = resume_search(run_dir, _parsed(changes, RESUME_FLAGS))
+        with _users_own_errors():
+            result = resume_search(run_dir, _parsed(changes, RESUME_FLAGS), stop=forward.failed if forward else None)
+        _raise_callback_error(forward)
         return _session_run(result)
 
 
@@ -144,13 +148,15 @@ def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None =
            out: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> ParetoOutcome:
     """Write the run's front (`nas pareto`): pareto.csv and a plot per cost; returns the front and the files."""
     keywords = {key: value for key, value in locals().items() if key not in ("run", "progress")}
-    with python_names(), _progress(progress):
+    with python_names(), _progress(progress) as forward:
         run_dir = _run_folder(run)
         options = _parsed(keywords, PARETO_FLAGS)
         from nas.runs.pareto import write_pareto
 
-        return write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
-                            **options)
+        outcome = write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
+                               **options)
+        _raise_callback_error(forward)
+        return outcome
 
 
 def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | None = None,
@@ -162,7 +168,7 @@ def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | 
     has a row per model and seed, its `summary` a row per model (mean and 95% interval), its `comparison` the paired
     differences to each baseline."""
     keywords = {key: options.pop(key) for key in list(options) if key in RETRAIN_FLAGS}
-    with python_names(), _progress(progress):
+    with python_names(), _progress(progress) as forward:
         overrides = _recipe_fields("retrain", options)
         run_dir = _run_folder(run)
         values = _parsed(keywords, RETRAIN_FLAGS)
@@ -172,7 +178,9 @@ def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | 
 
         if "trial_ids" in values:
             values["trial_ids"] = tuple(values["trial_ids"])
-        return retrain_run(RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False, **values))
+        outcome = retrain_run(RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False, **values))
+        _raise_callback_error(forward)
+        return outcome
 
 
 search.__signature__ = keyword_signature(search, list(SEARCH_FLAGS))
@@ -191,7 +199,8 @@ def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _progress(progress: ProgressCallback | None) -> contextlib.AbstractContextManager:
-    """For the call: the lines the libraries log (INFO and up) forwarded to `progress`; nothing without one."""
+    """For the call: the lines the libraries log (INFO and up) forwarded to `progress` (the context gives the
+    Forward handler, which keeps what the callback raised); nothing without one (None)."""
     from qkvnas_core.log import Forward, handled_by
 
     if progress is None:
@@ -199,6 +208,25 @@ def _progress(progress: ProgressCallback | None) -> contextlib.AbstractContextMa
     if not callable(progress):
         raise UsageError(f"{given('progress', progress)}: expected a callable taking one line, such as print")
     return handled_by(Forward(progress))
+
+
+@contextlib.contextmanager
+def _users_own_errors() -> Iterator[None]:
+    """What the caller's own code raised (a space file that fails at import) reaches the caller as it was raised,
+    not as the one line the command prints."""
+    from qkvnas_core.errors import UserCodeError
+
+    try:
+        yield
+    except UserCodeError as error:
+        raise error.__cause__.with_traceback(error.__cause__.__traceback__) from None
+
+
+def _raise_callback_error(forward: Any) -> None:
+    """The exception the caller's progress callback raised, once the search it stopped has ended cleanly (its
+    trials closed, Ray shut down, the run resumable)."""
+    if forward is not None and forward.error is not None:
+        raise forward.error
 
 
 def _parsed(keywords: dict[str, Value], parsers: dict[str, Callable[[str], Any]]) -> dict[str, Any]:

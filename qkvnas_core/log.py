@@ -31,15 +31,27 @@ def line(record: logging.LogRecord) -> str:
 
 
 class Forward(logging.Handler):
-    """Gives each record's line (`line`) to `callback`: the Python API's `progress=print` or `lines.append`."""
+    """Gives each record's line (`line`) to `callback`: the Python API's `progress=print` or `lines.append`.
+
+    The callback is the caller's code: the first exception it raises is kept in `error` (not printed through
+    Handler.handleError, nor raised into whatever library logged the line), no line is given to it after that, and
+    the work that logs watches `failed` to stop cleanly, then the caller raises `error` (nas.api)."""
 
     def __init__(self, callback: Callable[[str], None], level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.callback = callback
+        self.error: Exception | None = None
+
+    def failed(self) -> bool:
+        return self.error is not None
 
     def emit(self, record: logging.LogRecord) -> None:
-        # Not through Handler.handleError: a callback's own exception is the caller's, as it was before logging.
-        self.callback(line(record))
+        if self.error is not None:
+            return
+        try:
+            self.callback(line(record))
+        except Exception as error:  # the caller's own exception, given back to the caller
+            self.error = error
 
 
 class _Onward(logging.Handler):

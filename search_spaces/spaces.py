@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 from search_spaces.arch import (ATTENTIONS, BACKBONES, FFNS, PATCH_SIZES, POSITIONS, STEMS, ArchConfig, AttentionConfig,
                                 FFNConfig, QKVConfig)
 from search_spaces.shape import DataShape
-from qkvnas_core.errors import UsageError
+from qkvnas_core.errors import UsageError, UserCodeError
 
 
 class Trial(Protocol):
@@ -203,7 +203,8 @@ def load_space(spec: str) -> Space:
     try:
         module_spec.loader.exec_module(module)
     except Exception as error:  # a user's file: any error it raises is theirs to read
-        raise UsageError(f"space file {path_text} failed to load ({type(error).__name__}: {error})") from None
+        raise UserCodeError(f"space file {path_text} failed to load ({type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:200]})") from error
     space = getattr(module, function_name, None)
     if not callable(space):
         raise UsageError(f"space file {path_text} has no function {function_name!r}: expected def "

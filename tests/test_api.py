@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import optuna
@@ -28,6 +29,7 @@ from nas.flags import RECIPE_DEST
 from nas.runs.pareto import pareto_front
 from nas.runs.results import load_trials, trained_count
 from qkvnas_core.errors import UsageError
+from qkvnas_core.files import exclusive_lock
 from qkvnas_core.units import parse_count
 from trainers.recipe import Recipe
 
@@ -253,3 +255,40 @@ def test_the_api_names_stay_functions_and_import_nothing_heavy():
               "print(sorted({'torch', 'ray', 'pandas', 'optuna'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_a_raising_progress_callback_stops_the_search_and_reaches_the_caller(ray_cluster, tmp_path):
+    """The caller's exception, once the search has ended cleanly: no trial left running, the folder unlocked, the
+    run resumable (its record says interrupted)."""
+
+    class CallersOwn(Exception):
+        pass
+
+    seen = []
+
+    def progress(line):
+        seen.append(line)
+        if getattr(line, "trained", None) is not None:  # the first line of the live view
+            raise CallersOwn("raised by the caller's callback")
+
+    with pytest.raises(CallersOwn, match="raised by the caller's callback"):
+        nas.search(**{**TINY_SEARCH, "trials": 6}, name="raising", results_dir=tmp_path / "results", progress=progress)
+    run_dir = tmp_path / "results" / "raising"
+    record = json.loads((run_dir / "search.json").read_text())
+    assert record["ended"] == "interrupted" and record["finished"]
+    trials = load_trials(run_dir)
+    assert not set(trials["state"]) & {"running", "queued"} and trained_count(trials) < 6
+    with exclusive_lock(run_dir / ".lock", "the run"):  # released
+        pass
+    assert sum(getattr(line, "trained", None) is not None for line in seen) == 1  # none given after it raised
+
+
+def test_a_space_file_that_raises_at_import_reaches_the_caller_as_its_own_exception(tmp_path, cli):
+    space = tmp_path / "broken_space.py"
+    space.write_text("raise KeyError('the user space cannot start')\n\ndef tiny(trial, shape):\n    pass\n")
+    with pytest.raises(KeyError, match="the user space cannot start") as raised:
+        nas.search(budget="300K", space=f"{space}:tiny", name="broken", results_dir=tmp_path / "results")
+    assert any(frame.filename == str(space) for frame in traceback.extract_tb(raised.value.__traceback__))
+    code, _, err = cli("search", "--budget", "300K", "--space", f"{space}:tiny", "--results-dir", tmp_path / "cli")
+    assert code == 2 and err.count("\n") == 1 and "failed to load (KeyError: 'the user space cannot start')" in err

@@ -25,6 +25,7 @@ import pandas as pd
 import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
+from ray.tune.stopper import Stopper
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.log import logger
@@ -80,8 +81,8 @@ def load_search_data(settings: SearchSettings) -> DatasetSplits:
     return splits
 
 
-def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
-                  trainable: Callable | None = None) -> SearchResult:
+def resume_search(run_dir: Path, changes: dict[str, Any] | None = None, trainable: Callable | None = None,
+                  stop: Callable[[], bool] | None = None) -> SearchResult:
     """Continue the run in `run_dir` with its own settings. `changes` are the settings given again: the
     resumable ones change (validated as for a new run); any other is one UsageError, as it would silently
     make the run a different search. The run folder is locked before its search.json is read."""
@@ -104,17 +105,20 @@ def resume_search(run_dir: Path, changes: dict[str, Any] | None = None,
             raise UsageError(f"--resume {run_dir}: its validation split is version {record.get('split_version', 1)} "
                              f"(an older qkvnas), this version draws {SPLIT_VERSION}, with other images; expected a "
                              "new run (--name)")
-        return open_session(settings, record, stack, trainable).run()
+        return open_session(settings, record, stack, trainable, stop).run()
 
 
-def run_search(settings: SearchSettings, trainable: Callable | None = None) -> SearchResult:
+def run_search(settings: SearchSettings, trainable: Callable | None = None,
+               stop: Callable[[], bool] | None = None) -> SearchResult:
     """Run a new search into `settings.run_dir`; the live view's lines are logged (nas.engine.progress).
-    `trainable` replaces the trial function (tests inject faults with it)."""
+    `trainable` replaces the trial function (tests inject faults with it); `stop`, when it turns true, ends the
+    search as an interrupt does (no trial is drawn, the running ones are stopped and closed, the run resumable):
+    the Python API's raising progress callback."""
     if settings.run_dir.exists():
         raise UsageError(f"run folder {settings.run_dir} already exists: `nas search {settings.run_dir} --resume` "
                          "continues it; expected --name NEW for a new run")
     with contextlib.ExitStack() as stack:
-        return open_session(settings, None, stack, trainable).run()
+        return open_session(settings, None, stack, trainable, stop).run()
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class SearchSession:
     progress: Progress
     trainable: Callable
     limits: dict[str, float]  # the costs the hypervolume is measured over, and their limits
+    stop: StopRequest  # the caller asks the search to end, as an interrupt would
 
     @property
     def folder(self) -> RunFolder:
@@ -179,6 +184,9 @@ class SearchSession:
                 f"budget (every feasible one tried, or the budget too tight); "
                 f"{smallest_description(settings.space, self.space, self.budget)}"))
         trained = trained_count(render_trials(self.study))
+        if self.stop():
+            return self.finish("interrupted", f"search stopped by the caller after {trained} of {settings.trials} "
+                                              f"trials; continue it with: nas search {self.folder.path} --resume")
         if searcher.epoch_budget_spent:
             return self.finish("finished", f"--epoch-budget {settings.epoch_budget} spent ({searcher.epochs_spent} "
                                            f"epochs in {trained} trials)")
@@ -222,7 +230,7 @@ class SearchSession:
             initial_points=None if self.resumed else self.startup_points(),
             sampler=functools.partial(make_sampler, kind=settings.sampler), objectives=settings.objectives,
             epoch_budget=settings.epoch_budget, screen=screen, screen_pool=settings.screen_pool,
-            screen_train=settings.screen_train)
+            screen_train=settings.screen_train, stop=self.stop)
         if settings.early_stopping == "asha":
             scheduler = RungScheduler(settings.objectives, settings.epochs, settings.grace_epochs,
                                       settings.reduction_factor)
@@ -239,7 +247,7 @@ class SearchSession:
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                         max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
-            run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}",
+            run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}", stop=CallerStop(self.stop),
                                       storage_path=str(self.folder.path.resolve()),
                                       verbose=1 if settings.verbose else 0,
                                       callbacks=[TrialEvents(searcher),
@@ -277,7 +285,7 @@ class SearchSession:
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
-                 trainable: Callable | None) -> SearchSession:
+                 trainable: Callable | None, stop: Callable[[], bool] | None = None) -> SearchSession:
     """Check everything a session needs (space, data, budget, Ray and its resources), then record its start:
     search.json, the study (trials a stopped session left running closed as interrupted) and trials.csv.
 
@@ -285,6 +293,13 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     written before every check has passed. `stack` shuts down a Ray started here and releases the lock."""
     resumed = record is not None
     run_dir = settings.run_dir
+    folder = RunFolder(run_dir)
+    if resumed:
+        # Every file a resume reads is read before anything is written or started: a damaged study.db is one line.
+        folder.check_study(settings.study_name)
+        with folder.reading_study():
+            render_trials(open_study(folder.storage, settings.study_name, settings.seed, settings.objectives,
+                                     settings.sampler))
     space = load_space(settings.space)
     splits = load_search_data(settings)
     info = splits.info
@@ -312,7 +327,6 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
                   in_chans=shape.in_chans, train_count=len(splits.train), val_count=len(splits.val),
                   images_from=image_path(splits), started=record.get("started", _now()), finished=None, ended=None,
                   ray_processes=ray_processes() if started_ray else [])
-    folder = RunFolder(run_dir)
     clock = SessionClock(folder.settings_file, record)
     clock.write()
     study = open_study(folder.storage, settings.study_name, settings.seed, settings.objectives, settings.sampler)
@@ -323,7 +337,35 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     progress = Progress(settings.trials, trained_count(trials),
                         hypervolume=functools.partial(run_hypervolume, limits=limits), epochs=settings.epochs)
     return SearchSession(settings, resumed, space, splits, budget, study, clock, progress,
-                         trainable or run_trial, limits)
+                         trainable or run_trial, limits, StopRequest(stop))
+
+
+class StopRequest:
+    """The caller's `stop` (a callable), as the session and Ray Tune hold it. Tune pickles its search algorithm and
+    stopper with the experiment's state, which a resume never reads (it reads the study): the pickled copy is one
+    that never stops, not the caller's callable (which may hold what does not pickle, a logging handler's lock)."""
+
+    def __init__(self, stop: Callable[[], bool] | None = None) -> None:
+        self.stop = stop
+
+    def __call__(self) -> bool:
+        return self.stop is not None and self.stop()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"stop": None}
+
+
+class CallerStop(Stopper):
+    """Ray Tune's stopper for the caller's stop request: when it turns true, every trial is stopped."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.stop()
+
+    def stop_all(self) -> bool:
+        return self.stop()
 
 
 def run_hypervolume(trials: pd.DataFrame, limits: dict[str, float]) -> float:

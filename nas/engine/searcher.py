@@ -95,7 +95,8 @@ class BudgetedSearcher(Searcher):
     `objectives`: val_acc, then the costs told to Optuna beside it (the study's directions match). With an
     `epoch_budget`, no trial is drawn once the trials' epochs add up to it (running trials finish). With a
     `screen` (a proxy's scores of architectures), each pool of `screen_pool` feasible draws trains its best
-    `screen_train` and records the others as screened out (told FAIL, so TPE learns from trained trials only)."""
+    `screen_train` and records the others as screened out (told FAIL, so TPE learns from trained trials only).
+    `stop` turning true ends the drawing (the caller's stop: nas.engine.search)."""
 
     def __init__(
             self,
@@ -113,6 +114,7 @@ class BudgetedSearcher(Searcher):
             screen: Callable[[Sequence[ArchConfig]], list[float]] | None = None,
             screen_pool: int = 1,
             screen_train: int = 1,
+            stop: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(metric=SCORE, mode="max")
         self.space = space
@@ -126,6 +128,7 @@ class BudgetedSearcher(Searcher):
         self.objectives = tuple(objectives)
         self.epoch_budget = epoch_budget
         self.screen, self.screen_pool, self.screen_train = screen, screen_pool, screen_train
+        self.stop = stop or (lambda: False)
         self.epoch_budget_spent = False
         self.infeasible_streak = 0
         self.exhausted = False
@@ -142,6 +145,8 @@ class BudgetedSearcher(Searcher):
             study.enqueue_trial(point)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.stop():
+            return Searcher.FINISHED
         if self.epoch_budget is not None and self.epochs_spent >= self.epoch_budget:
             self.epoch_budget_spent = True
             return Searcher.FINISHED

@@ -9,7 +9,10 @@ import enum
 import io
 import os
 import re
+import sqlite3
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -124,6 +127,12 @@ INTEGER_COLUMNS = ("params", "flops", "best_epoch", "epochs", "epochs_spent", "s
 TEXT_COLUMNS = ("trial_id", "state", "reason", "arch_id", "structure", "arch")
 
 
+# What study.db must be, and what to do when it is not (a reader refuses it; `nas search --resume` cannot go on).
+STUDY_EXPECTED = ("expected the study.db `nas search` wrote (Optuna's SQLite storage, the run's record of truth); "
+                  "restore it from a copy, or start a new run (--name)")
+STUDY_TABLES = frozenset({"studies", "trials", "version_info", "trial_values", "trial_user_attributes"})
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """A run's folder and the files `nas search`, `nas pareto` and `nas retrain` keep in it: the one place a run
@@ -172,14 +181,56 @@ class RunFolder:
         """Where the run's own outputs named `name` go, .csv and .png added: pareto, search_front, hypervolume."""
         return self.path / name
 
+    def check_study(self, study_name: str) -> None:
+        """study.db as a reader needs it, read only (nothing is written to a file that is not the run's study): a
+        SQLite database, whole, of Optuna's tables, holding `study_name`; anything else is one UsageError naming the
+        file and what to do."""
+        path = self.study_file
+        if not path.is_file():
+            raise UsageError(f"{path}: not found; {STUDY_EXPECTED}")
+        try:
+            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                missing = sorted(STUDY_TABLES - tables)
+                if missing:
+                    raise UsageError(f"{path}: a SQLite database without Optuna's table {missing[0]}; {STUDY_EXPECTED}")
+                verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    raise UsageError(f"{path}: damaged (SQLite's check: {' '.join(str(verdict).split())[:80]}); "
+                                     f"{STUDY_EXPECTED}")
+                names = {row[0] for row in connection.execute("SELECT study_name FROM studies")}
+            finally:
+                connection.close()
+        except sqlite3.Error as error:
+            raise UsageError(f"{path}: not a readable SQLite database ({' '.join(str(error).split())[:80]}); "
+                             f"{STUDY_EXPECTED}") from None
+        if study_name not in names:
+            raise UsageError(f"{path}: holds no study named {study_name!r} (it holds {', '.join(sorted(names)) or 'none'})"
+                             f"; {STUDY_EXPECTED}")
+
+    @contextmanager
+    def reading_study(self) -> Iterator[None]:
+        """What goes wrong reading a study that passed `check_study` (values that do not parse, pages damaged
+        inside) as one UsageError naming study.db."""
+        import optuna
+        import sqlalchemy.exc
+
+        try:
+            yield
+        except (optuna.exceptions.OptunaError, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ValueError, KeyError,
+                TypeError) as error:
+            detail = " ".join(str(error).split())[:80]
+            raise UsageError(f"{self.study_file}: damaged ({type(error).__name__}: {detail}); {STUDY_EXPECTED}") \
+                from None
+
     def load_study(self, study_name: str) -> Any:
-        """The run's Optuna study; one UsageError when study.db is not there."""
+        """The run's Optuna study, checked (`check_study`)."""
         import optuna
 
-        if not self.study_file.is_file():
-            raise UsageError(f"{self.study_file}: not found; expected the Optuna study `nas search` writes in its run "
-                             "folder")
-        return optuna.load_study(study_name=study_name, storage=self.storage)
+        self.check_study(study_name)
+        with self.reading_study():
+            return optuna.load_study(study_name=study_name, storage=self.storage)
 
 
 @dataclass(frozen=True)
