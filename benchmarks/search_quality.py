@@ -95,6 +95,8 @@ METHODS = {
     "zico+mo-tpe+mo-asha": Method("tpe", "asha", MO, startup="proxy:zico"),
     # The levers of issue 29, one at a time. A rung 0: every trial the best of 8 TPE draws by ZiCo (--screen).
     "screen-zico+mo-tpe+mo-asha": Method("tpe", "asha", MO, screen="proxy:zico"),
+    # The same with SNIP, the proxy that ranks the lite space's ranking set best (ZiCo ranks the qkv space's).
+    "screen-snip+mo-tpe+mo-asha": Method("tpe", "asha", MO, screen="proxy:snip"),
     # The first rung later: at epoch 2 of 4 (grace 2, factor 2: rungs 2, 4) instead of 1 (rungs 1, 4).
     "mo-tpe+mo-asha-rung2": Method("tpe", "asha", MO, grace_epochs=2, reduction_factor=2),
     # The reduction factor 2 from the same first rung (rungs 1, 2, 4).
