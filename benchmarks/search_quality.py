@@ -297,7 +297,7 @@ def full_fidelity(trials: pd.DataFrame) -> pd.DataFrame:
 def hypervolume_at(trials: pd.DataFrame, budget: int, grid: np.ndarray) -> np.ndarray:
     """The hypervolume of the full-fidelity trials ended by each grid point, as `nas search` measures it."""
     from nas.engine.hypervolume import hypervolume_history
-    from nas.engine.objectives import SCORE, reference_limits
+    from nas.settings.objectives import SCORE, reference_limits
 
     complete = full_fidelity(trials)
     limits = reference_limits(budget, None)

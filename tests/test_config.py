@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nas.config import search_settings
+from nas.settings.config import search_settings
 from nas.runs.results import load_trials
 from nas.engine.search import SearchSettings, run_search
 from qkvnas_core.units import parse_count

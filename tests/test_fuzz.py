@@ -27,7 +27,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from conftest import write_run
-from nas import flags
+from nas.settings import flags
 from nas.cli import COMMANDS, build_parser, main
 from nas.runs.results import COLUMNS, load_settings, load_trials
 from nas.runs.seed_stats import read_retrain

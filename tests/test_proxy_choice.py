@@ -7,7 +7,8 @@ import torch
 
 from nas.engine.budget import Budget, feasible_draws
 from nas.engine.searcher import BudgetedSearcher, open_study
-from nas.engine.proxy_choice import POOL_PER_DRAW, parse_startup, proxy_draws, startup_points
+from nas.engine.proxy_choice import POOL_PER_DRAW, proxy_draws, startup_points
+from nas.settings.flags import parse_startup
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model

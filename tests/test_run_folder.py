@@ -15,7 +15,7 @@ from nas.engine.searcher import BudgetedSearcher, open_study, render_trials
 from nas.runs.results import RunFolder
 from qkvnas_core.errors import UsageError
 from trainers.holdout import SPLIT_VERSION
-from test_search import BUDGET, DIGITS, finished_run, run_files, space_file  # noqa: F401 (a fixture)
+from test_search import BUDGET, DIGITS, finished_run, run_files
 
 
 def with_study(run_dir, space_file_path: str | None = None, draws: int = 0):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import nas
-from nas.flags import seeds_argument
+from nas.settings.flags import seeds_argument
 from nas.winners.retrain import model_folder
 from nas.runs.seed_stats import baseline_comparison, mean_interval, probability_of_improvement, seed_summary
 from test_retrain import FAST_PROXY, TINY_FSNE, TINY_LINEAR, write_run

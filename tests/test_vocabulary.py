@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from nas.cli import COMMANDS, build_parser
-from nas.flags import VOCABULARY
+from nas.settings.flags import VOCABULARY
 from trainers.recipe import Recipe
 
 # Where a flag's value is the command's own kind of thing, its meaning staying the one of the vocabulary.
@@ -59,7 +59,7 @@ def test_a_flag_of_several_commands_has_one_meaning_and_one_kind_of_value(table)
         if flag in recipe_field_flags():  # generated from the Recipe dataclass: one text and type everywhere
             assert len({(action.help, value_kind(action)) for action in actions.values()}) == 1, flag
             continue
-        assert flag in VOCABULARY, f"{flag} is taken by {sorted(actions)} but is not a word of nas.flags.VOCABULARY"
+        assert flag in VOCABULARY, f"{flag} is taken by {sorted(actions)} but is not a word of nas.settings.flags.VOCABULARY"
         word = VOCABULARY[flag]
         for command, action in actions.items():
             if (flag, command) in OWN_MEANING:

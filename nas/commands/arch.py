@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nas.flags import output_file, path_argument, trial_argument
+from nas.settings.flags import output_file, path_argument, trial_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import add_flag, add_size_arguments, path_argument
+from nas.settings.flags import add_flag, add_size_arguments, path_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import argument_type, output_folder, path_argument, positive_int
+from nas.settings.flags import argument_type, output_folder, path_argument, positive_int
 
 
 @argument_type

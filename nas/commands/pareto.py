@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import add_flag, path_argument
+from nas.settings.flags import add_flag, path_argument
 
 from search_spaces.model_tools.device import DEFAULT_DEVICE
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.engine.objectives import SCORE
+    from nas.settings.objectives import SCORE
     from nas.runs.pareto import parse_costs, write_pareto
     from nas.runs.results import find_run
 

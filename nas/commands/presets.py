@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import add_size_arguments
+from nas.settings.flags import add_size_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import add_recipe_arguments, path_argument, recipe_overrides
+from nas.settings.flags import add_recipe_arguments, path_argument, recipe_overrides
 from nas.settings import RETRAIN_GROUPS, RetrainRequest, add_setting_flags, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The run; every other flag is a RetrainRequest field's (nas/settings.py)."""
+    """The run; every other flag is a RetrainRequest field's (nas/settings/requests.py)."""
     parser.add_argument("run", type=path_argument, help="run folder (results/<run>) or a run name under results/")
     add_setting_flags(parser, RetrainRequest, RETRAIN_GROUPS,
                       lambda: add_recipe_arguments(parser, None, "xcit, or small on digits"))
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from qkvnas_core.units import format_count
     from nas.winners.retrain import retrain_run
     from nas.runs.seed_stats import summary_text
-    from nas.tables import percent, table_text
+    from qkvnas_core.tables import percent, table_text
 
     request = RetrainRequest(run=args.run, overrides=recipe_overrides(args), **given_settings(args, RetrainRequest))
     outcome = retrain_run(request)  # a model that diverged: `nas retrain: error: ...` on stderr (nas/cli.py)

@@ -1,6 +1,6 @@
 """`nas search --budget 3.1M`: the product's main job.
 
-The settings come from the flags, over a config file's when --config is given (nas/config.py); `nas search RUN
+The settings come from the flags, over a config file's when --config is given (nas/settings/config.py); `nas search RUN
 --resume` continues a run. The search prints nothing itself: it logs its lines (qkvnas_core.log), which `nas`
 shows through this command's VIEW, LiveView: drawn as a live bar where a terminal is attached and printed as they
 come otherwise (a log keeps every one).
@@ -15,7 +15,7 @@ from typing import Iterator, TextIO
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.log import line as record_line
-from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
+from nas.settings.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
 from nas.settings import SEARCH_GROUPS, SearchSettings, add_setting_flags, given_settings as settings_given
 from trainers.recipe import PROXY
 
@@ -25,7 +25,7 @@ USAGE = """%(prog)s --budget PARAMS [options]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The run to resume, --config and --resume; every other flag is a SearchSettings field's (nas/settings.py)."""
+    """The run to resume, --config and --resume; every other flag is a SearchSettings field's (nas/settings/requests.py)."""
     parser.usage = USAGE
     parser.add_argument("run", type=path_argument, nargs="?", metavar="RUN",
                         help="with --resume: the run to continue, a folder (results/<run>) or a run name under "
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return report(result)
     if args.run is not None:
         raise UsageError(f"{args.run}: a run to continue takes --resume; expected --name NAME for a new run")
-    from nas.config import search_settings
+    from nas.settings.config import search_settings
     from nas.engine.search import run_search
 
     settings = search_settings(given, args.config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.flags import add_flag, path_argument, positive_int
+from nas.settings.flags import add_flag, path_argument, positive_int
 
 from qkvnas_core.errors import UsageError
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def trials_text(trials) -> str:
     """Trials as an aligned table with readable units (params in K/M, GFLOPs, accuracy in %)."""
     from qkvnas_core.units import format_count, format_duration
-    from nas.tables import table_text
+    from qkvnas_core.tables import table_text
 
     return table_text(trials, {"trial_id": str, "state": str, "structure": str, "params": format_count,
                                "flops": format_count, "val_acc": lambda accuracy: f"{accuracy * 100:.2f}%",
@@ -38,7 +38,7 @@ def _indent(text: str) -> str:
 def run_summary(run, shown: int) -> str:
     """The terminal summary of one run (a nas.runs.results.Run)."""
     from qkvnas_core.units import format_count, format_duration
-    from nas.engine.objectives import SCORE
+    from nas.settings.objectives import SCORE
     from nas.runs.pareto import pareto_front, scored_trials
     from nas.runs.results import state_counts
     from search_spaces.arch import ArchConfig
@@ -103,7 +103,7 @@ def runs_overview(results_dir: Path) -> str:
     import pandas as pd
 
     from qkvnas_core.units import format_count
-    from nas.engine.objectives import SCORE
+    from nas.settings.objectives import SCORE
     from nas.runs.pareto import scored_trials
     from nas.runs.results import ENDED_STATES, TrialState, read_run
 

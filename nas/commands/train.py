@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nas.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
+from nas.settings.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
 from search_spaces.model_tools.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from trainers.recipe import PROXY

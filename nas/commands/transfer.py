@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from nas.flags import add_recipe_arguments, path_argument, recipe_overrides
+from nas.settings.flags import add_recipe_arguments, path_argument, recipe_overrides
 from nas.settings import TRANSFER_GROUPS, add_setting_flags, given_settings
 from trainers.recipe import TRANSFER
 from trainers.transfer_request import TransferRequest
@@ -20,7 +20,7 @@ DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stanford_cars"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The checkpoints; every other flag is a TransferRequest field's (trainers/transfer.py, nas/settings.py)."""
+    """The checkpoints; every other flag is a TransferRequest field's (trainers/transfer.py, nas/settings/requests.py)."""
     parser.add_argument("checkpoints", type=path_argument, nargs="*", metavar="CHECKPOINT",
                         help="a retrained model's folder (results/<run>/retrain/<arch-id>: its best checkpoint) "
                              "or a TAG.json")
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def paper_table(frame, datasets: list[str]) -> str:
     """The paper's layout: model, params, test top-1 (%) per dataset, average."""
     from qkvnas_core.units import format_count
-    from nas.tables import percent, table_text
+    from qkvnas_core.tables import percent, table_text
 
     shown = frame.copy()
     shown["model"] = [f"{row.source} ({row.arch_id}, {row.structure})" + (" [baseline]" if row.role == "baseline"

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from qkvnas_core.errors import UsageError
 from nas.engine.budget import Budget, FeasibleDraw, feasible_draws
 from search_spaces.arch import ArchConfig
 from search_spaces.build import build_model
@@ -35,21 +34,6 @@ STARTUP_DRAWS = 8
 POOL_PER_DRAW = 8
 
 Scorer = Callable[[Sequence[ArchConfig]], list[float]]
-
-
-def parse_startup(text: str) -> str | None:
-    """`random` (None: the sampler's own first draws) or `proxy:NAME` with NAME one of search_spaces.proxies."""
-    if text == "random":
-        return None
-    return parse_proxy(text, "random or ")
-
-
-def parse_proxy(text: str, also: str = "") -> str:
-    """`proxy:NAME` with NAME one of search_spaces.proxies."""
-    kind, _, name = text.partition(":")
-    if kind != "proxy" or name not in PROXIES:
-        raise UsageError(f"{text[:40]!r}: expected {also}proxy:NAME with NAME one of {', '.join(PROXIES)}")
-    return text
 
 
 def proxy_scorer(proxy_text: str, splits: DatasetSplits, recipe: Recipe, seed: int) -> Scorer:

@@ -31,9 +31,9 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.log import logger
 from qkvnas_core.files import exclusive_lock, write_json_atomic
 from nas.engine.budget import Budget, check_feasible, smallest_description
-from nas.engine.objectives import (SCORE, reference_limits)
+from nas.settings.objectives import (SCORE, reference_limits)
 from nas.engine.hypervolume import front_hypervolume, hypervolume_history
-from nas.naming import given, named
+from nas.settings.naming import given, named
 from nas.runs.pareto import draw_front, plot_hypervolume, scored_trials
 from nas.engine.progress import Progress
 from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers

@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 
 from qkvnas_core.errors import UsageError
 from nas.engine.budget import Budget, over_budget_reason
-from nas.engine.objectives import SCORE, directions
+from nas.settings.objectives import SCORE, directions
 from nas.runtime.optuna_compat import running_trial, set_system_attr
 from nas.runs.results import INTERRUPTED, TrialState, has_row, trial_row, trials_frame
 from search_spaces.arch import ArchConfig

@@ -7,26 +7,18 @@ A run's trials.csv holds each trial's architecture alone; the shape its search b
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import user_path
+from nas.runs.results import RunFolder, find_run, read_run
+from nas.settings.trial_ids import format_trial_id, is_trial_reference, parse_trial_number
 from search_spaces.arch import ArchConfig
 from search_spaces.shape import IMAGENET, DataShape
 
-TRIAL_PATTERN = re.compile(r"t?([0-9]{1,9})")
 SIZE_FLAGS = {"img_size": "--img-size", "in_chans": "--in-chans", "num_classes": "--num-classes"}
-
-
-def parse_trial_number(text: str) -> int:
-    """The Optuna number of a trial named as trials.csv writes it (t0016), or by its number (16, t16)."""
-    match = TRIAL_PATTERN.fullmatch(text.strip())
-    if match is None:
-        raise UsageError(f"trial {text[:40]!r}: expected a trial id such as t0016, or its number 16")
-    return int(match.group(1))
 
 
 @dataclass(frozen=True)
@@ -56,8 +48,6 @@ def trial_arch(run: str | Path, trial: int) -> TrialArch:
     """Trial number `trial` of the run folder (or run name under results/) `run`: its architecture and the shape
     the run searched at. A run or trial that is not there, or a trial that built no architecture, is one
     UsageError."""
-    from nas.runs.results import find_run, format_trial_id, read_run
-
     found = read_run(find_run(run))
     trial_id = format_trial_id(trial)
     path = found.folder.trials_file
@@ -81,11 +71,9 @@ def named_arch(spec: str) -> tuple[ArchConfig, DataShape | None, str]:
 
     if spec not in PRESETS and ":" in spec and not user_path(spec, "architecture").exists():
         run, _, trial = spec.rpartition(":")
-        if not run or TRIAL_PATTERN.fullmatch(trial) is None:
+        if not run or not is_trial_reference(trial):
             raise UsageError(f"{spec[:80]!r}: expected a preset, an arch JSON file, or RUN:TRIAL such as "
                              "results/run:t0016")
-        from nas.runs.results import RunFolder
-
         found = trial_arch(run, parse_trial_number(trial))
         return found.arch, found.shape, str(RunFolder(found.run).settings_file)
     arch, shape = load_arch_and_shape(spec)

@@ -22,7 +22,7 @@ import pandas as pd
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
 from qkvnas_core.log import logger
-from nas.engine.objectives import COST_LIMIT_SETTINGS, SCORE
+from nas.settings.objectives import COST_LIMIT_SETTINGS, SCORE
 from nas.runs.results import SCORED_STATES, Run, TrialState, read_run, state_counts
 from nas.runs.seed_stats import read_retrain, seed_summary
 from search_spaces.arch import QKVConfig, structure_name

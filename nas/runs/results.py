@@ -8,7 +8,6 @@ from __future__ import annotations
 import enum
 import io
 import os
-import re
 import sqlite3
 import typing
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from search_spaces.arch import ArchConfig
 from search_spaces.shape import DataShape
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import check_json_fields, read_json_object, write_text_atomic
+from nas.settings.requests import SearchSettings, check_value, parser_of, renamed, settings_of
+from nas.settings.trial_ids import TRIAL_ID_PATTERN, format_trial_id
 
 
 class TrialState(str, enum.Enum):
@@ -57,11 +58,6 @@ LEAD_COLUMNS = ["trial_id", "state", "reason", "arch_id", "structure", "params",
                 "best_epoch", "last_val_acc", "epochs", "epochs_spent", "seconds", "seed"]
 ARCH_COLUMNS = list(ArchConfig().flat())
 COLUMNS = LEAD_COLUMNS + ARCH_COLUMNS + ["arch"]
-
-
-def format_trial_id(number: int) -> str:
-    """The id of Optuna trial `number` in trials.csv: `t0007`."""
-    return f"t{number:04d}"
 
 
 def trial_row(number: int, state: str, reason: str = "", arch: ArchConfig | None = None, params: int | None = None,
@@ -280,8 +276,6 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
     and each setting's number in its flag's range (the data shape as DataShape reads it); missing is an error when
     `required`, else {}; anything else wrong is one UsageError naming the file and the field. Every field may be
     absent: a resume checks the settings whole, as SearchSettings."""
-    from nas.settings import SearchSettings, check_value, parser_of, renamed, settings_of
-
     path = RunFolder(Path(run_dir)).settings_file
     if not path.is_file():
         if required:
@@ -308,9 +302,8 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
     return settings
 
 
-# trial_id is t<Optuna trial number>; accuracies are fractions; other numbers finite, from 0, and counts whole
-# numbers a float holds exactly.
-TRIAL_ID_PATTERN = re.compile(r"t[0-9]+")
+# trial_id is t<Optuna trial number> (nas.settings.trial_ids); accuracies are fractions; other numbers finite,
+# from 0, and counts whole numbers a float holds exactly.
 FRACTION_COLUMNS = ("val_acc", "last_val_acc")
 LARGEST_COUNT = 2**53
 

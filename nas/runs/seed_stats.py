@@ -20,7 +20,8 @@ import pandas as pd
 from scipy import stats
 
 from qkvnas_core.errors import UsageError
-from nas.runs.results import read_csv_table
+from nas.runs.results import RunFolder, read_csv_table
+from qkvnas_core.tables import interval_text, percent, signed_points, table_text
 
 CONFIDENCE = 0.95
 # The scores compared: the one test of each trained model, and the validation accuracy that chose its weights.
@@ -112,8 +113,6 @@ RETRAIN_COUNTS = ("params", "seed")
 def read_retrain(run_dir: Path) -> pd.DataFrame | None:
     """A run's retrain.csv (nas retrain's rows, one per model and seed) with its values checked; None when the run
     has none. Unreadable, a column missing or a value out of range is one UsageError naming the file and column."""
-    from nas.runs.results import RunFolder
-
     path = RunFolder(Path(run_dir)).retrain_file
     if not path.is_file():
         return None
@@ -139,8 +138,6 @@ def read_retrain(run_dir: Path) -> pd.DataFrame | None:
 
 def summary_text(summary: pd.DataFrame, comparison: pd.DataFrame) -> str:
     """Per model its seeds' mean, standard deviation and 95% t interval; the paired differences to the baselines."""
-    from nas.tables import interval_text, percent, signed_points, table_text
-
     shown = summary.assign(top1_interval=[interval_text(low, high) for low, high in
                                           zip(summary["top1_low"], summary["top1_high"])],
                            val_interval=[interval_text(low, high) for low, high in

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import user_path
 from qkvnas_core.units import parse_count
+from nas.settings.trial_ids import parse_trial_number
+from trainers.recipe import RECIPES, Recipe
 from search_spaces.model_tools.device import DEVICE_HELP
 from trainers.holdout import TRAIN_FRACTION, VAL_FRACTION
 
@@ -119,21 +121,25 @@ def seeds_argument(text: str) -> int | tuple[int, ...]:
     return seeds
 
 
-@argument_type
-def startup_argument(text: str) -> str | None:
-    """How a search starts: random, or proxy:NAME (nas.engine.proxy_choice.parse_startup; imported only when
-    given)."""
-    from nas.engine.proxy_choice import parse_startup
+def parse_proxy(text: str, also: str = "") -> str:
+    """`proxy:NAME` with NAME one of search_spaces.proxies (imported here, when a proxy is given: it loads torch)."""
+    from search_spaces.proxies import PROXIES
 
-    return parse_startup(text)
+    kind, _, name = text.partition(":")
+    if kind != "proxy" or name not in PROXIES:
+        raise UsageError(f"{text[:40]!r}: expected {also}proxy:NAME with NAME one of {', '.join(PROXIES)}")
+    return text
 
 
-@argument_type
-def proxy_argument(text: str) -> str:
-    """A training-free proxy: proxy:NAME (nas.engine.proxy_choice.parse_proxy; imported only when given)."""
-    from nas.engine.proxy_choice import parse_proxy
+def parse_startup(text: str) -> str | None:
+    """`random` (None: the sampler's own first draws) or `proxy:NAME`."""
+    if text == "random":
+        return None
+    return parse_proxy(text, "random or ")
 
-    return parse_proxy(text)
+
+startup_argument = argument_type(parse_startup)
+proxy_argument = argument_type(parse_proxy)
 
 
 @argument_type
@@ -193,12 +199,8 @@ def output_file(text: str) -> str:
     return text
 
 
-@argument_type
-def trial_argument(text: str) -> int:
-    """A trial of a run, as trials.csv names it (t0016) or by its number (16): its number."""
-    from nas.runs.archs import parse_trial_number
-
-    return parse_trial_number(text)
+# A trial of a run, as trials.csv names it (t0016) or by its number (16): its number.
+trial_argument = argument_type(parse_trial_number)
 
 
 @argument_type
@@ -314,8 +316,6 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, default_recipe: str | 
     """--recipe NAME plus one flag per Recipe field (--epochs, --batch-size, --ema/--no-ema, ...), generated from
     the dataclass and its fields' help, so a new field gets its flag; flags not given keep the named recipe's.
     The one set of recipe flags of `train`, `search`, `retrain` and `transfer`; `note` adds what differs in one."""
-    from trainers.recipe import RECIPES, Recipe
-
     group = parser.add_argument_group("recipe", "start from --recipe NAME; each flag below overrides one field "
                                                  f"(values shown as {' / '.join(RECIPES)}){'; ' + note if note else ''}")
     add_flag(group, "--recipe", f"{', '.join(RECIPES)} (default {default_text or default_recipe})",

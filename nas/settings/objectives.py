@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qkvnas_core.errors import UsageError
-from nas.naming import given, named
+from nas.settings.naming import given, named
 
 # The score every search maximises, the metric a trial reports and the trials table's column.
 SCORE = "val_acc"

@@ -22,7 +22,8 @@ from typing import Any
 
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json, parse_json, read_json_object
-from nas.settings import EARLIER_DEFAULTS, SearchSettings, default_run_name, parser_of, renamed, settings_of
+from nas.settings.requests import EARLIER_DEFAULTS, SearchSettings, default_run_name, parser_of, renamed, settings_of
+from trainers.recipe import get_recipe
 
 EXPECTED = "a mapping of search settings (the fields search.json holds)"
 SUFFIXES = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
@@ -129,8 +130,6 @@ def _settings(values: dict[str, Any], name: str | None = None) -> SearchSettings
     if values.get("budget") is None:
         raise UsageError("--budget is required: expected a parameter count such as 3.1M (or budget in --config)")
     if values.get("epochs") is None and isinstance(values.get("recipe"), str):
-        from trainers.recipe import get_recipe
-
         values["epochs"] = get_recipe(values["recipe"]).epochs
     if values.get("name") is None:
         values["name"] = name or default_run_name(values.get("space"), values.get("dataset"), values["budget"])

@@ -27,12 +27,12 @@ from typing import Any, Union
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json
 from qkvnas_core.settings import Setting, setting, settings_of
-from nas.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, comma_list,
+from nas.settings.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, comma_list,
                        count_argument, integer, integer_at_least, path_argument, positive_int, run_name, seeds_argument,
                        proxy_argument, share, space_argument, startup_argument)
-from nas.naming import given, named
-from nas.engine.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
-from nas.runtime.tracking import DEFAULT_LOGGERS, check_loggers, parse_loggers
+from nas.settings.naming import given, named
+from nas.settings.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
+from nas.settings.loggers import DEFAULT_LOGGERS, check_loggers, parse_loggers
 from search_spaces.model_tools.device import DEFAULT_DEVICE
 from trainers.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_IMAGES
 from trainers.recipe import PROXY, get_recipe
@@ -48,7 +48,7 @@ SEARCH_GROUPS = {
     "what": "what to search (--budget, or a --config file that gives it)",
     "data": "data (search scores on a validation split of the training set)",
     "trials": "trials and scheduling",
-    "recipe": "",  # the recipe flags' own group (nas.flags.add_recipe_arguments)
+    "recipe": "",  # the recipe flags' own group (nas.settings.flags.add_recipe_arguments)
     "output": "output",
 }
 # nas transfer's (TransferRequest: trainers/transfer.py).
@@ -96,7 +96,7 @@ def _help(item: dataclasses.Field, spec: Setting) -> str:
 def add_setting_flags(parser: argparse.ArgumentParser, cls: type, groups: dict[str, str | tuple[str, str]],
                       add_recipe: Callable[[], None] | None = None) -> None:
     """One flag per setting of `cls`, in the order of `groups` (title, or title and description, by key); the
-    recipe group is `add_recipe`'s (nas.flags.add_recipe_arguments). Each flag defaults to None, so that what was
+    recipe group is `add_recipe`'s (nas.settings.flags.add_recipe_arguments). Each flag defaults to None, so that what was
     given can be told apart from the field's default."""
     fields = settings_of(cls)
     for key, title in groups.items():
