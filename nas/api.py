@@ -25,7 +25,8 @@ from qkvnas_core.errors import UsageError
 from nas.settings.flags import integer, output_folder, path_argument
 from nas.settings.naming import given, python_names
 from nas.settings.objectives import SCORE
-from nas.settings import RetrainRequest, SearchSettings, Value, keyword_parsers, keyword_signature, resumable
+from nas.settings.requests import (ParetoRequest, RetrainRequest, SearchSettings, Value, keyword_parsers,
+                                  keyword_signature, resumable, settings_of)
 
 if TYPE_CHECKING:
     import optuna
@@ -39,25 +40,19 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[str], None]
 
 
-def _costs(text: str) -> list[str]:
-    from nas.runs.pareto import parse_costs
-
-    return parse_costs([text])
-
-
 # Each keyword's parser: the one its flag's argparse type is (tests/test_api.py checks), `str` for a flag taking
-# any text, `bool` for a switch. LISTS take a list (joined with commas) or the flag's comma-separated text;
-# REPEATED a list for a flag given several times. Recipe fields other than epochs come as **recipe_fields.
-# A search's keywords are SearchSettings' fields (nas/settings/requests.py), and config; a resume's those it may change.
+# any text, `bool` for a switch; a keyword whose setting is `listed` takes a list (joined with commas) or the flag's
+# comma-separated text, one that `repeat`s (and is not listed) a list for a flag given several times. Recipe
+# fields other than epochs come as **recipe_fields. A search's keywords are SearchSettings' fields
+# (nas/settings/requests.py), and config; a resume's those it may change.
 SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {"config": path_argument, **keyword_parsers(SearchSettings)}
 RESUME_FLAGS = {name: SEARCH_FLAGS[name] for name in resumable(SearchSettings)}
-PARETO_FLAGS: dict[str, Callable[[str], Any]] = {
-    "cost": _costs, "reference": bool, "measure_latency": bool, "device": str, "include_stopped": bool,
-    "out": output_folder,
-}
+PARETO_FLAGS: dict[str, Callable[[str], Any]] = keyword_parsers(ParetoRequest)
 RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = {**keyword_parsers(RetrainRequest), "epochs": integer}
-LISTS = ("objectives", "cost", "trial_ids", "logger", "seeds")
-REPEATED = ("arch", "baseline")
+SPECS = {name: spec for cls in (SearchSettings, RetrainRequest, ParetoRequest)
+         for name, (item, spec) in settings_of(cls).items()}
+LISTS = frozenset(name for name, spec in SPECS.items() if spec.listed)
+REPEATED = frozenset(name for name, spec in SPECS.items() if spec.repeat and not spec.listed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,18 +138,18 @@ def load_run(run: str | os.PathLike | SearchRun, *, results_dir: str | os.PathLi
         return _folder_run(_run_folder(run, results_dir))
 
 
-def pareto(run: str | os.PathLike | SearchRun, *, cost: str | list[str] | None = None, reference: bool | None = None,
-           measure_latency: bool | None = None, device: str | None = None, include_stopped: bool | None = None,
-           out: str | os.PathLike | None = None, progress: ProgressCallback | None = None) -> ParetoOutcome:
-    """Write the run's front (`nas pareto`): pareto.csv and a plot per cost; returns the front and the files."""
-    keywords = {key: value for key, value in locals().items() if key not in ("run", "progress")}
+def pareto(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | None = None,
+           **options: Any) -> ParetoOutcome:
+    """Write the run's front (`nas pareto`): pareto.csv and a plot per cost; returns the front and the files. Each
+    keyword is a field of nas.settings.ParetoRequest, named as its flag (`cost="params,flops"`, `out`)."""
+    for name in options:
+        if name not in PARETO_FLAGS:
+            raise TypeError(f"pareto() got an unexpected keyword argument {name!r}")
     with python_names(), _progress(progress) as forward:
-        run_dir = _run_folder(run)
-        options = _parsed(keywords, PARETO_FLAGS)
+        request = ParetoRequest(run=str(_run_folder(run)), **_parsed(options, PARETO_FLAGS))
         from nas.runs.pareto import write_pareto
 
-        outcome = write_pareto(run_dir, costs=options.pop("cost", ("params",)), out_dir=options.pop("out", None),
-                               **options)
+        outcome = write_pareto(request)
         _raise_callback_error(forward)
         return outcome
 
@@ -176,8 +171,6 @@ def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | 
             overrides["epochs"] = values.pop("epochs")
         from nas.winners.retrain import retrain_run
 
-        if "trial_ids" in values:
-            values["trial_ids"] = tuple(values["trial_ids"])
         outcome = retrain_run(RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False, **values))
         _raise_callback_error(forward)
         return outcome
@@ -186,6 +179,7 @@ def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | 
 search.__signature__ = keyword_signature(search, list(SEARCH_FLAGS))
 resume.__signature__ = keyword_signature(resume, list(RESUME_FLAGS))
 retrain.__signature__ = keyword_signature(retrain, list(RETRAIN_FLAGS))
+pareto.__signature__ = keyword_signature(pareto, list(PARETO_FLAGS))
 
 
 def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +241,8 @@ def _parsed(keywords: dict[str, Value], parsers: dict[str, Callable[[str], Any]]
             joined = name in LISTS and isinstance(value, (list, tuple))
             # A list of one seed stays a list ("7,"): "7" alone asks for seven seeds.
             text = ",".join(map(str, value)) + ("," if name == "seeds" else "") if joined else _text(value)
-            values[name] = _parse_text(name, value, text, parse)
+            parsed = _parse_text(name, value, text, parse)
+            values[name] = tuple(parsed) if name in SPECS and SPECS[name].repeat else parsed
     return values
 
 

@@ -1,7 +1,7 @@
 """A setting declared once: a dataclass field whose metadata (`Setting`) holds its flag's help, parser, group and
 whether a resume may change it. nas/settings/requests.py derives the flags, the API's keywords and the checks from such
-fields; the field itself lives with the dataclass it configures, whichever layer that is (SearchSettings and
-RetrainRequest in nas/settings/requests.py, TransferRequest in trainers/transfer.py).
+fields; the field itself lives with the dataclass it configures, whichever layer that is (the requests of
+nas/settings/requests.py, TransferRequest in trainers/transfer_request.py).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ class Setting:
     """A setting's flag: `help` (for a VOCABULARY word: what this command adds to its meaning), the parser of its
     text (the argparse type; None: the text itself, or a switch where `metavar` is None too), the `group` it shows
     in, what its default means where the value alone does not say (`default_text`), whether a resume may change
-    it, the older spellings of its flag still read (hidden from --help), and whether the flag may be given again
-    (`repeat`: each value adds to the field's tuple)."""
+    it, the older spellings of its flag still read (hidden from --help), whether the flag may be given again
+    (`repeat`: each value adds to the field's tuple), and whether its text is a comma-separated list (`listed`: the
+    Python API takes a list for it and joins it)."""
 
     help: str
     parse: Callable[[str], Any] | None = None
@@ -29,6 +30,7 @@ class Setting:
     resumable: bool = False
     aliases: tuple[str, ...] = ()
     repeat: bool = False
+    listed: bool = False
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from nas.cli import main
 from conftest import TINY, write_run
+from nas.settings.requests import ParetoRequest
 from nas.runs.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
 from qkvnas_core.errors import UsageError
 from search_spaces.build import build_model
@@ -63,7 +64,7 @@ def test_a_run_without_full_fidelity_trials_draws_a_front_only_when_asked(tmp_pa
     rows = (("t0000", TINY, "stopped", [0.5]), ("t0001", TINY.replace(embed_dim=32), "stopped", [0.4, 0.6]))
     run = write_run(tmp_path / "stopped", rows=rows)
     with pytest.raises(UsageError, match="no trial scored at full fidelity.*--include-stopped"):
-        write_pareto(run)
+        write_pareto(ParetoRequest(str(run)))
     code, out, _ = cli("pareto", str(run), "--include-stopped")
     assert code == 0 and "stopped ones at fewer epochs" in out
     assert ids(pd.read_csv(run / "pareto.csv")) == ["t0000", "t0001"]
@@ -78,7 +79,7 @@ def test_all_infeasible_gives_an_empty_front():
 
 def test_write_pareto_files(tmp_path, capsys):
     run = write_run(tmp_path / "run")
-    outcome = write_pareto(run)
+    outcome = write_pareto(ParetoRequest(str(run)))
     assert capsys.readouterr().out == ""  # the library returns what it did; `nas pareto` prints it
     assert outcome.written == [run / "pareto.csv", run / "pareto.png", run / "pareto.svg"]
     assert (outcome.scored, outcome.costs, outcome.references) == (3, ["params"], None)
@@ -196,10 +197,10 @@ def test_corrupt_table_is_one_line_and_nothing_is_lost(tmp_path, capsys):
     assert (run / "pareto.csv").read_bytes() == before
 
 
-def test_unknown_cost(tmp_path, capsys):
+def test_unknown_cost(tmp_path, cli):
     run = write_run(tmp_path / "run")
-    assert main(["pareto", str(run), "--cost", "energy"]) == 2
-    assert "cost 'energy'" in capsys.readouterr().err
+    code, _, err = cli("pareto", str(run), "--cost", "energy")
+    assert code == 2 and err.count("\n") == 1 and "argument --cost: cost 'energy'" in err
 
 
 def test_a_renamed_run_is_named_by_its_folder(tmp_path):

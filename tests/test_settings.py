@@ -12,7 +12,8 @@ from qkvnas_core.errors import UsageError
 from nas.cli import build_parser
 from nas.settings.flags import RECIPE_DEST, VOCABULARY
 from nas.runs.results import load_settings
-from nas.settings import RENAMED, RetrainRequest, SearchSettings, keyword_parsers, resumable, settings_of
+from nas.settings.requests import (RENAMED, ExportRequest, ParetoRequest, RetrainRequest, SearchSettings, TrainRequest,
+                                   keyword_parsers, resumable, settings_of)
 from trainers.transfer_request import TransferRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,9 @@ def command_actions(command: str) -> dict[str, argparse.Action]:
     ("search", SearchSettings, {"config", "resume"}),  # what the command does, not what the search is
     ("retrain", RetrainRequest, set()),
     ("transfer", TransferRequest, set()),
+    ("train", TrainRequest, set()),
+    ("pareto", ParetoRequest, set()),
+    ("export", ExportRequest, set()),
 ])
 def test_every_flag_is_a_field_of_its_name(command, cls, own):
     """Besides the recipe fields (Recipe's own flags), each flag sets the field its name spells, and each field
@@ -44,7 +48,7 @@ def test_every_flag_is_a_field_of_its_name(command, cls, own):
         assert actions[dest].option_strings[0] == "--" + dest.replace("_", "-")
 
 
-@pytest.mark.parametrize("cls", [SearchSettings, RetrainRequest])
+@pytest.mark.parametrize("cls", [SearchSettings, RetrainRequest, TrainRequest, ParetoRequest, ExportRequest])
 def test_no_module_lists_the_settings_again(cls):
     """A literal tuple, list, set or dict in nas/ naming three or more of a command's own settings (those not in
     the shared VOCABULARY, whose words also name table columns) declares them a second time: a resumable list, a

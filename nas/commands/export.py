@@ -8,36 +8,25 @@ from __future__ import annotations
 
 import argparse
 
-from nas.settings.flags import argument_type, output_folder, path_argument, positive_int
-
-
-@argument_type
-def opset_argument(text: str) -> int:
-    """An ONNX opset torch's exporter supports (torch is imported only when the flag is given)."""
-    from search_spaces.model_tools.export import check_opset
-
-    opset = positive_int(text)
-    check_opset(opset)
-    return opset
+from nas.settings.flags import path_argument
+from nas.settings.requests import EXPORT_GROUPS, ExportRequest, add_setting_flags, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=path_argument, metavar="CHECKPOINT",
                         help="a trained model folder (its best checkpoint, else last) or a TAG.json")
-    parser.add_argument("--format", default="safetensors", metavar="FORMAT", help="safetensors (default) or onnx")
-    parser.add_argument("--out", type=output_folder, default=None, metavar="DIR",
-                        help="output folder (default: CHECKPOINT's folder/export)")
-    parser.add_argument("--opset", type=opset_argument, default=None, metavar="N", help="ONNX opset (default 17)")
+    add_setting_flags(parser, ExportRequest, EXPORT_GROUPS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.winners.export import ONNX_TOLERANCE, ExportRequest, export_checkpoint
+    from nas.winners.export import ONNX_TOLERANCE, export_checkpoint
 
-    outcome = export_checkpoint(ExportRequest(args.checkpoint, args.format, args.out, args.opset))
+    request = ExportRequest(checkpoint=args.checkpoint, **given_settings(args, ExportRequest))
+    outcome = export_checkpoint(request)
     print(f"model   {outcome.arch.arch_id}  {outcome.arch.summary()}  {outcome.params:,} params, "
           f"{outcome.num_classes} classes, input {outcome.input_shape} (epoch {outcome.epoch} of {outcome.source})")
     print(f"wrote   {', '.join(str(file) for file in outcome.written)}")
-    if args.format == "safetensors":
+    if request.format == "safetensors":
         out = outcome.written[0].parent
         needs = (f"after `import search_spaces.timm_models` ({outcome.timm_name})" if outcome.needs_qkvnas
                  else f"(timm's own {outcome.timm_name}: qkvnas not needed)")

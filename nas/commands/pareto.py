@@ -3,38 +3,26 @@ from __future__ import annotations
 
 import argparse
 
-from nas.settings.flags import add_flag, path_argument
-
-from search_spaces.model_tools.device import DEFAULT_DEVICE
+from nas.settings.flags import path_argument
+from nas.settings.requests import PARETO_GROUPS, ParetoRequest, add_setting_flags, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=path_argument, help="run folder (results/<run>) or a run name under results/")
-    parser.add_argument("--cost", action="append", metavar="COST",
-                        help="params, flops or latency; repeat or comma-separate for one front over several "
-                             "(default params)")
-    parser.add_argument("--reference", action="store_true",
-                        help="mark XCiT-N12, the paper's F-SNE and DeiT-Tiny (ImageNet runs only)")
-    parser.add_argument("--measure-latency", action="store_true",
-                        help="time each front member and add latency_ms / throughput to pareto.csv")
-    add_flag(parser, "--device", "latency is measured there", default=DEFAULT_DEVICE)
-    add_flag(parser, "--include-stopped")
-    add_flag(parser, "--out", "the files go there (default: the run folder)")
+    add_setting_flags(parser, ParetoRequest, PARETO_GROUPS)
 
 
 def run(args: argparse.Namespace) -> int:
     from nas.settings.objectives import SCORE
-    from nas.runs.pareto import parse_costs, write_pareto
-    from nas.runs.results import find_run
+    from nas.runs.pareto import write_pareto
 
-    outcome = write_pareto(find_run(args.run), costs=parse_costs(args.cost), reference=args.reference,
-                           measure_latency=args.measure_latency, device=args.device, out_dir=args.out,
-                           include_stopped=args.include_stopped)
+    request = ParetoRequest(run=args.run, **given_settings(args, ParetoRequest))
+    outcome = write_pareto(request)
     if outcome.references is not None:
         print("references: " + "; ".join(f"{row.name} {getattr(row, SCORE) * 100:.1f}% top-1, "
                                           f"{row.params / 1e6:.2f}M params, {row.flops / 1e9:.2f} GFLOPs"
                                           for row in outcome.references.itertuples(index=False)))
-    elif args.reference:
+    elif request.reference:
         print(f"references left out: their accuracies are ImageNet top-1, not comparable with "
               f"{outcome.dataset or 'an unknown dataset'}")
     scored = (f"{outcome.scored} scored trials (stopped ones at fewer epochs)" if outcome.include_stopped

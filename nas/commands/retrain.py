@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from nas.settings.flags import add_recipe_arguments, path_argument, recipe_overrides
-from nas.settings import RETRAIN_GROUPS, RetrainRequest, add_setting_flags, given_settings
+from nas.settings.requests import RETRAIN_GROUPS, RetrainRequest, add_setting_flags, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Iterator, TextIO
 from qkvnas_core.errors import UsageError
 from qkvnas_core.log import line as record_line
 from nas.settings.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
-from nas.settings import SEARCH_GROUPS, SearchSettings, add_setting_flags, given_settings as settings_given
+from nas.settings.requests import SEARCH_GROUPS, SearchSettings, add_setting_flags, given_settings as settings_given
 from trainers.recipe import PROXY
 
 USAGE = """%(prog)s --budget PARAMS [options]

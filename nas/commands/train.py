@@ -8,32 +8,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from nas.settings.flags import add_flag, add_recipe_arguments, path_argument, recipe_overrides
-from search_spaces.model_tools.device import DEFAULT_DEVICE
-from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
-from trainers.recipe import PROXY
+from nas.settings.flags import add_recipe_arguments, path_argument, recipe_overrides
+from nas.settings.requests import TRAIN_GROUPS, TrainRequest, add_setting_flags, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", type=path_argument, metavar="PRESET|arch.json",
                         help="a preset name or an architecture JSON file")
-    data = parser.add_argument_group("data")
-    add_flag(data, "--dataset", "default digits", default="digits")
-    add_flag(data, "--data-dir")
-    add_flag(data, "--download")
-    add_flag(data, "--img-size", "images resized to it (default: the dataset's own)")
-    add_flag(data, "--image-cache", "image files only (imagenet, folder, stanford_cars)")
-    add_flag(data, "--cache-dir", "with --image-cache, and for ImageNet 16/32/64")
-    add_flag(data, "--patch-size", "default: the architecture's, or the dataset's when that does not fit")
-    add_flag(data, "--val-fraction", f"default {DEFAULT_VAL_FRACTION}, as nas search", default=DEFAULT_VAL_FRACTION)
-    add_flag(data, "--split-seed", f"default {DEFAULT_SPLIT_SEED}, as nas search", default=DEFAULT_SPLIT_SEED)
-    add_recipe_arguments(parser, PROXY.name)
-    where = parser.add_argument_group("running")
-    add_flag(where, "--seed", "default 0", default=0)
-    add_flag(where, "--out", "checkpoints go there (default results/train/<arch_id>-<dataset>)")
-    add_flag(where, "--resume", "the one whose checkpoints are in --out")
-    add_flag(where, "--device", default=DEFAULT_DEVICE)
-    add_flag(where, "--compile")
+    add_setting_flags(parser, TrainRequest, TRAIN_GROUPS,
+                      add_recipe=lambda: add_recipe_arguments(parser, TrainRequest.recipe))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,13 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from trainers.from_scratch import train_arch
     from trainers.recipe import get_recipe
 
-    overrides = recipe_overrides(args)
-    data = DataRequest(args.dataset, args.data_dir, args.download, args.val_fraction, args.split_seed, args.img_size,
-                       args.image_cache, args.cache_dir)
+    request = TrainRequest(arch=args.arch, overrides=recipe_overrides(args), **given_settings(args, TrainRequest))
+    data = DataRequest(request.dataset, request.data_dir, download=request.download,
+                       val_fraction=request.val_fraction, split_seed=request.split_seed, img_size=request.img_size,
+                       image_cache=request.image_cache, cache_dir=request.cache_dir)
     try:
-        train_arch(load_arch(args.arch), data, get_recipe(args.recipe, **overrides), overrides,
-                   folder=None if args.out is None else Path(args.out), patch_size=args.patch_size, seed=args.seed,
-                   resume=args.resume, device=args.device, compile=args.compile, source=args.arch)
+        train_arch(load_arch(request.arch), data, get_recipe(request.recipe, **request.overrides), request.overrides,
+                   folder=None if request.out is None else Path(request.out), patch_size=request.patch_size,
+                   seed=request.seed, resume=request.resume, device=request.device, compile=request.compile,
+                   source=request.arch)
     except TrainingDiverged as error:
         print(f"nas train: error: {error}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from nas.settings.flags import add_recipe_arguments, path_argument, recipe_overrides
-from nas.settings import TRANSFER_GROUPS, add_setting_flags, given_settings
+from nas.settings.requests import TRANSFER_GROUPS, add_setting_flags, given_settings
 from trainers.recipe import TRANSFER
 from trainers.transfer_request import TransferRequest
 

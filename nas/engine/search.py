@@ -39,7 +39,7 @@ from nas.engine.progress import Progress
 from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
 from nas.runs.results import Run, RunFolder, as_written, best_trial, load_settings, trained_count, write_trials
 from nas.engine.scheduler import RungScheduler
-from nas.settings import EARLIER_DEFAULTS, SearchSettings, resumable
+from nas.settings.requests import EARLIER_DEFAULTS, SearchSettings, resumable
 from nas.engine.proxy_choice import POOL_PER_DRAW, STARTUP_DRAWS, proxy_scorer, startup_points
 from nas.engine.searcher import (BudgetedSearcher, TrialEvents, close_interrupted, make_sampler, open_study,
                                  render_trials, trial_curves)

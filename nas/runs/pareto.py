@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +22,17 @@ import pandas as pd
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import atomic_path
 from qkvnas_core.log import logger
-from nas.settings.objectives import COST_LIMIT_SETTINGS, SCORE
-from nas.runs.results import SCORED_STATES, Run, TrialState, read_run, state_counts
+from nas.settings.objectives import COST_LIMIT_SETTINGS, FRONT_COSTS, SCORE
+from nas.settings.requests import ParetoRequest
+from nas.runs.results import SCORED_STATES, Run, TrialState, find_run, read_run, state_counts
 from nas.runs.seed_stats import read_retrain, seed_summary
 from search_spaces.arch import QKVConfig, structure_name
 from search_spaces.model_tools.device import DEFAULT_DEVICE
 from search_spaces.shape import DataShape
 
 log = logger(__name__)
-COST_COLUMNS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+# The column of trials.csv (pareto.csv for latency) that holds each cost a front may be drawn against.
+COST_COLUMNS = dict(zip(FRONT_COSTS, ("params", "flops", "latency_ms")))
 LATENCY_COLUMNS = ("latency_ms", "throughput", "latency_device")
 # (label, preset, ImageNet top-1, published params or None when the preset's count is the published one).
 # The paper's F-SNE has 3.1M params; its hidden width is not given, so our preset (hidden ratio 1, 2.87M)
@@ -235,15 +237,6 @@ def plot_hypervolume(history: pd.DataFrame, out_stem: Path, title: str) -> list[
     return [path]
 
 
-def parse_costs(values: Iterable[str] | None) -> list[str]:
-    """['params,flops', 'latency'] -> ['params', 'flops', 'latency'], in order, without repeats; default params."""
-    costs = [part.strip() for value in (values or ["params"]) for part in value.split(",") if part.strip()]
-    for cost in costs:
-        if cost not in COST_COLUMNS:
-            raise UsageError(f"cost {cost!r}: expected params, flops or latency, comma-separated for several")
-    return list(dict.fromkeys(costs)) or ["params"]
-
-
 def _run_shape(run: Run, why: str) -> DataShape:
     """The data shape the run's trials were built for, from its search.json."""
     return DataShape(img_size=int(run.setting("img_size", why)), in_chans=int(run.settings.get("in_chans", 3)),
@@ -326,14 +319,12 @@ class ParetoOutcome:
         return self.written[0]
 
 
-def write_pareto(run_dir: str | Path, costs: Sequence[str] = ("params",), reference: bool = False,
-                 measure_latency: bool = False, device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None,
-                 name: str = "pareto", include_stopped: bool = False) -> ParetoOutcome:
+def write_pareto(request: ParetoRequest) -> ParetoOutcome:
     """`nas pareto`: the run folder read back (checked against its study), its front drawn (`draw_front`), with
     the retrained models' plot when the run has retrain.csv."""
-    run = read_run(run_dir)
-    return draw_front(run, costs, reference, measure_latency, device, out_dir, name, include_stopped,
-                      retrained=read_retrain(run.path))
+    run = read_run(find_run(request.run))
+    return draw_front(run, request.costs, request.reference, request.measure_latency, request.device, request.out,
+                      include_stopped=request.include_stopped, retrained=read_retrain(run.path))
 
 
 def draw_front(run: Run, costs: Sequence[str] = ("params",), reference: bool = False, measure_latency: bool = False,
@@ -347,7 +338,7 @@ def draw_front(run: Run, costs: Sequence[str] = ("params",), reference: bool = F
     `nas search` writes its own front as `search_front.*`, so a front a user drew with `nas pareto` (pareto.*)
     is never overwritten by a resumed search. Logs a line while latency is measured.
     """
-    costs = parse_costs(costs)
+    costs = list(dict.fromkeys(costs))
     out = Path(out_dir) if out_dir is not None else run.path
     table = run.table
     scored = scored_trials(table)

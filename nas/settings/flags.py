@@ -142,6 +142,16 @@ startup_argument = argument_type(parse_startup)
 proxy_argument = argument_type(parse_proxy)
 
 
+def onnx_opset(text: str) -> int:
+    """An ONNX opset torch's exporter supports (search_spaces.model_tools.export imported here, when the flag is
+    given: it loads torch)."""
+    from search_spaces.model_tools.export import check_opset
+
+    opset = _integer(text, 1, MAX_COUNT, "a positive integer")
+    check_opset(opset)
+    return opset
+
+
 @argument_type
 def comma_list(text: str) -> list[str]:
     """'t1,t2' -> ['t1', 't2']."""

@@ -17,6 +17,8 @@ SCORE = "val_acc"
 COST_LIMIT_SETTINGS = {"params": "budget", "flops": "max_flops"}
 DEFAULT_OBJECTIVES = (SCORE, "params")
 SAMPLERS = ("tpe", "nsga2", "random")
+# What a front may be drawn against (`nas pareto --cost`): a search's costs, and a model's latency measured after.
+FRONT_COSTS = ("params", "flops", "latency")
 EARLY_STOPPING = ("asha", "none")
 
 
@@ -66,3 +68,12 @@ def reference_limits(budget: int, max_flops: int | None) -> dict[str, float]:
     """The costs a run's hypervolume is measured over, with their limits: params (the budget) always, and FLOPs
     when the run has a FLOPs limit; whatever the objectives, so single- and multi-objective runs compare."""
     return {cost: float(limit) for cost, limit in _limits(budget, max_flops).items() if limit is not None}
+
+
+def parse_front_costs(text: str) -> list[str]:
+    """'params,flops' -> ['params', 'flops'], in order, without repeats; each one of FRONT_COSTS."""
+    costs = [part.strip() for part in text.split(",") if part.strip()]
+    if not costs or any(cost not in FRONT_COSTS for cost in costs):
+        raise UsageError(f"cost {text[:40]!r}: expected {', '.join(FRONT_COSTS[:-1])} or {FRONT_COSTS[-1]}, "
+                         "comma-separated for several")
+    return list(dict.fromkeys(costs))

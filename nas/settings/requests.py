@@ -28,13 +28,14 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.files import dataclass_from_json
 from qkvnas_core.settings import Setting, setting, settings_of
 from nas.settings.flags import (VOCABULARY, ArgumentContainer, add_flag, argument_type, choice_argument, comma_list,
-                       count_argument, integer, integer_at_least, path_argument, positive_int, run_name, seeds_argument,
-                       proxy_argument, share, space_argument, startup_argument)
+                                count_argument, integer, integer_at_least, onnx_opset, path_argument, positive_int,
+                                proxy_argument, run_name, seeds_argument, share, space_argument, startup_argument)
 from nas.settings.naming import given, named
-from nas.settings.objectives import DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_objectives
+from nas.settings.objectives import (DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLERS, cost_limits, parse_front_costs,
+                                     parse_objectives)
 from nas.settings.loggers import DEFAULT_LOGGERS, check_loggers, parse_loggers
 from search_spaces.model_tools.device import DEFAULT_DEVICE
-from trainers.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_IMAGES
+from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, DEFAULT_VAL_IMAGES
 from trainers.recipe import PROXY, get_recipe
 
 # A value as Python code gives it: the flag's text, a number, a path, or a list where the flag takes several.
@@ -60,6 +61,12 @@ RETRAIN_GROUPS = {
     "recipe": "",
     "running": "running",
 }
+# nas train's, nas pareto's and nas export's.
+TRAIN_GROUPS = {"data": "data", "recipe": "", "running": "running"}
+PARETO_GROUPS = {"front": "the front"}
+EXPORT_GROUPS = {"export": "export"}
+# The formats `nas export` writes.
+EXPORT_FORMATS = ("safetensors", "onnx")
 
 
 def is_switch(name: str, spec: Setting) -> bool:
@@ -223,7 +230,7 @@ class SearchSettings:
                                     help="optional FLOPs limit per image, e.g. 200M (2 FLOPs per multiply-add)")
     objectives: list[str] = setting(
         default_factory=lambda: list(DEFAULT_OBJECTIVES), parse=argument_type(parse_objectives),
-        metavar="val_acc,COST", group="what",
+        metavar="val_acc,COST", group="what", listed=True,
         help="val_acc, then the costs searched against it: params, flops (needs --max-flops); val_acc alone: "
              "single-objective")
     space: str = setting("qkv", parse=space_argument, metavar="SPACE", group="what",
@@ -286,7 +293,7 @@ class SearchSettings:
     epochs: int = setting(10, parse=integer, group="recipe", help="")
     logger: list[str] = setting(
         default_factory=lambda: list(DEFAULT_LOGGERS), parse=argument_type(parse_loggers), metavar="NAMES",
-        resumable=True,
+        resumable=True, listed=True,
         help="where each trial's epochs are logged: tensorboard (event files in the run folder), mlflow, wandb "
              "(both local unless configured), comma-separated, or none")
     verbose: bool = setting(False, resumable=True, help="show Ray's own output")
@@ -338,7 +345,7 @@ class RetrainRequest:
     top: int | None = setting(None, parse=positive_int, metavar="K", group="models",
                               help="the K best members of the run's Pareto front (params), best val_acc first")
     include_stopped: bool = setting(False, group="models", help="with --top")
-    trial_ids: tuple[str, ...] = setting((), parse=comma_list, metavar="ID,ID", group="models", repeat=True,
+    trial_ids: tuple[str, ...] = setting((), parse=comma_list, metavar="ID,ID", group="models", repeat=True, listed=True,
                                          help="trials of the run, by id (t0003 or 3)")
     arch: tuple[str, ...] = setting((), parse=path_argument, metavar="PRESET|arch.json", group="models", repeat=True,
                                     help="an architecture (repeatable)")
@@ -360,7 +367,7 @@ class RetrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = setting(0, group="running", help="the first of --seeds")
     seeds: int | tuple[int, ...] = setting(
-        1, parse=seeds_argument, metavar="N|S,S", group="running",
+        1, parse=seeds_argument, metavar="N|S,S", group="running", listed=True,
         help="train every model N times, with seeds --seed ... --seed + N - 1, or with the seeds listed (0,3,7; one "
              "seed alone as 7,); the split stays. The table then gives each model's mean and 95% interval, and the "
              "paired difference to each --baseline")
@@ -396,6 +403,80 @@ class RetrainRequest:
         if isinstance(self.seeds, int):
             return tuple(range(self.seed, self.seed + self.seeds))
         return self.seeds
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `nas train` asks for: one architecture (`arch`, a preset or arch JSON: the command's argument), the data,
+    the recipe (a named one; `overrides` change its fields) and where and how it trains. Each other field is a flag."""
+
+    arch: str
+    dataset: str = setting("digits", group="data", help="default digits")
+    data_dir: str | None = setting(None, group="data", help="")
+    download: bool = setting(False, group="data", help="")
+    img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
+    image_cache: bool = setting(False, group="data", help="image files only (imagenet, folder, stanford_cars)")
+    cache_dir: str | None = setting(None, group="data", help="with --image-cache, and for ImageNet 16/32/64",
+                                    default_text="~/.cache/qkvnas/images")
+    patch_size: int | None = setting(None, group="data", help="",
+                                     default_text="the architecture's, or the dataset's when that does not fit")
+    val_fraction: float = setting(DEFAULT_VAL_FRACTION, group="data", help="as nas search")
+    split_seed: int = setting(DEFAULT_SPLIT_SEED, group="data", help="as nas search")
+    recipe: str = setting(PROXY.name, group="recipe", help="")
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = setting(0, group="running", help="")
+    out: str | None = setting(None, group="running", help="checkpoints go there",
+                              default_text="results/train/<arch_id>-<dataset>")
+    resume: bool = setting(False, group="running", help="the one whose checkpoints are in --out")
+    device: str = setting(DEFAULT_DEVICE, group="running", help="")
+    compile: bool = setting(False, group="running", help="")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class ParetoRequest:
+    """What `nas pareto` asks for: the run (a folder, or a run name under results/: the command's argument), the
+    costs the front is drawn against, what is added to it and where the files go. Each other field is a flag."""
+
+    run: str
+    cost: tuple[str, ...] = setting(
+        ("params",), parse=argument_type(parse_front_costs), metavar="COST", group="front", repeat=True, listed=True,
+        help="params, flops or latency; repeat or comma-separate for one front over several")
+    reference: bool = setting(False, group="front",
+                              help="mark XCiT-N12, the paper's F-SNE and DeiT-Tiny (ImageNet runs only)")
+    measure_latency: bool = setting(False, group="front",
+                                    help="time each front member and add latency_ms / throughput to pareto.csv")
+    device: str = setting(DEFAULT_DEVICE, group="front", help="latency is measured there")
+    include_stopped: bool = setting(False, group="front", help="")
+    out: str | None = setting(None, group="front", help="the files go there", default_text="the run folder")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def costs(self) -> list[str]:
+        """The costs in order, each once."""
+        return list(dict.fromkeys(self.cost)) or ["params"]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What `nas export` asks for: a trained model folder or TAG.json (`checkpoint`, the command's argument), the
+    format, the output folder (None: the checkpoint's folder/export) and the ONNX opset (None: ONNX_OPSET)."""
+
+    checkpoint: str
+    format: str = setting("safetensors", parse=choice_argument(EXPORT_FORMATS), metavar="FORMAT", group="export",
+                          help=" or ".join(EXPORT_FORMATS))
+    out: str | None = setting(None, group="export", help="", default_text="CHECKPOINT's folder/export")
+    opset: int | None = setting(None, parse=argument_type(onnx_opset), metavar="N", group="export",
+                                help="ONNX opset, with --format onnx", default_text="17")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.opset is not None and self.format != "onnx":
+            raise UsageError(f"{given('opset', self.opset)}: expected {named('format')} onnx")
 
 
 def default_run_name(space: str | None, dataset: str | None, budget: int) -> str:

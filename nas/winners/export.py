@@ -15,31 +15,14 @@ from pathlib import Path
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import read_json_object, write_bytes_atomic
 from search_spaces.arch import ArchConfig
+from nas.settings.requests import ExportRequest
 from search_spaces.model_tools.export import (CONFIG_FILE, ONNX_FILE, ONNX_OPSET, WEIGHTS_FILE, export_onnx, hub_layout,
                                               onnx_difference, with_data_cfg)
 from search_spaces.timm_config import VARIANTS
 from trainers.checkpoint import load_checkpoint, trained_checkpoint
 
-FORMATS = ("safetensors", "onnx")
 # Largest |ONNX - PyTorch| logit accepted, relative to max(1, largest |logit|): float32 kernels round differently.
 ONNX_TOLERANCE = 1e-4
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    """What `nas export` asks for: a trained model folder or TAG.json, the format, the output folder (None: the
-    checkpoint's folder/export) and the ONNX opset (None: ONNX_OPSET)."""
-
-    checkpoint: str
-    format: str = "safetensors"
-    out: str | None = None
-    opset: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise UsageError(f"--format {self.format}: expected one of {', '.join(FORMATS)}")
-        if self.opset is not None and self.format != "onnx":
-            raise UsageError(f"--opset {self.opset}: expected --format onnx")
 
 
 @dataclass(frozen=True)

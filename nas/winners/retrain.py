@@ -26,7 +26,7 @@ from nas.settings.naming import given
 from nas.runs.pareto import pareto_front, scored_trials
 from nas.runtime.ray_runtime import check_resources, start_ray
 from nas.runs.seed_stats import baseline_comparison, seed_summary
-from nas.settings import RetrainRequest
+from nas.settings.requests import RetrainRequest
 from nas.runs.results import RunFolder, find_run, format_trial_id, load_settings, load_trials, state_counts
 from search_spaces.arch import ArchConfig
 from search_spaces.presets import fit_patch_size, load_arch
