@@ -74,9 +74,11 @@ def search_figures(run_dir: Path, study_name: str) -> dict[str, float | int]:
     """Trials per hour of a finished search, from its study: complete trials over the span from the first trained
     trial's start (Optuna's ask) to the last one's end (its tell); and the most trials that trained at once, each
     for its own `seconds` before its end."""
+    from nas.runs.results import RunFolder
+
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run_dir / 'study.db'}")
+    study = optuna.load_study(study_name=study_name, storage=RunFolder(run_dir).storage)
     trained = [trial for trial in study.trials if trial.user_attrs.get("state") in ("complete", "stopped", "failed")]
     complete = [trial for trial in trained if trial.user_attrs["state"] == "complete"]
     start = min(trial.datetime_start.timestamp() for trial in trained)
@@ -85,7 +87,7 @@ def search_figures(run_dir: Path, study_name: str) -> dict[str, float | int]:
              for trial in complete]
     return {"trained": len(trained), "complete": len(complete), "span_s": end - start,
             "trials_per_hour": len(complete) / (end - start) * 3600, "most_at_once": running_at_once(spans),
-            "search_s": json.loads((run_dir / "search.json").read_text())["seconds"]}
+            "search_s": json.loads(RunFolder(run_dir).settings_file.read_text())["seconds"]}
 
 
 def preflight(args: argparse.Namespace, work: Path) -> int:

@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from qkvnas_core.files import write_text_atomic
+from nas.runs.results import RunFolder
 
 PAGE = Path("docs/paper-ablation.md")
 DATA = Path("docs/paper-ablation")
@@ -77,7 +78,7 @@ def train_missing(epochs: int, seeds: int, out: Path, workers: int) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     DATA.mkdir(parents=True, exist_ok=True)
-    table = read_table(DATA / "retrain.csv", RETRAIN_COLUMNS)
+    table = read_table(RunFolder(DATA).retrain_file, RETRAIN_COLUMNS)
     done = set(zip(table["source"], table["seed"]))
     todo = [(source, seed) for seed in range(seeds) for source in (BASELINE, *MODELS) if (source, seed) not in done]
     print(f"{len(todo)} (model, seed) units to train, {len(done)} done -> {DATA}", flush=True)
@@ -86,10 +87,10 @@ def train_missing(epochs: int, seeds: int, out: Path, workers: int) -> None:
         for future in as_completed(futures):
             source, seed = futures[future]
             row, curve, seconds = future.result()
-            table = pd.concat([read_table(DATA / "retrain.csv", RETRAIN_COLUMNS), row], ignore_index=True)
+            table = pd.concat([read_table(RunFolder(DATA).retrain_file, RETRAIN_COLUMNS), row], ignore_index=True)
             curves = pd.concat([read_table(DATA / "curves.csv", CURVE_COLUMNS), curve], ignore_index=True)
             write_table(DATA / "curves.csv", curves.sort_values(["source", "seed", "epoch"]))
-            write_table(DATA / "retrain.csv", table.sort_values(["role", "source", "seed"]))
+            write_table(RunFolder(DATA).retrain_file, table.sort_values(["role", "source", "seed"]))
             print(f"{source} seed {seed}: top1 {row['top1'].iloc[0]:.2%} ({seconds:.0f} s)", flush=True)
 
 
@@ -245,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.report:
         train_missing(args.epochs, args.seeds, args.out, args.workers)
-    table = read_table(DATA / "retrain.csv")
+    table = read_table(RunFolder(DATA).retrain_file)
     curves = read_table(DATA / "curves.csv", CURVE_COLUMNS)
     write_text_atomic(PAGE, page(table, curves, args.epochs, args.seeds))
     print(f"written: {PAGE}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from qkvnas_core.units import parse_count
 from nas.engine.budget import Budget
-from nas.runs.results import load_settings, load_trials, write_trials
+from nas.runs.results import RunFolder, load_settings, load_trials, write_trials
 from nas.engine.searcher import BudgetedSearcher, open_study, render_trials
 from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_flops, count_params
@@ -47,10 +47,11 @@ def time_sampling(space_name: str, budget: Budget, configs: int, seed: int) -> t
     count_params.cache_clear()
     count_flops.cache_clear()
     with tempfile.TemporaryDirectory() as folder:
-        study = open_study(f"sqlite:///{folder}/study.db", "benchmark", seed)
+        run = RunFolder(Path(folder))
+        study = open_study(run.storage, "benchmark", seed)
         searcher = BudgetedSearcher(
             load_space(space_name), budget, study, seed, epochs=1,
-            on_record=lambda ended: write_trials(Path(folder) / "trials.csv", render_trials(study)))
+            on_record=lambda ended: write_trials(run.trials_file, render_trials(study)))
         scores = random.Random(seed)
         start = time.perf_counter()
         for index in range(configs):

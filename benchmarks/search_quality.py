@@ -179,9 +179,12 @@ def run_state(plan: RunPlan) -> str:
     run_dir = plan.run_dir
     if not run_dir.exists():
         return "new"
-    if not (run_dir / "search.json").is_file() or not (run_dir / "study.db").is_file():
+    from nas.runs.results import RunFolder
+
+    folder = RunFolder(run_dir)
+    if not folder.settings_file.is_file() or not folder.study_file.is_file():
         return "fresh"
-    recorded = json.loads((run_dir / "search.json").read_text())
+    recorded = json.loads(folder.settings_file.read_text())
     wanted = plan.settings.to_dict()
     for name in FIXED_SETTINGS:
         if recorded.get(name) != wanted[name]:
@@ -426,9 +429,8 @@ def rung_correlation(runs: list[FinishedRun]) -> pd.DataFrame:
     """Per (dataset, space) and candidate rung epoch: Kendall's tau and Spearman's rho between val_acc after that
     epoch and the score at full length (best val_acc over the epochs), over the full-length trials of the runs
     without early stopping, seeds pooled."""
-    import optuna
-
     from nas.engine.searcher import curve_of
+    from nas.runs.results import RunFolder
 
     rows = []
     for (dataset, space), group in _groups([run for run in runs if run.early_stopping == "none"]):
@@ -436,7 +438,7 @@ def rung_correlation(runs: list[FinishedRun]) -> pd.DataFrame:
         epochs = group[0].epochs
         curves = []
         for run in group:
-            study = optuna.load_study(study_name=run.study_name, storage=f"sqlite:///{(run.path / 'study.db').resolve()}")
+            study = RunFolder(run.path).load_study(run.study_name)
             curves += [curve_of(trial) for trial in study.get_trials(deepcopy=False)
                        if trial.user_attrs.get("state") == "complete" and len(curve_of(trial)) == epochs]
         if len(curves) < 3:

@@ -1,7 +1,7 @@
 """A setting declared once: a dataclass field whose metadata (`Setting`) holds its flag's help, parser, group and
 whether a resume may change it. nas/settings/requests.py derives the flags, the API's keywords and the checks from such
 fields; the field itself lives with the dataclass it configures, whichever layer that is (the requests of
-nas/settings/requests.py, TransferRequest in trainers/transfer_request.py).
+nas/settings/requests.py).
 """
 from __future__ import annotations
 

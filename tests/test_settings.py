@@ -13,8 +13,7 @@ from nas.cli import build_parser
 from nas.settings.flags import RECIPE_DEST, VOCABULARY
 from nas.runs.results import load_settings
 from nas.settings.requests import (RENAMED, ExportRequest, ParetoRequest, RetrainRequest, SearchSettings, TrainRequest,
-                                   keyword_parsers, resumable, settings_of)
-from trainers.transfer_request import TransferRequest
+                                   TransferRequest, keyword_parsers, resumable, settings_of)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Constants that pick settings to show, in an order of their own.

@@ -9,6 +9,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "trained_checkpoint": "checkpoint",
     "seed_everything": "runtime", "select_device": "runtime",
     "RetrainTask": "from_scratch", "DataRequest": "datasets", "retrain_model": "from_scratch",
-    "train_arch": "from_scratch",
-    "TransferRequest": "transfer", "transfer_run": "transfer",
+    "train_arch": "from_scratch", "TransferTask": "transfer", "finetune": "transfer",
 })

@@ -105,13 +105,13 @@ def runs_overview(results_dir: Path) -> str:
     from qkvnas_core.units import format_count
     from nas.settings.objectives import SCORE
     from nas.runs.pareto import scored_trials
-    from nas.runs.results import ENDED_STATES, TrialState, read_run
+    from nas.runs.results import ENDED_STATES, RunFolder, TrialState, read_run
 
     if not results_dir.is_dir():
         raise UsageError(f"results folder {results_dir}: not found; expected the folder `nas search` writes "
                          "runs into (set it with --results-dir)")
     rows = []
-    for folder in sorted(path for path in results_dir.iterdir() if (path / "trials.csv").is_file()):
+    for folder in sorted(path for path in results_dir.iterdir() if RunFolder(path).trials_file.is_file()):
         try:
             run = read_run(folder)
         except UsageError as error:
@@ -134,7 +134,7 @@ def runs_overview(results_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.runs.results import find_run, read_run
+    from nas.runs.results import RunFolder, find_run, read_run
 
     results_dir = Path(args.results_dir)
     if args.run is None:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     folder = find_run(args.run, results_dir)
     retrained = retrain_summary(folder)
-    if retrained is not None and not (folder / "trials.csv").is_file():
+    if retrained is not None and not RunFolder(folder).trials_file.is_file():
         print(retrained)  # a folder of retrains alone (nas retrain FOLDER --arch ...)
         return 0
     print(run_summary(read_run(folder), args.best))

@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 
 from nas.settings.flags import add_recipe_arguments, path_argument, recipe_overrides
-from nas.settings.requests import TRANSFER_GROUPS, add_setting_flags, given_settings
+from nas.settings.requests import TRANSFER_GROUPS, TransferRequest, add_setting_flags, given_settings
 from trainers.recipe import TRANSFER
-from trainers.transfer_request import TransferRequest
 
 DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stanford_cars": "Stanford Cars", "stl10": "STL-10"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The checkpoints; every other flag is a TransferRequest field's (trainers/transfer.py, nas/settings/requests.py)."""
+    """The checkpoints; every other flag is a TransferRequest field's (nas/settings/requests.py)."""
     parser.add_argument("checkpoints", type=path_argument, nargs="*", metavar="CHECKPOINT",
                         help="a retrained model's folder (results/<run>/retrain/<arch-id>: its best checkpoint) "
                              "or a TAG.json")
@@ -45,7 +44,7 @@ def paper_table(frame, datasets: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainers.transfer import transfer_run
+    from nas.winners.transfer import transfer_run
 
     request = TransferRequest(checkpoints=tuple(args.checkpoints), overrides=recipe_overrides(args),
                               **given_settings(args, TransferRequest))

@@ -53,8 +53,6 @@ from trainers.trial import TrialSettings, run_trial
 
 log = logger(__name__)
 
-SEARCH_FRONT = "search_front"
-HYPERVOLUME_PLOT = "hypervolume"
 
 
 def versions() -> dict[str, str]:
@@ -246,8 +244,10 @@ class SearchSession:
                                 resources),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
                                         max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
-                                        trial_dirname_creator=lambda trial: f"trial_{trial.config['trial_number']:04d}"),
-            run_config=tune.RunConfig(name=f"ray-{self.clock.record['sessions']}", stop=CallerStop(self.stop),
+                                        trial_dirname_creator=lambda trial: RunFolder.trial_folder(
+                                            trial.config["trial_number"])),
+            run_config=tune.RunConfig(name=self.folder.experiment_name(self.clock.record["sessions"]),
+                                      stop=CallerStop(self.stop),
                                       storage_path=str(self.folder.path.resolve()),
                                       verbose=1 if settings.verbose else 0,
                                       callbacks=[TrialEvents(searcher),
@@ -276,9 +276,9 @@ class SearchSession:
         front = None
         if len(full_fidelity):
             run = Run(self.folder.path, self.clock.record, trials)
-            front = draw_front(run, name=SEARCH_FRONT).csv_path
+            front = draw_front(run, name=self.folder.search_front.name).csv_path
             history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
-            plot_hypervolume(history, self.folder.stem(HYPERVOLUME_PLOT),
+            plot_hypervolume(history, self.folder.hypervolume_plot,
                              f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
         return SearchResult(self.folder.path, ended, note, as_written(trials, self.folder.trials_file),
                             dict(self.clock.record), best, front, self.study, hypervolume)

@@ -328,7 +328,7 @@ def write_pareto(request: ParetoRequest) -> ParetoOutcome:
 
 
 def draw_front(run: Run, costs: Sequence[str] = ("params",), reference: bool = False, measure_latency: bool = False,
-               device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None, name: str = "pareto",
+               device: str = DEFAULT_DEVICE, out_dir: str | Path | None = None, name: str | None = None,
                include_stopped: bool = False, retrained: pd.DataFrame | None = None) -> ParetoOutcome:
     """Write <name>.csv (the front over all `costs`) and one plot per cost into `out_dir` (default: the run), from
     the run as given (a search's session passes what it holds; nothing is read back).
@@ -340,6 +340,7 @@ def draw_front(run: Run, costs: Sequence[str] = ("params",), reference: bool = F
     """
     costs = list(dict.fromkeys(costs))
     out = Path(out_dir) if out_dir is not None else run.path
+    name = name or run.folder.pareto.name
     table = run.table
     scored = scored_trials(table)
     if scored.empty:

@@ -173,9 +173,49 @@ class RunFolder:
         """Where each retrained (model, seed) has its folder (nas.winners.retrain.model_folder)."""
         return self.path / "retrain"
 
-    def stem(self, name: str) -> Path:
-        """Where the run's own outputs named `name` go, .csv and .png added: pareto, search_front, hypervolume."""
-        return self.path / name
+    @property
+    def transfer_file(self) -> Path:
+        """A row per fine-tuned model, its test top-1 on each transfer set (nas transfer)."""
+        return self.path / "transfer.csv"
+
+    def transfer_folder(self, arch_id: str, dataset: str) -> Path:
+        """Where one model's fine-tune on one transfer set trains."""
+        return self.path / "transfer" / arch_id / dataset
+
+    def transfer_results(self) -> list[Path]:
+        """The folders of every fine-tune that finished (holds its result file)."""
+        return sorted(path.parent for path in (self.path / "transfer").glob("*/*/result.json"))
+
+    @property
+    def search_front(self) -> Path:
+        """The search's own front (search_front.csv/.png/.svg), which `nas pareto`'s files never overwrite."""
+        return self.path / "search_front"
+
+    @property
+    def pareto(self) -> Path:
+        """`nas pareto`'s front (pareto.csv/.png/.svg)."""
+        return self.path / "pareto"
+
+    @property
+    def hypervolume_plot(self) -> Path:
+        """The front's hypervolume against the epochs spent (hypervolume.png)."""
+        return self.path / "hypervolume"
+
+    def experiment_name(self, session: int) -> str:
+        """Ray Tune's experiment folder of the run's `session`-th session (ray-1, then ray-2 after a resume)."""
+        return f"ray-{session}"
+
+    @staticmethod
+    def trial_folder(number: int) -> str:
+        """A trial's folder inside its session's experiment folder (trial_0007)."""
+        return f"trial_{number:04d}"
+
+    @classmethod
+    def of_model(cls, model_folder: Path) -> RunFolder | None:
+        """The run a retrained model's folder (results/<run>/retrain/<arch-id>) belongs to; None for another."""
+        model_folder = Path(model_folder)
+        run = cls(model_folder.parent.parent)
+        return run if model_folder.parent == run.retrain_dir else None
 
     def check_study(self, study_name: str) -> None:
         """study.db as a reader needs it, read only (nothing is written to a file that is not the run's study): a

@@ -1,13 +1,14 @@
-"""Settings declared once: a search's settings (`SearchSettings`), a retrain's (`RetrainRequest`) and a transfer's
-(`TransferRequest`, trainers/transfer_request.py) as one dataclass each, each field's metadata its flag.
+"""Settings declared once: a search's settings (`SearchSettings`) and what each other command asks for
+(`RetrainRequest`, `TransferRequest`, `TrainRequest`, `ParetoRequest`, `ExportRequest`) as one dataclass each, each
+field's metadata its flag.
 
 A `Setting` in a field's metadata holds what its flag shows (help, metavar, group), the parser its text goes
 through, and whether a resume may change it. Everything else is derived from the fields: `nas search`'s flags
 (`add_setting_flags`), the settings a command line gave (`given_settings`), the Python API's keywords and their
 parsers (`keyword_parsers`, `keyword_signature`), the check of every value however it came (`check_settings`:
 a typed value goes through its flag's parser as the text the flag would take, so one rule holds for the flag, the
-API, a config file and search.json), and the fields a resume may change (`resumable`). Adding a search setting is
-one field of `SearchSettings`.
+API, a config file and search.json), and the fields a resume may change (`resumable`). Adding a flag to any command
+is one field of its dataclass.
 
 Every field is named as its flag (`cpus_per_model` for `--cpus-per-model`); search.json files written under the
 older names (`RENAMED`) are read with the new ones. Imports nothing heavy: `nas show` reads search.json with it.
@@ -35,8 +36,8 @@ from nas.settings.objectives import (DEFAULT_OBJECTIVES, EARLY_STOPPING, SAMPLER
                                      parse_objectives)
 from nas.settings.loggers import DEFAULT_LOGGERS, check_loggers, parse_loggers
 from search_spaces.model_tools.device import DEFAULT_DEVICE
-from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, DEFAULT_VAL_IMAGES
-from trainers.recipe import PROXY, get_recipe
+from trainers.holdout import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, DEFAULT_VAL_IMAGES, TRANSFER_VAL_FRACTION
+from trainers.recipe import PROXY, TRANSFER, get_recipe
 
 # A value as Python code gives it: the flag's text, a number, a path, or a list where the flag takes several.
 Value = Union[str, int, float, os.PathLike, list, tuple, None]
@@ -52,7 +53,7 @@ SEARCH_GROUPS = {
     "recipe": "",  # the recipe flags' own group (nas.settings.flags.add_recipe_arguments)
     "output": "output",
 }
-# nas transfer's (TransferRequest: trainers/transfer.py).
+# nas transfer's.
 TRANSFER_GROUPS = {"models": "models", "data": "data", "recipe": "", "running": "running"}
 # nas retrain's.
 RETRAIN_GROUPS = {
@@ -65,6 +66,8 @@ RETRAIN_GROUPS = {
 TRAIN_GROUPS = {"data": "data", "recipe": "", "running": "running"}
 PARETO_GROUPS = {"front": "the front"}
 EXPORT_GROUPS = {"export": "export"}
+# The transfer sets of the paper's table (nas transfer's default).
+PAPER_DATASETS = ("cifar10", "cifar100", "stanford_cars", "stl10")
 # The formats `nas export` writes.
 EXPORT_FORMATS = ("safetensors", "onnx")
 
@@ -477,6 +480,37 @@ class ExportRequest:
         check_settings(self)
         if self.opset is not None and self.format != "onnx":
             raise UsageError(f"{given('opset', self.opset)}: expected {named('format')} onnx")
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """What `nas transfer` asks for: checkpoints (winners, baselines), transfer sets, recipe, where to run."""
+
+    checkpoints: tuple[str, ...] = ()
+    baseline: tuple[str, ...] = setting((), metavar="CHECKPOINT", group="models", repeat=True,
+                                        help="a checkpoint fine-tuned as the others")
+    datasets: str = setting(",".join(PAPER_DATASETS), metavar="NAME,NAME", group="data",
+                            help="transfer sets (the paper's four)")
+    data_dir: tuple[str, ...] = setting(
+        (), metavar="DIR|NAME=DIR", group="data", repeat=True,
+        help="a root holding each dataset's own folder (cifar-10-batches-py/, cifar-100-python/, stl10_binary/, "
+             "stanford_cars/: torchvision's root), and/or NAME=DIR for one dataset (repeatable)")
+    download: bool = setting(False, group="data", help="every missing dataset that can be (torchvision)")
+    val_fraction: float = setting(TRANSFER_VAL_FRACTION, group="data", help="of each training set")
+    split_seed: int = setting(DEFAULT_SPLIT_SEED, group="data", help="")
+    recipe: str = setting(TRANSFER.name, group="recipe", help="")
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = setting(0, group="running", help="of the new head's initialisation")
+    out: str | None = setting(None, group="running", help="", default_text="the first checkpoint's run folder")
+    resume: bool = setting(False, group="running", help="interrupted fine-tunes continue, finished ones are skipped")
+    device: str = setting(DEFAULT_DEVICE, group="running", help="")
+    compile: bool = setting(False, group="running", help="")
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints and not self.baseline:
+            raise UsageError("nothing to fine-tune: expected CHECKPOINT arguments or --baseline CHECKPOINT")
+        if self.seed < 0:
+            raise UsageError(f"--seed {self.seed}: expected a non-negative integer")
 
 
 def default_run_name(space: str | None, dataset: str | None, budget: int) -> str:
