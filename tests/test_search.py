@@ -514,12 +514,20 @@ def test_progress_tells_queued_running_and_interrupted_apart():
     assert "1 interrupted (trained again)" in line and "best val_acc 50.00%" in line and "t0003" in line
 
 
-def test_a_sessions_time_is_kept_as_it_runs(tmp_path):
+def test_a_sessions_time_is_kept_as_it_runs(tmp_path, space_file):
+    """search.json is the settings and the SessionRecord, flat; its seconds add this session's to the earlier ones',
+    and it reads back as the record it was written from."""
+    from nas.runs.results import SessionRecord, load_settings
+
     path = tmp_path / "search.json"
-    clock = SessionClock(path, {"seconds": 100.0})
+    settings = settings_for(tmp_path, space_file)
+    clock = SessionClock(path, settings, SessionRecord(sessions=2, seconds=100.0, started="2026-12-01T00:00:00"))
     clock.start -= 30  # as if the session had run for 30 s
-    clock.write()
-    assert json.loads(path.read_text())["seconds"] == pytest.approx(130, abs=1)
+    clock.write(ended="finished")
+    document = json.loads(path.read_text())
+    assert document["seconds"] == pytest.approx(130, abs=1) and document["budget"] == BUDGET
+    assert SessionRecord.from_document(load_settings(tmp_path)) == clock.record
+    assert SearchSettings.from_dict(document) == settings
 
 
 @pytest.mark.slow

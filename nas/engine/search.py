@@ -37,7 +37,8 @@ from nas.settings.naming import given, named
 from nas.runs.pareto import draw_front, plot_hypervolume, scored_trials
 from nas.engine.progress import Progress
 from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
-from nas.runs.results import Run, RunFolder, as_written, best_trial, load_settings, trained_count, write_trials
+from nas.runs.results import (Run, RunFolder, SessionRecord, as_written, best_trial, load_settings, search_document,
+                              trained_count, write_trials)
 from nas.engine.scheduler import RungScheduler
 from nas.settings.requests import EARLIER_DEFAULTS, SearchSettings, resumable
 from nas.engine.proxy_choice import POOL_PER_DRAW, STARTUP_DRAWS, proxy_scorer, startup_points
@@ -246,7 +247,7 @@ class SearchSession:
                                         max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: RunFolder.trial_folder(
                                             trial.config["trial_number"])),
-            run_config=tune.RunConfig(name=self.folder.experiment_name(self.clock.record["sessions"]),
+            run_config=tune.RunConfig(name=self.folder.experiment_name(self.clock.record.sessions),
                                       stop=CallerStop(self.stop),
                                       storage_path=str(self.folder.path.resolve()),
                                       verbose=1 if settings.verbose else 0,
@@ -275,13 +276,13 @@ class SearchSession:
         full_fidelity = scored_trials(trials, include_stopped=False)
         front = None
         if len(full_fidelity):
-            run = Run(self.folder.path, self.clock.record, trials)
+            run = Run(self.folder.path, self.clock.document, trials)
             front = draw_front(run, name=self.folder.search_front.name).csv_path
             history = hypervolume_history(full_fidelity, [SCORE, *self.limits], self.limits)
             plot_hypervolume(history, self.folder.hypervolume_plot,
                              f"{self.settings.name}: hypervolume of the front scored at {self.settings.epochs} epochs")
         return SearchResult(self.folder.path, ended, note, as_written(trials, self.folder.trials_file),
-                            dict(self.clock.record), best, front, self.study, hypervolume)
+                            self.clock.document, best, front, self.study, hypervolume)
 
 
 def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack: contextlib.ExitStack,
@@ -317,17 +318,17 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
         run_dir.mkdir(parents=True, exist_ok=True)
         stack.enter_context(exclusive_lock(RunFolder(run_dir).lock_file, f"run folder {run_dir}"))
 
-    record = dict(record or {})
-    stopped = stop_leftovers([tuple(process) for process in record.get("ray_processes") or []])
+    earlier = SessionRecord.from_document(record or {})
+    stopped = stop_leftovers([tuple(process) for process in earlier.ray_processes])
     if stopped:
         log.info(f"stopped {stopped} Ray processes the killed session left running")
-    record.update(settings.to_dict())
-    record.update(sessions=int(record.get("sessions", 0)) + 1, versions=versions(), split_version=SPLIT_VERSION,
-                  patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size,
-                  in_chans=shape.in_chans, train_count=len(splits.train), val_count=len(splits.val),
-                  images_from=image_path(splits), started=record.get("started", _now()), finished=None, ended=None,
-                  ray_processes=ray_processes() if started_ray else [])
-    clock = SessionClock(folder.settings_file, record)
+    session = dataclasses.replace(
+        earlier, sessions=earlier.sessions + 1, versions=versions(), split_version=SPLIT_VERSION,
+        patch_size=shape.patch_size, num_classes=shape.num_classes, img_size=shape.img_size, in_chans=shape.in_chans,
+        train_count=len(splits.train), val_count=len(splits.val), images_from=image_path(splits),
+        started=earlier.started or _now(), finished=None, ended=None,
+        ray_processes=ray_processes() if started_ray else [])
+    clock = SessionClock(folder.settings_file, settings, session)
     clock.write()
     study = open_study(folder.storage, settings.study_name, settings.seed, settings.objectives, settings.sampler)
     close_interrupted(study)
@@ -374,17 +375,24 @@ def run_hypervolume(trials: pd.DataFrame, limits: dict[str, float]) -> float:
 
 
 class SessionClock:
-    """Keeps `seconds` in search.json current (a killed session's time is not lost): earlier sessions' total
-    plus this one's elapsed time, written at the start, on every trial's end and at the end."""
+    """Writes search.json (the settings and the SessionRecord) and keeps its `seconds` current (a killed session's
+    time is not lost): earlier sessions' total plus this one's elapsed time, written at the start, on every trial's
+    end and at the end."""
 
-    def __init__(self, path: Path, record: dict[str, Any]) -> None:
-        self.path, self.record = path, record
-        self.earlier = float(record.get("seconds") or 0.0)
+    def __init__(self, path: Path, settings: SearchSettings, record: SessionRecord) -> None:
+        self.path, self.settings, self.record = path, settings, record
+        self.earlier = record.seconds
         self.start = time.monotonic()
 
+    @property
+    def document(self) -> dict[str, Any]:
+        """search.json as written last."""
+        return search_document(self.settings, self.record)
+
     def write(self, **changes: Any) -> None:
-        self.record.update(seconds=round(self.earlier + time.monotonic() - self.start, 1), **changes)
-        write_json_atomic(self.path, self.record)
+        self.record = dataclasses.replace(self.record, seconds=round(self.earlier + time.monotonic() - self.start, 1),
+                                          **changes)
+        write_json_atomic(self.path, self.document)
 
 
 def _now() -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import io
 import os
+import dataclasses
 import sqlite3
 import typing
 from collections.abc import Iterator
@@ -300,13 +301,42 @@ def find_run(spec: str | Path, results_dir: Path = Path("results")) -> Path:
     raise UsageError(f"run folder {spec}: not found; expected a folder written by `nas search`, e.g. results/<run>")
 
 
-# What search.json records beside the settings (nas.settings.SearchSettings gives theirs): the session's record.
-RECORD_FIELDS = {
-    **dict.fromkeys(("started", "finished", "ended"), str), **dict.fromkeys(("sessions", "split_version"), int),
-    **dict.fromkeys(("num_classes", "in_chans", "train_count", "val_count"), int), "images_from": str,
-    "seconds": float, "ray_processes": list[tuple[int, float]],
-    "versions": dict[str, str], "hypervolume": float, "hypervolume_reference": dict[str, float],
-}
+@dataclass
+class SessionRecord:
+    """What search.json records beside the settings (SearchSettings gives those): the sessions' record, declared
+    once. The search writes it (with the settings, flat, `search_document`); every reader checks a run's
+    search.json against these fields' types (`load_settings`); a resume continues it (`from_document`)."""
+
+    sessions: int = 0
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    split_version: int | None = None
+    patch_size: int | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    in_chans: int | None = None
+    train_count: int | None = None
+    val_count: int | None = None
+    images_from: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    ended: str | None = None
+    seconds: float = 0.0
+    ray_processes: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    hypervolume: float | None = None
+    hypervolume_reference: dict[str, float] | None = None
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> SessionRecord:
+        """The record part of a search.json already read by `load_settings` (its types checked there)."""
+        return cls(**{item.name: document[item.name] for item in dataclasses.fields(cls)
+                      if document.get(item.name) is not None})
+
+
+def search_document(settings: SearchSettings, record: SessionRecord) -> dict[str, Any]:
+    """search.json: the settings and the record, flat, as every version has written it."""
+    return {**settings.to_dict(), **dataclasses.asdict(record)}
+
+
 # The record's counts of which 0 means nothing; the others are from 1.
 RECORD_COUNTS_FROM_ZERO = ("sessions", "split_version", "seconds", "hypervolume")
 
@@ -322,7 +352,7 @@ def load_settings(run_dir: str | os.PathLike, required: bool = True) -> dict[str
             raise UsageError(f"{path}: not found; expected a run folder written by nas search")
         return {}
     settings = renamed(read_json_object(path, "the settings object `nas search` writes"))
-    hints = {**typing.get_type_hints(SearchSettings), **RECORD_FIELDS}
+    hints = {**typing.get_type_hints(SearchSettings), **typing.get_type_hints(SessionRecord)}
     try:
         check_json_fields(settings, {name: hint | None for name, hint in hints.items()})
         flagged = settings_of(SearchSettings)
