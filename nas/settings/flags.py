@@ -255,8 +255,7 @@ VOCABULARY: dict[str, Word] = {
     "--image-cache": Word("read image files once into the image cache (decoded at the run's size into a memory-mapped "
                           "array every process on the machine shares) instead of decoding them every step; "
                           "docs/datasets.md"),
-    "--cache-dir": Word("folder of the image cache (default ~/.cache/qkvnas/images, or $XDG_CACHE_HOME/qkvnas/"
-                        "images)", output_folder, "DIR"),
+    "--cache-dir": Word("folder of the image cache", output_folder, "DIR"),
     "--num-classes": Word("classifier size", positive_int, "N"),
     "--in-chans": Word("image channels", positive_int, "C"),
     "--patch-size": Word("patch size", positive_int, "P"),

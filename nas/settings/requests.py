@@ -216,6 +216,33 @@ def renamed(values: dict[str, Any]) -> dict[str, Any]:
     return {RENAMED.get(name, name): value for name, value in values.items()}
 
 
+def img_size_setting() -> Any:
+    """--img-size as every command that loads data takes it."""
+    return setting(None, group="data", help="images resized to it", default_text="the dataset's own")
+
+
+def image_cache_setting() -> Any:
+    """--image-cache, for the commands that read image files only when asked (a search always does)."""
+    return setting(False, group="data", help="image files only (imagenet, folder, stanford_cars)")
+
+
+def cache_dir_setting(detail: str, resumable: bool = False) -> Any:
+    """--cache-dir: where the image cache is kept."""
+    return setting(None, group="data", help=detail, default_text="~/.cache/qkvnas/images, or under $XDG_CACHE_HOME",
+                   resumable=resumable)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageReading:
+    """How a command that trains models (nas train, nas retrain) gets its images: downloaded where they can be, at
+    which size, through the image cache or not, and where that cache is."""
+
+    download: bool = setting(False, group="data", help="")
+    img_size: int | None = img_size_setting()
+    image_cache: bool = image_cache_setting()
+    cache_dir: str | None = cache_dir_setting("with --image-cache, and for ImageNet 16/32/64")
+
+
 @dataclass
 class SearchSettings:
     """Everything that defines a search; written to search.json and read back by a resume.
@@ -245,17 +272,15 @@ class SearchSettings:
                                   help="proxy: keep the first N classes")
     train_fraction: float = setting(1.0, parse=share, metavar="F", group="data",
                                     help="proxy: fraction of the training set")
-    img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
+    img_size: int | None = img_size_setting()
     val_fraction: float = setting(DEFAULT_VAL_FRACTION, group="data", help="it scores the trials")
     val_images: int | None = setting(
         DEFAULT_VAL_IMAGES, parse=positive_int, metavar="N", group="data",
         help="validation capped at a stratified sample of N of the held-out images (the others are not trained on "
              "either): enough to rank trials (binomial standard error at most 0.5 points), not an epoch's worth of "
              "evaluation on a proxy of ImageNet")
-    cache_dir: str | None = setting(None, group="data", resumable=True,
-                                    help="image files (imagenet, folder, stanford_cars) and ImageNet 16/32/64 are "
-                                         "read once into the image cache kept there",
-                                    default_text="~/.cache/qkvnas/images")
+    cache_dir: str | None = cache_dir_setting("image files (imagenet, folder, stanford_cars) and ImageNet 16/32/64 are "
+                                              "read once into the image cache kept there", resumable=True)
     split_seed: int | None = setting(None, group="data", help="", default_text="--seed")
     trials: int = setting(16, parse=positive_int, metavar="N", group="trials", resumable=True,
                           help="trials to train; infeasible draws do not count")
@@ -334,7 +359,7 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
-class RetrainRequest:
+class RetrainRequest(ImageReading):
     """What `nas retrain` asks for: which models, on which data, with which recipe, where and how to run them.
 
     Each field but `run`, `overrides` and `progress_bar` is a flag of `nas retrain` (and a keyword of
@@ -357,11 +382,6 @@ class RetrainRequest:
     dataset: str | None = setting(None, group="data", help="the one to retrain on, e.g. imagenet",
                                   default_text="the run's")
     data_dir: str | None = setting(None, group="data", help="", default_text="the run's when it is the run's dataset")
-    download: bool = setting(False, group="data", help="")
-    img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
-    image_cache: bool = setting(False, group="data", help="image files only (imagenet, folder, stanford_cars)")
-    cache_dir: str | None = setting(None, group="data", help="with --image-cache, and for ImageNet 16/32/64",
-                                    default_text="~/.cache/qkvnas/images")
     patch_size: int | None = setting(None, group="data", help="of every model",
                                      default_text="each arch's, or the dataset's where it does not fit")
     val_fraction: float | None = setting(None, group="data", help="", default_text="the run's")
@@ -409,18 +429,13 @@ class RetrainRequest:
 
 
 @dataclass(frozen=True)
-class TrainRequest:
+class TrainRequest(ImageReading):
     """What `nas train` asks for: one architecture (`arch`, a preset or arch JSON: the command's argument), the data,
     the recipe (a named one; `overrides` change its fields) and where and how it trains. Each other field is a flag."""
 
     arch: str
     dataset: str = setting("digits", group="data", help="default digits")
     data_dir: str | None = setting(None, group="data", help="")
-    download: bool = setting(False, group="data", help="")
-    img_size: int | None = setting(None, group="data", help="images resized to it", default_text="the dataset's own")
-    image_cache: bool = setting(False, group="data", help="image files only (imagenet, folder, stanford_cars)")
-    cache_dir: str | None = setting(None, group="data", help="with --image-cache, and for ImageNet 16/32/64",
-                                    default_text="~/.cache/qkvnas/images")
     patch_size: int | None = setting(None, group="data", help="",
                                      default_text="the architecture's, or the dataset's when that does not fit")
     val_fraction: float = setting(DEFAULT_VAL_FRACTION, group="data", help="as nas search")
