@@ -291,7 +291,7 @@ def value_at(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 def full_fidelity(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials scored at full length (state complete), ordered by the epochs spent when each ended."""
-    from nas.runs.pareto import scored_trials
+    from nas.runs.fronts import scored_trials
 
     frame = scored_trials(trials, include_stopped=False)
     return frame[frame["epochs_spent"].notna()].sort_values("epochs_spent", kind="stable")

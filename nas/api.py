@@ -282,7 +282,7 @@ def _run_folder(run: str | os.PathLike | SearchRun, results_dir: str | os.PathLi
 def _search_run(run: Run, study: optuna.Study, hypervolume: float, ended: str | None = None,
                 note: str = "") -> SearchRun:
     """The SearchRun of a run as given: what a session holds (search, resume), or a folder read back (load_run)."""
-    from nas.runs.pareto import pareto_front
+    from nas.runs.fronts import pareto_front
     from nas.runs.results import best_trial
 
     objectives = run.settings.get("objectives") or [SCORE]

@@ -26,7 +26,7 @@ import nas
 from nas import api
 from nas.cli import build_parser
 from nas.settings.flags import RECIPE_DEST
-from nas.runs.pareto import pareto_front
+from nas.runs.fronts import pareto_front
 from nas.runs.results import load_trials, trained_count
 from qkvnas_core.errors import UsageError
 from qkvnas_core.files import exclusive_lock

@@ -11,7 +11,9 @@ from PIL import Image
 from nas.cli import main
 from conftest import TINY, write_run
 from nas.settings.requests import ParetoRequest
-from nas.runs.pareto import STRUCTURE_COLOURS, pareto_front, write_pareto
+from nas.runs.fronts import pareto_front
+from nas.runs.pareto import write_pareto
+from nas.runs.plots import STRUCTURE_COLOURS
 from qkvnas_core.errors import UsageError
 from search_spaces.build import build_model
 from search_spaces.model_tools.device import parse_device

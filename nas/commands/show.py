@@ -39,7 +39,7 @@ def run_summary(run, shown: int) -> str:
     """The terminal summary of one run (a nas.runs.results.Run)."""
     from qkvnas_core.units import format_count, format_duration
     from nas.settings.objectives import SCORE
-    from nas.runs.pareto import pareto_front, scored_trials
+    from nas.runs.fronts import pareto_front, scored_trials
     from nas.runs.results import state_counts
     from search_spaces.arch import ArchConfig
 
@@ -104,7 +104,7 @@ def runs_overview(results_dir: Path) -> str:
 
     from qkvnas_core.units import format_count
     from nas.settings.objectives import SCORE
-    from nas.runs.pareto import scored_trials
+    from nas.runs.fronts import scored_trials
     from nas.runs.results import ENDED_STATES, RunFolder, TrialState, read_run
 
     if not results_dir.is_dir():

@@ -34,7 +34,9 @@ from nas.engine.budget import Budget, check_feasible, smallest_description
 from nas.settings.objectives import (SCORE, reference_limits)
 from nas.engine.hypervolume import front_hypervolume, hypervolume_history
 from nas.settings.naming import given, named
-from nas.runs.pareto import draw_front, plot_hypervolume, scored_trials
+from nas.runs.fronts import scored_trials
+from nas.runs.pareto import draw_front
+from nas.runs.plots import plot_hypervolume
 from nas.engine.progress import Progress
 from nas.runtime.ray_runtime import check_resources, ray_processes, start_ray, stop_leftovers
 from nas.runs.results import (Run, RunFolder, SessionRecord, as_written, best_trial, load_settings, search_document,

@@ -23,7 +23,7 @@ from qkvnas_core.errors import UsageError
 from qkvnas_core.files import write_text_atomic
 from qkvnas_core.log import handled_by
 from nas.settings.naming import given
-from nas.runs.pareto import pareto_front, scored_trials
+from nas.runs.fronts import pareto_front, scored_trials
 from nas.runtime.ray_runtime import check_resources, start_ray
 from nas.runs.seed_stats import baseline_comparison, seed_summary
 from nas.settings.requests import RetrainRequest
