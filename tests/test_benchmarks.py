@@ -1,5 +1,6 @@
-"""The analysis of benchmarks/search_quality.py against hand computations: IQM, its bootstrap interval, values at
-equal epochs spent, the hypervolume and best val_acc of full-fidelity trials, the rung correlation."""
+"""The analysis of benchmarks/search_quality.py's runs (search_quality_report.py) against hand computations: IQM,
+its bootstrap interval, values at equal epochs spent, the hypervolume and best val_acc of full-fidelity trials, the
+rung correlation."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
+    spec = importlib.util.spec_from_file_location("search_quality_report", ROOT / "benchmarks" / "search_quality_report.py")
     module = importlib.util.module_from_spec(spec)
     # Dataclasses look their module up in sys.modules while the file runs.
     sys.modules[spec.name] = module

@@ -152,6 +152,75 @@ def train_epoch(training: Training, batches: Batches, epoch: int, *, world: Dist
     return losses
 
 
+def _prepare_device(device: str | torch.device | None, world: Distributed) -> torch.device:
+    """The device a run trains on, its threads set, and on CUDA the kernels' autotuning and TF32 matmuls."""
+    device = select_device(device)
+    configure_threads(device, world)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    return device
+
+
+def _checkpoint_to_resume(checkpoint_dir: Path | None, resume: bool, recipe: Recipe, seed: int,
+                          info: DatasetInfo) -> ckpt.Checkpoint | None:
+    """The `last` checkpoint a resumed run continues (checked against its recipe, seed and data), None for a new
+    run; checkpoints a new run would overwrite are one UsageError."""
+    if checkpoint_dir is None:
+        return None
+    existing = ckpt.existing_checkpoints(checkpoint_dir)
+    if existing and not resume:
+        raise UsageError(f"{checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): "
+                         "expected resume (--resume) to continue them, or another output directory")
+    if not (resume and ckpt.checkpoint_files(checkpoint_dir, "last")[2].exists()):
+        return None
+    checkpoint = ckpt.load_checkpoint(checkpoint_dir, with_state=True)
+    ckpt.check_resumable(checkpoint.record, checkpoint_dir, recipe, seed, info)
+    return checkpoint
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: its epochs so far (a resumed run's included), the best val_acc, the next epoch."""
+
+    history: list[EpochMetrics]
+    best_val_acc: float = -1.0
+    first_epoch: int = 1
+
+    @classmethod
+    def resumed(cls, checkpoint: ckpt.Checkpoint | None, training: Training) -> _Progress:
+        """A new run's start, or where the checkpoint left off (the optimizer, schedule and EMA restored into
+        `training`)."""
+        if checkpoint is None:
+            return cls([])
+        ckpt.restore_resume_state(checkpoint, optimizer=training.optimizer, scheduler=training.scheduler,
+                                  ema_module=None if training.ema is None else training.ema.module)
+        training.step.num_updates = int(checkpoint.state_scalars["step"])
+        return cls([EpochMetrics(**entry) for entry in checkpoint.history],
+                   float(checkpoint.state_scalars["best_val_acc"]), checkpoint.epoch + 1)
+
+
+def _scored_epoch(training: Training, eval_batches: Batches, epoch: int, losses: torch.Tensor, *, started: float,
+                  train_seconds: float, images: int, device: torch.device, world: Distributed) -> EpochMetrics:
+    """One epoch's figures: its mean training loss over every rank, the validation scores of the model or, where
+    they are better, of its EMA (which weights scored is recorded), the time it took."""
+    train_loss = losses.sum()
+    if world.active:
+        dist.all_reduce(train_loss)
+    scores = evaluate_batches(training.eval_model, eval_batches, device=device, world=world)
+    scored_weights, ema_val_acc = "model", None
+    if training.ema is not None:
+        ema_scores = evaluate_batches(training.ema.module, eval_batches, device=device, world=world)
+        ema_val_acc = ema_scores["acc"]
+        if ema_scores["acc"] > scores["acc"]:
+            scores, scored_weights = ema_scores, "ema"
+    return EpochMetrics(
+        epoch=epoch, train_loss=float(train_loss) / (len(losses) * world.world_size), val_loss=scores["loss"],
+        val_acc=scores["acc"], val_top5=scores["top5"], lr=float(training.optimizer.param_groups[0]["lr"]),
+        seconds=time.perf_counter() - started, images_per_s=images / max(train_seconds, 1e-9),
+        ema_val_acc=ema_val_acc, weights=scored_weights)
+
+
 def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | torch.device | None = None,
         seed: int = 0, on_epoch: Callable[[EpochMetrics], None] | None = None, checkpoint_dir: Path | None = None,
         resume: bool = False, arch: ArchConfig | None = None, compile: bool = False, progress: bool = False,
@@ -166,27 +235,15 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
     (the caller seeds model construction itself, e.g. with seed_everything).
     """
     started = time.perf_counter()
-    device = select_device(device)
     world = distributed()
-    configure_threads(device, world)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
+    device = _prepare_device(device, world)
     if eval_split not in ("val", "test"):
         raise ValueError(f"eval_split={eval_split!r}: expected val or test")
     eval_data = getattr(data, eval_split)
     if eval_data is None:
         raise UsageError(f"dataset {data.info.name!r} has no {eval_split} split to evaluate on")
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    resume_from = None
-    if checkpoint_dir is not None:
-        existing = ckpt.existing_checkpoints(checkpoint_dir)
-        if existing and not resume:
-            raise UsageError(f"{checkpoint_dir} already holds checkpoints ({', '.join(p.name for p in existing)}): "
-                             "expected resume (--resume) to continue them, or another output directory")
-        if resume and ckpt.checkpoint_files(checkpoint_dir, "last")[2].exists():
-            resume_from = ckpt.load_checkpoint(checkpoint_dir, with_state=True)
-            ckpt.check_resumable(resume_from.record, checkpoint_dir, recipe, seed, data.info)
+    resume_from = _checkpoint_to_resume(checkpoint_dir, resume, recipe, seed, data.info)
     seed_everything(seed)
     if resume_from is not None:
         resume_from.load_into(model)
@@ -202,52 +259,26 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
                          "expected a smaller batch")
     training = build_training(model, recipe, data.info.num_classes, device, steps_per_epoch=steps_per_epoch,
                               compile=compile, world=world, erase_in_step=isinstance(train_batches, DeviceBatches))
-
-    history: list[EpochMetrics] = []
-    best_val_acc = -1.0
-    first_epoch = 1
-    if resume_from is not None:
-        ckpt.restore_resume_state(resume_from, optimizer=training.optimizer, scheduler=training.scheduler,
-                                  ema_module=None if training.ema is None else training.ema.module)
-        training.step.num_updates = int(resume_from.state_scalars["step"])
-        best_val_acc = float(resume_from.state_scalars["best_val_acc"])
-        history = [EpochMetrics(**entry) for entry in resume_from.history]
-        first_epoch = resume_from.epoch + 1
+    run = _Progress.resumed(resume_from, training)
 
     stopped = False
-    for epoch in range(first_epoch, recipe.epochs + 1):
+    for epoch in range(run.first_epoch, recipe.epochs + 1):
         epoch_started = time.perf_counter()
         bar = _progress_bar(steps_per_epoch, epoch, recipe.epochs, enabled=progress and world.is_main)
         try:
             losses = train_epoch(training, train_batches, epoch, world=world, bar=bar,
-                                 checkpoint_note=_checkpoint_note(checkpoint_dir, history))
+                                 checkpoint_note=_checkpoint_note(checkpoint_dir, run.history))
         finally:
             if bar is not None:
                 bar.close()
-        train_seconds = time.perf_counter() - epoch_started
-        train_loss = losses.sum()
-        if world.active:
-            dist.all_reduce(train_loss)
-        train_loss = float(train_loss) / (steps_per_epoch * world.world_size)
-
-        scores = evaluate_batches(training.eval_model, eval_batches, device=device, world=world)
-        scored_weights, ema_val_acc = "model", None
-        if training.ema is not None:
-            ema_scores = evaluate_batches(training.ema.module, eval_batches, device=device, world=world)
-            ema_val_acc = ema_scores["acc"]
-            if ema_scores["acc"] > scores["acc"]:
-                scores, scored_weights = ema_scores, "ema"
-        metrics = EpochMetrics(
-            epoch=epoch, train_loss=train_loss, val_loss=scores["loss"], val_acc=scores["acc"],
-            val_top5=scores["top5"], lr=float(training.optimizer.param_groups[0]["lr"]),
-            seconds=time.perf_counter() - epoch_started,
-            images_per_s=steps_per_epoch * recipe.batch_size / max(train_seconds, 1e-9), ema_val_acc=ema_val_acc,
-            weights=scored_weights)
-        history.append(metrics)
-        improved = metrics.val_acc > best_val_acc
-        best_val_acc = max(best_val_acc, metrics.val_acc)
+        metrics = _scored_epoch(training, eval_batches, epoch, losses, started=epoch_started,
+                                train_seconds=time.perf_counter() - epoch_started,
+                                images=steps_per_epoch * recipe.batch_size, device=device, world=world)
+        run.history.append(metrics)
+        improved = metrics.val_acc > run.best_val_acc
+        run.best_val_acc = max(run.best_val_acc, metrics.val_acc)
         if checkpoint_dir is not None and world.is_main:
-            _save_epoch(checkpoint_dir, training, metrics, history, improved, best_val_acc, recipe=recipe,
+            _save_epoch(checkpoint_dir, training, metrics, run.history, improved, run.best_val_acc, recipe=recipe,
                         info=data.info, seed=seed, arch=arch)
         if on_epoch is not None:
             try:
@@ -256,9 +287,9 @@ def fit(model: nn.Module, data: DatasetSplits, recipe: Recipe, *, device: str | 
                 stopped = True
                 break
 
-    last_val_acc = history[-1].val_acc if history else 0.0
-    return FitResult(history=history, best_val_acc=max(best_val_acc, 0.0), last_val_acc=last_val_acc,
-                     epochs_run=len(history), seconds=time.perf_counter() - started, stopped=stopped)
+    last_val_acc = run.history[-1].val_acc if run.history else 0.0
+    return FitResult(history=run.history, best_val_acc=max(run.best_val_acc, 0.0), last_val_acc=last_val_acc,
+                     epochs_run=len(run.history), seconds=time.perf_counter() - started, stopped=stopped)
 
 
 def _progress_bar(total: int, epoch: int, epochs: int, *, enabled: bool) -> Any:
