@@ -81,7 +81,7 @@ if (($? == 3)); then
     echo "gpu_check.sh: no CUDA device is visible here: the GPU steps are not run" >&2
 else
     # Unbuffered and verbose: a tier stopped at its limit still leaves each finished test's outcome in its log.
-    step tier 115 env PYTHONUNBUFFERED=1 "$python" -m pytest tests/test_gpu.py -m gpu -v -rs -p no:cacheprovider \
+    step tier 115 env PYTHONUNBUFFERED=1 "$python" -m pytest tests/drills/test_gpu.py -m gpu -v -rs -p no:cacheprovider \
         --junitxml="$out/gpu-tier.xml"
     step throughput 100 "$python" benchmarks/train_throughput.py --device cuda --compile both --img-size 224 \
         --batch-size 256 --steps 15 --rounds 3 --record "$figures"

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[str], None]
 
 
-# Each keyword's parser: the one its flag's argparse type is (tests/test_api.py checks), `str` for a flag taking
+# Each keyword's parser: the one its flag's argparse type is (tests/test_nas/test_api.py checks), `str` for a flag taking
 # any text, `bool` for a switch; a keyword whose setting is `listed` takes a list (joined with commas) or the flag's
 # comma-separated text, one that `repeat`s (and is not listed) a list for a flag given several times. Recipe
 # fields other than epochs come as **recipe_fields. A search's keywords are SearchSettings' fields

@@ -27,7 +27,7 @@ class Budget:
         """Params always; FLOPs of a model within the params budget only where a FLOPs limit or `flops` (a FLOPs
         objective) asks for them: counting them runs the model on the meta device, several times the build's time.
         Either way the model is built at the shape, and building refuses whatever running it would
-        (tests/test_budget.py compares both on random draws): one that cannot run is a UsageError here, not a
+        (tests/test_nas/test_budget.py compares both on random draws): one that cannot run is a UsageError here, not a
         failed trial. Both counts are cached per architecture, so a repeated draw costs nothing."""
         params = count_params(arch, self.shape)
         if params > self.params or not (flops or self.max_flops is not None):

@@ -14,7 +14,7 @@ does (Schmucker et al. 2021; Syne Tune's MOASHA): non-dominated sorting, then th
 Epsilon-net over crowding distance: it orders every front strictly and puts its most accurate trial first,
 where crowding gives both ends of a front (every trial of a front of two) the same infinite distance.
 With one objective a rung keeps the quantile rule, which interpolates between recorded scores: the rank rule
-decides the same only where the quantile falls on a recorded score (tests/test_scheduler.py).
+decides the same only where the quantile falls on a recorded score (tests/test_nas/test_scheduler.py).
 """
 from __future__ import annotations
 

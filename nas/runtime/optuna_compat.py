@@ -1,5 +1,5 @@
 """Optuna's private API this project reaches, in one place: each wrapper names what it reaches and why no public
-API does. tests/test_compat.py checks them against the installed Optuna and names the version they were written
+API does. tests/test_nas/test_compat.py checks them against the installed Optuna and names the version they were written
 for."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """torch's private API this project reaches, in one place: each wrapper names what it reaches and why no public API
-does. tests/test_compat.py checks them against the installed torch and names the version they were written for."""
+does. tests/test_nas/test_compat.py checks them against the installed torch and names the version they were written for."""
 from __future__ import annotations
 
 from torch.onnx import _constants

@@ -15,7 +15,7 @@ import pytest
 from nas import cli
 from qkvnas_core.log import ROOT, Forward, handled_by, logger
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 LIBRARIES = ("nas", "search_spaces", "trainers", "qkvnas_core")
 # The application: where printing is the point.
 APPLICATION = (PROJECT / "nas" / "commands", PROJECT / "nas" / "cli.py")

@@ -28,7 +28,7 @@ from test_search import TINY_SPACE
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAD_IP, SECOND_IP = "127.0.0.2", "127.0.0.3"
 RAY = str(Path(sys.executable).with_name("ray"))
 # What `ray start` prints once its node runs; a loaded 2-core machine can take minutes to get there.

@@ -1,5 +1,5 @@
 """`nas search --config FILE`: YAML or JSON settings, flags over them, a run's search.json rerun as a new run, and
-bad files (fuzzed as tests/test_fuzz.py fuzzes every reader) as one line naming the file and the field."""
+bad files (fuzzed as tests/properties/test_fuzz.py fuzzes every reader) as one line naming the file and the field."""
 from __future__ import annotations
 
 import json

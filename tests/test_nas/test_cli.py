@@ -8,7 +8,7 @@ import pytest
 from nas.cli import COMMANDS
 from nas.settings.flags import positive_int
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_describe_preset(cli):

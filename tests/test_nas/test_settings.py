@@ -15,7 +15,7 @@ from nas.runs.results import load_settings
 from nas.settings.requests import (RENAMED, ExportRequest, ParetoRequest, RetrainRequest, SearchSettings, TrainRequest,
                                    TransferRequest, keyword_parsers, resumable, settings_of)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Constants that pick settings to show, in an order of their own.
 VIEWS = ("SETTINGS_SHOWN",)
 # A literal naming this many settings is a second list of them.

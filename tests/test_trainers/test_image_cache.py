@@ -24,7 +24,7 @@ from trainers.datasets.image_cache import MANIFEST_FILE, image_files, open_cache
 from trainers.datasets.registry import load_dataset
 from trainers.datasets.splits import CachedSplit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reference_decode(path: str, side: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from search_spaces.arch import ArchConfig
 from search_spaces.cost import count_params
 from search_spaces.shape import DataShape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RANKING_SET = ROOT / "benchmarks" / "data" / "ranking_qkv.csv"
 
 

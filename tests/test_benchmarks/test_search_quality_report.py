@@ -15,7 +15,7 @@ import pytest
 from nas.runs.results import trial_row, trials_frame
 from search_spaces.arch import ArchConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_benchmark():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-EXAMPLE = Path(__file__).parent / "data" / "gpu-check-example"
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "gpu-check-example"
 STEPS = ["wheels", "preflight", "tier", "throughput", "trials_per_hour", "compile_payback", "retrain_epoch",
          "data_path", "summary"]
 # 15 minutes of device time a task, a machine's start-up of a few minutes included: the check must fit once.
@@ -54,7 +54,7 @@ def test_dry_run_lists_every_step_with_its_time_limit_within_nine_minutes(tmp_pa
     assert total <= NINE_MINUTES and f"at most {total} s in all" in done.stdout
     for _, _, command in steps:
         assert all((ROOT / script).is_file() for script in re.findall(r"\S+\.(?:py|sh)\b", command)), command
-    assert "tests/test_gpu.py -m gpu" in done.stdout and "--compile both --img-size 224" in done.stdout
+    assert "tests/drills/test_gpu.py -m gpu" in done.stdout and "--compile both --img-size 224" in done.stdout
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
 
 
@@ -142,10 +142,10 @@ def test_a_tier_stopped_at_its_limit_is_read_from_its_verbose_log(tmp_path):
     (folder / summary.FIGURES_FILE).write_text("".join(json.dumps(record) + "\n" for record in records))
     (folder / "logs").mkdir()
     (folder / summary.TIER_LOG).write_text(
-        "tests/test_gpu.py::test_a PASSED                                       [  8%]\n"
-        "tests/test_gpu.py::test_b[1] FAILED                                    [ 16%]\n"
-        "tests/test_gpu.py::test_c SKIPPED (needs two CUDA GPUs)                [ 25%]\n"
-        "tests/test_gpu.py::test_d \n")  # cut off while test_d ran
+        "tests/drills/test_gpu.py::test_a PASSED                                       [  8%]\n"
+        "tests/drills/test_gpu.py::test_b[1] FAILED                                    [ 16%]\n"
+        "tests/drills/test_gpu.py::test_c SKIPPED (needs two CUDA GPUs)                [ 25%]\n"
+        "tests/drills/test_gpu.py::test_d \n")  # cut off while test_d ran
     assert ("GPU tier: no report (step tier timed out at its 115 s limit); its log shows 1 passed, 1 failed, 1 "
             "skipped, failed: test_b[1]") in summary.summary(folder)
 

@@ -19,7 +19,7 @@ from trainers.datasets.registry import DataRequest
 from trainers.model_folder import TrainingTask, start_folder
 from trainers.recipe import get_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # write_run's search.json: 8 px digits, one channel, ten classes; its patch size is the trials' own.
 RUN_SHAPE = DataShape(img_size=8, in_chans=1, num_classes=10, patch_size=2)
 # The front of a digits search written on 2026-11-21 (then docs/default-run/pareto.csv): ids and costs of that code.
