@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qkvnas_core.errors import UsageError
-from nas.settings.flags import integer, output_folder, path_argument
+from nas.settings.flags import output_folder, path_argument
 from nas.settings.naming import given, python_names
 from nas.settings.objectives import SCORE
 from nas.settings.requests import (ParetoRequest, RetrainRequest, SearchSettings, Value, keyword_parsers,
@@ -48,7 +48,7 @@ ProgressCallback = Callable[[str], None]
 SEARCH_FLAGS: dict[str, Callable[[str], Any]] = {"config": path_argument, **keyword_parsers(SearchSettings)}
 RESUME_FLAGS = {name: SEARCH_FLAGS[name] for name in resumable(SearchSettings)}
 PARETO_FLAGS: dict[str, Callable[[str], Any]] = keyword_parsers(ParetoRequest)
-RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = {**keyword_parsers(RetrainRequest), "epochs": integer}
+RETRAIN_FLAGS: dict[str, Callable[[str], Any]] = keyword_parsers(RetrainRequest)
 SPECS = {name: spec for cls in (SearchSettings, RetrainRequest, ParetoRequest)
          for name, (item, spec) in settings_of(cls).items()}
 LISTS = frozenset(name for name, spec in SPECS.items() if spec.listed)
@@ -157,8 +157,8 @@ def pareto(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | N
 def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | None = None,
             **options: Any) -> RetrainOutcome:
     """Retrain winners with a full recipe and test each once (`nas retrain`). Each keyword is a field of
-    nas.settings.RetrainRequest, named as its flag (`top=1`, `baseline=["xcit-n12"]`), or `epochs`; the other
-    keywords are recipe fields, as `search` takes them. `seeds`: how many (seed, seed + 1, ...), or a list of seeds.
+    nas.settings.RetrainRequest, named as its flag (`top=1`, `baseline=["xcit-n12"]`); the other keywords are recipe
+    fields (`epochs=5`), as `search` takes them. `seeds`: how many (seed, seed + 1, ...), or a list of seeds.
     Each model trains in <run or out>/retrain/<arch_id>/ (<arch_id>-seed<S>/ for seed S > 0); the outcome's table
     has a row per model and seed, its `summary` a row per model (mean and 95% interval), its `comparison` the paired
     differences to each baseline."""
@@ -167,8 +167,6 @@ def retrain(run: str | os.PathLike | SearchRun, *, progress: ProgressCallback | 
         overrides = _recipe_fields("retrain", options)
         run_dir = _run_folder(run)
         values = _parsed(keywords, RETRAIN_FLAGS)
-        if "epochs" in values:
-            overrides["epochs"] = values.pop("epochs")
         from nas.winners.retrain import retrain_run
 
         outcome = retrain_run(RetrainRequest(run=str(run_dir), overrides=overrides, progress_bar=False, **values))
@@ -186,7 +184,7 @@ def _recipe_fields(function: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Recipe fields given as keywords, by Recipe's names; an unknown keyword is Python's own TypeError."""
     from trainers.recipe import Recipe
 
-    unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(Recipe)} - {"name", "epochs"})
+    unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(Recipe)} - {"name"})
     if unknown:
         raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
     return dict(fields)

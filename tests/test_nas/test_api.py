@@ -216,11 +216,12 @@ def keywords(function) -> set[str]:
     ("retrain", nas.retrain, api.RETRAIN_FLAGS, set()),
 ])
 def test_keywords_are_the_commands_flags_read_by_the_same_parsers(command, function, parsers, cli_only):
-    """Every flag of the command is a keyword of the function, read by the flag's own parser; the recipe fields
-    but epochs come as **recipe_fields, which take every Recipe field."""
+    """Every flag of the command is a keyword of the function, read by the flag's own parser; the recipe fields come
+    as **recipe_fields, which take every Recipe field, but where a setting of the command has the name (a search's
+    epochs, the length of its trials)."""
     flags = command_flags(command)
-    recipe_fields = {name for name, action in flags.items() if action.dest.startswith(RECIPE_DEST)} - {"epochs"}
-    assert recipe_fields in ({field.name for field in dataclasses.fields(Recipe)} - {"name", "epochs"}, set())
+    recipe_fields = {name for name, action in flags.items() if action.dest.startswith(RECIPE_DEST)} - set(parsers)
+    assert recipe_fields in ({field.name for field in dataclasses.fields(Recipe)} - {"name"} - set(parsers), set())
     assert keywords(function) == set(parsers) == set(flags) - cli_only - recipe_fields
     for name, parse in parsers.items():
         action = flags[name]
@@ -230,7 +231,7 @@ def test_keywords_are_the_commands_flags_read_by_the_same_parsers(command, funct
             assert parse is str or name in api.LISTS, name
         else:
             assert inspect.unwrap(action.type) is inspect.unwrap(parse) or name in api.LISTS, name
-        assert isinstance(action, argparse._AppendAction) == (name in api.REPEATED or name in ("cost", "trial_ids"))
+        assert isinstance(action, argparse._AppendAction) == (name in api.SPECS and api.SPECS[name].repeat)
         if command == "search":
             assert action.dest in (name, RECIPE_DEST + name), name
 
