@@ -9,8 +9,8 @@ from nas.settings.flags import add_flag, path_argument, positive_int
 from qkvnas_core.errors import UsageError
 
 SETTINGS_SHOWN = ("name", "dataset", "space", "budget", "max_flops", "objectives", "sampler", "early_stopping",
-                  "img_size", "num_classes", "in_chans", "trials", "epochs", "recipe", "recipe_overrides", "seed",
-                  "split_seed", "started", "finished")
+                  "img_size", "num_classes", "in_chans", "train_count", "val_count", "images_from", "trials", "epochs",
+                  "recipe", "recipe_overrides", "seed", "split_seed", "started", "finished")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
