@@ -48,7 +48,7 @@ from qkvnas_core.log import Forward, handled_by
 from qkvnas_core.units import parse_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # search_quality_report.py beside this file
-from search_quality_report import DONE_ENDINGS, DONE_FILE, METHODS, method_slug, report  # noqa: E402
+from search_quality_report import DONE_ENDINGS, DONE_FILE, METHODS, export_runs, method_slug, report  # noqa: E402
 
 if TYPE_CHECKING:
     from nas.settings.requests import SearchSettings
@@ -239,6 +239,8 @@ def main() -> None:
     parser.add_argument("--grid-step", type=int, default=None, help="epochs between compared points (default "
                                                                        "epoch budget / 40)")
     parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument("--export", type=Path, default=None, metavar="DIR",
+                        help="copy each finished run's search.json, trials.csv and benchmark.json there (to commit)")
     parser.add_argument("--verbose", action="store_true", help="show each search's progress lines")
     args = parser.parse_args()
     try:
@@ -252,6 +254,8 @@ def main() -> None:
                 raise SystemExit(f"interrupted; run the same command again to resume it (--out {args.out})")
         print(report(args.out, args.grid_step, args.bootstrap_seed, args.grace_epochs, args.reduction_factor))
         print(f"written: {args.out / 'search_quality.md'}, search_quality.csv, search_quality.png")
+        if args.export is not None:
+            print(f"exported {export_runs(args.out, args.export)} runs' tables to {args.export}")
     except UsageError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -405,3 +405,22 @@ def report(out: Path, grid_step: int | None, seed: int, grace_epochs: int, reduc
         rungs.to_csv(out / "rung_correlation.csv", index=False)
     plot_curves(curves, goal, out / "search_quality.png")
     return text
+
+
+def export_runs(out: Path, to: Path) -> int:
+    """Each finished run's record (search.json, trials.csv, benchmark.json; not study.db or Ray's folders) copied
+    into `to`/<run>/: small files to commit, which `report` reads back as it reads the runs (the rung correlation,
+    which needs each epoch's study, is left out). Returns how many runs were copied."""
+    from nas.runs.results import RunFolder
+
+    copied = 0
+    for done_path in sorted(out.glob(f"*/{DONE_FILE}")):
+        if json.loads(done_path.read_text()).get("ended") not in DONE_ENDINGS:
+            continue
+        source, target = RunFolder(done_path.parent), RunFolder(to / done_path.parent.name)
+        target.path.mkdir(parents=True, exist_ok=True)
+        for kept, copy in ((source.settings_file, target.settings_file), (source.trials_file, target.trials_file),
+                           (done_path, target.path / DONE_FILE)):
+            write_text_atomic(copy, kept.read_text())
+        copied += 1
+    return copied
