@@ -261,7 +261,10 @@ def rung_correlation(runs: list[FinishedRun]) -> pd.DataFrame:
         epochs = group[0].epochs
         curves = []
         for run in group:
-            study = RunFolder(run.path).load_study(run.study_name)
+            folder = RunFolder(run.path)
+            if not folder.study_file.is_file():
+                continue  # an exported run keeps its table, not each epoch's score
+            study = folder.load_study(run.study_name)
             curves += [curve_of(trial) for trial in study.get_trials(deepcopy=False)
                        if trial.user_attrs.get("state") == "complete" and len(curve_of(trial)) == epochs]
         if len(curves) < 3:
