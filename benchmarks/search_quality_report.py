@@ -28,6 +28,8 @@ BASELINE = "random"
 # Written into a run folder when its search returned; the run is done unless it was interrupted.
 DONE_FILE = "benchmark.json"
 DONE_ENDINGS = ("finished", "exhausted", "already trained")
+# An exported run's per-epoch val_acc of its complete trials (the study it came from is not exported).
+CURVES_FILE = "curves.csv"
 IQM_TRIM = 0.25
 BOOTSTRAP_RESAMPLES = 9999
 CONFIDENCE = 0.95
@@ -161,6 +163,10 @@ class FinishedRun:
     trials: pd.DataFrame
 
 
+def study_name_of(settings: dict) -> str:
+    return settings.get("study_name") or settings["name"]
+
+
 def read_finished_runs(out: Path, grace_epochs: int, reduction_factor: int) -> list[FinishedRun]:
     """Every run folder under `out` whose search returned without interruption (its method told apart with the
     benchmark's grace epochs and reduction factor)."""
@@ -175,7 +181,7 @@ def read_finished_runs(out: Path, grace_epochs: int, reduction_factor: int) -> l
         runs.append(FinishedRun(run_dir, settings["dataset"], settings["space"],
                                 method_of(settings, grace_epochs, reduction_factor),
                                 settings["seed"], settings["budget"], settings["epochs"], settings["epoch_budget"],
-                                settings.get("early_stopping", "asha"), settings.get("study_name") or settings["name"],
+                                settings.get("early_stopping", "asha"), study_name_of(settings),
                                 load_trials(run_dir)))
     return runs
 
@@ -248,25 +254,40 @@ def goal_table(runs: list[FinishedRun], curves: pd.DataFrame, seed: int) -> pd.D
     return pd.DataFrame(rows)
 
 
+def complete_curves(run_dir: Path, study_name: str) -> dict[str, list[float]]:
+    """val_acc after each epoch of a run's complete trials, by trial id: from its study, or from the CURVES_FILE
+    an export wrote in its place."""
+    from nas.engine.searcher import curve_of
+    from nas.runs.results import RunFolder
+    from nas.settings.trial_ids import format_trial_id
+
+    folder = RunFolder(run_dir)
+    if not folder.study_file.is_file():
+        table = pd.read_csv(run_dir / CURVES_FILE)
+        return {trial_id: rows.sort_values("epoch")["val_acc"].tolist() for trial_id, rows in table.groupby("trial_id")}
+    study = folder.load_study(study_name)
+    return {format_trial_id(trial.number): curve_of(trial) for trial in study.get_trials(deepcopy=False)
+            if trial.user_attrs.get("state") == "complete"}
+
+
+def write_curves(run_dir: Path, curves: dict[str, list[float]]) -> None:
+    """CURVES_FILE in `run_dir`: one row per trial and epoch, as complete_curves reads it back."""
+    rows = [{"trial_id": trial_id, "epoch": epoch, "val_acc": score}
+            for trial_id, curve in curves.items() for epoch, score in enumerate(curve, 1)]
+    table = pd.DataFrame(rows, columns=["trial_id", "epoch", "val_acc"])
+    write_text_atomic(run_dir / CURVES_FILE, table.to_csv(index=False))
+
+
 def rung_correlation(runs: list[FinishedRun]) -> pd.DataFrame:
     """Per (dataset, space) and candidate rung epoch: Kendall's tau and Spearman's rho between val_acc after that
     epoch and the score at full length (best val_acc over the epochs), over the full-length trials of the runs
     without early stopping, seeds pooled."""
-    from nas.engine.searcher import curve_of
-    from nas.runs.results import RunFolder
-
     rows = []
     for (dataset, space), group in _groups([run for run in runs if run.early_stopping == "none"]):
         check_same(group, ("epochs",))
         epochs = group[0].epochs
-        curves = []
-        for run in group:
-            folder = RunFolder(run.path)
-            if not folder.study_file.is_file():
-                continue  # an exported run keeps its table, not each epoch's score
-            study = folder.load_study(run.study_name)
-            curves += [curve_of(trial) for trial in study.get_trials(deepcopy=False)
-                       if trial.user_attrs.get("state") == "complete" and len(curve_of(trial)) == epochs]
+        curves = [curve for run in group for curve in complete_curves(run.path, run.study_name).values()
+                  if len(curve) == epochs]
         if len(curves) < 3:
             continue
         scores = np.array(curves, dtype=float)
@@ -411,10 +432,10 @@ def report(out: Path, grid_step: int | None, seed: int, grace_epochs: int, reduc
 
 
 def export_runs(out: Path, to: Path) -> int:
-    """Each finished run's record (search.json, trials.csv, benchmark.json; not study.db or Ray's folders) copied
-    into `to`/<run>/: small files to commit, which `report` reads back as it reads the runs (the rung correlation,
-    which needs each epoch's study, is left out). Returns how many runs were copied."""
-    from nas.runs.results import RunFolder
+    """Each finished run's record (search.json, trials.csv, benchmark.json, and its complete trials' per-epoch
+    val_acc as CURVES_FILE; not study.db or Ray's folders) copied into `to`/<run>/: small text files to commit,
+    which `report` reads back as it reads the runs. Returns how many runs were copied."""
+    from nas.runs.results import RunFolder, load_settings
 
     copied = 0
     for done_path in sorted(out.glob(f"*/{DONE_FILE}")):
@@ -425,5 +446,6 @@ def export_runs(out: Path, to: Path) -> int:
         for kept, copy in ((source.settings_file, target.settings_file), (source.trials_file, target.trials_file),
                            (done_path, target.path / DONE_FILE)):
             write_text_atomic(copy, kept.read_text())
+        write_curves(target.path, complete_curves(source.path, study_name_of(load_settings(source.path))))
         copied += 1
     return copied

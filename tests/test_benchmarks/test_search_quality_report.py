@@ -100,3 +100,18 @@ def test_rung_correlation_ranks_each_rung_against_the_full_length_score(tmp_path
     assert table["trials"].tolist() == [3, 3]
     assert table["kendall_tau"].tolist() == pytest.approx([-1.0, 1.0])
     assert table["spearman_rho"].tolist() == pytest.approx([-1.0, 1.0])
+
+
+def test_an_exported_run_keeps_the_curves_its_study_held(tmp_path):
+    # 0.1 + 0.2 is not 0.3 in binary: the file must keep each score to the last bit.
+    curves = [("complete", [0.1 + 0.2, 0.1, 1 / 3]), ("complete", [0.2, 0.4, 0.5]), ("complete", [0.1, 0.6, 0.7]),
+              ("stopped", [0.9])]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "exported").mkdir()
+    run = _run_with_curves(tmp_path / "run", curves)
+    held = sq.complete_curves(run.path, run.study_name)
+    assert list(held.values()) == [curve for state, curve in curves if state == "complete"]
+    sq.write_curves(tmp_path / "exported", held)
+    exported = sq.FinishedRun(**{**run.__dict__, "path": tmp_path / "exported"})
+    assert sq.complete_curves(exported.path, exported.study_name) == held
+    pd.testing.assert_frame_equal(sq.rung_correlation([exported]), sq.rung_correlation([run]))
