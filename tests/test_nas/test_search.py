@@ -1,10 +1,14 @@
 """`nas search` end to end on digits with tiny trials: Ray Tune + budgeted Optuna + ASHA, faults, resume."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import os
+import shutil
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -69,11 +73,14 @@ def failing_trainable(config, data, settings):
     run_trial(config, data, settings)
 
 
-@pytest.mark.slow
-def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys, monkeypatch):
-    """The search writes its run folder and reads none of it back: its end (front, hypervolume, summary) is
-    computed from what the session holds."""
-
+@pytest.fixture(scope="module")
+def finished_search(ray_cluster, tmp_path_factory):
+    """One `nas search` of the tiny space run to its end, shared by the module's tests of a finished run (each
+    works on a copy): (its run folder, what it printed). The search writes its run folder and reads none of it
+    back: its end (front, hypervolume, summary) is computed from what the session holds."""
+    root = tmp_path_factory.mktemp("finished_search")
+    space = root / "tiny_space.py"
+    space.write_text(TINY_SPACE)
     read_csv = pd.read_csv
 
     def read_back(source, *args, **kwargs):
@@ -81,15 +88,26 @@ def test_end_to_end_search_on_digits(ray_cluster, tmp_path, space_file, capsys, 
             raise AssertionError(f"the search read a file back: {source}")
         return read_csv(source, *args, **kwargs)
 
-    monkeypatch.setattr(pd, "read_csv", read_back)
-    monkeypatch.setattr("nas.runs.results.read_json_object", read_back)
-    code = main(["search", "--budget", str(BUDGET), "--space", space_file, "--trials", "4", "--epochs", "3",
-                 "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(tmp_path / "results"),
-                 "--name", "e2e"])
-    out = capsys.readouterr().out
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(pd, "read_csv", read_back)
+        patch.setattr("nas.runs.results.read_json_object", read_back)
+        code = main(["search", "--budget", str(BUDGET), "--space", f"{space}:tiny", "--trials", "4", "--epochs", "3",
+                     "--grace-epochs", "1", "--reduction-factor", "2", "--results-dir", str(root / "results"),
+                     "--name", "e2e"])
     assert code == 0
-    monkeypatch.undo()
-    run_dir = tmp_path / "results" / "e2e"
+    return root / "results" / "e2e", printed.getvalue()
+
+
+@pytest.fixture()
+def finished_copy(finished_search, tmp_path):
+    """A copy of the shared finished run, for a test that changes it."""
+    return Path(shutil.copytree(finished_search[0], tmp_path / "e2e"))
+
+
+@pytest.mark.slow
+def test_end_to_end_search_on_digits(finished_search):
+    run_dir, out = finished_search
     table = load_trials(run_dir)
     trained = table[table["state"].isin(["complete", "stopped", "failed"])]
     assert len(trained) == 4
@@ -272,14 +290,13 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(ray_cluster, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, tmp_path, space_file):
-    settings = settings_for(tmp_path, space_file, name="resume", trials=2, budget=10**6)
-    assert run_search(settings).exit_code == 0
-    run_dir = settings.run_dir
+def test_resume_keeps_finished_trials_and_closes_interrupted_ones(finished_copy):
+    run_dir = finished_copy
     first = load_trials(run_dir)
+    trained = first["state"].isin(["complete", "stopped"]).sum()
     # What a kill -9 leaves behind: an Optuna trial still RUNNING, recorded as running, and its row so.
     storage = f"sqlite:///{run_dir / 'study.db'}"
-    study = optuna.load_study(study_name="resume", storage=storage)
+    study = optuna.load_study(study_name="e2e", storage=storage)
     crashed = study.ask()
     arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
     for key, value in dict(arch=arch.to_json(), params=1000, seed=crashed.number, state="running").items():
@@ -291,9 +308,9 @@ def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, t
     run_dir.rename(moved)
     run_dir = moved
     storage = f"sqlite:///{run_dir / 'study.db'}"
-    code = main(["search", "--resume", str(run_dir), "--trials", "3"])
+    code = main(["search", "--resume", str(run_dir), "--trials", str(trained + 1)])
     assert code == 0
-    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["resume"]
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["e2e"]
     after = load_trials(run_dir).set_index("trial_id")
     for row in first.itertuples():
         assert after.loc[row.trial_id, "state"] == row.state
@@ -301,20 +318,18 @@ def test_resume_keeps_finished_trials_and_closes_interrupted_ones(ray_cluster, t
     crashed_id = format_trial_id(crashed.number)
     assert after.loc[crashed_id, "state"] == "failed" and after.loc[crashed_id, "reason"] == INTERRUPTED
     finished = after[after["state"].isin(["complete", "stopped"])]
-    assert len(finished) == 3
-    study = optuna.load_study(study_name="resume", storage=storage)
+    assert len(finished) == trained + 1
+    study = optuna.load_study(study_name="e2e", storage=storage)
     assert study.trials[crashed.number].state == optuna.trial.TrialState.FAIL
     assert (run_dir / "ray-2").is_dir()
 
 
 @pytest.mark.slow
-def test_finished_run_is_not_rerun(ray_cluster, tmp_path, space_file, capsys):
-    settings = settings_for(tmp_path, space_file, name="done", trials=1, budget=10**6)
-    assert run_search(settings).exit_code == 0
-    before = (settings.run_dir / "trials.csv").read_text()
-    assert main(["search", "--resume", str(settings.run_dir)]) == 0
+def test_finished_run_is_not_rerun(finished_copy, capsys):
+    before = (finished_copy / "trials.csv").read_text()
+    assert main(["search", "--resume", str(finished_copy)]) == 0
     assert "raise --trials to extend it" in capsys.readouterr().out
-    assert (settings.run_dir / "trials.csv").read_text() == before
+    assert (finished_copy / "trials.csv").read_text() == before
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -560,10 +575,8 @@ def test_resources_a_trial_cannot_have_are_one_line_and_leave_nothing(ray_cluste
 
 
 @pytest.mark.slow
-def test_a_damaged_table_is_refused_then_rendered_again_from_the_study(ray_cluster, tmp_path, cli, space_file):
-    settings = settings_for(tmp_path, space_file, name="damaged", trials=3)
-    assert run_search(settings).exit_code == 0
-    run_dir = settings.run_dir
+def test_a_damaged_table_is_refused_then_rendered_again_from_the_study(finished_copy, cli):
+    run_dir = finished_copy
     assert cli("pareto", run_dir, "--cost", "flops")[0] == 0  # the user's own front
     mine = {path.name: path.read_bytes() for path in run_dir.glob("pareto.*")}
     original = (run_dir / "trials.csv").read_bytes()
