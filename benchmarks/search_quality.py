@@ -1,14 +1,17 @@
 """Search quality: does the multi-objective search find a better front than random search at the same compute?
 
-    python benchmarks/search_quality.py --spaces lite                  # 4 methods x 5 seeds on mnist5k, 2 CPUs
+    python benchmarks/search_quality.py --spaces lite --methods random mo-tpe+mo-asha   # 2 methods x 5 seeds
     python benchmarks/search_quality.py --dataset digits --methods random --spaces lite   # rung correlation, digits
     python benchmarks/search_quality.py --report                       # the tables and plot of the runs in --out
+    python benchmarks/search_quality.py --report --export benchmarks/data/search_quality   # the tables to commit
     python benchmarks/search_quality.py --gpus-per-trial 0.25 --epochs 10 --epoch-budget 400 --train-fraction 1
 
-Four methods, each a `nas search` given the same total of trained epochs (--epoch-budget): random search
-(random, no early stopping), random + ASHA, TPE + ASHA (single objective, val_acc) and multi-objective TPE +
-MO-ASHA (val_acc, params). Each (dataset, space, method, seed) is one run folder under --out. A finished run is
-skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.engine.search.resume_search: its
+Each method is a `nas search` given the same total of trained epochs (--epoch-budget): random search (random, no
+early stopping), random + ASHA, TPE + ASHA (single objective, val_acc) and multi-objective TPE + MO-ASHA
+(val_acc, params), and the levers on the last one: its first draws chosen by a training-free proxy (--startup),
+every trained draw the best of a pool by a proxy (--screen, rung 0), the first rung later, a smaller reduction
+factor (search_quality_report.METHODS). Each (dataset, space, method, seed) is one run folder under --out. A
+finished run is skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.engine.search.resume_search: its
 finished trials are kept and the epochs of the trials it cut short stay counted as spent (the search's own
 count), so a resumed run trains at most max_concurrent x (epochs - 1) epochs fewer than one that ran straight
 through, where rerunning it from scratch would discard every trial trained so far. A folder that holds no
