@@ -7,17 +7,17 @@
     python benchmarks/search_quality.py --gpus-per-trial 0.25 --epochs 10 --epoch-budget 400 --train-fraction 1
 
 Each method is a `nas search` given the same total of trained epochs (--epoch-budget): random search (random, no
-early stopping), random + ASHA, TPE + ASHA (single objective, val_acc) and multi-objective TPE + MO-ASHA
-(val_acc, params), and the levers on the last one: its first draws chosen by a training-free proxy (--startup),
-every trained draw the best of a pool by a proxy (--screen, rung 0), the first rung later, a smaller reduction
-factor (search_quality_report.METHODS). Each (dataset, space, method, seed) is one run folder under --out. A
-finished run is skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.engine.search.resume_search: its
-finished trials are kept and the epochs of the trials it cut short stay counted as spent (the search's own
-count), so a resumed run trains at most max_concurrent x (epochs - 1) epochs fewer than one that ran straight
-through, where rerunning it from scratch would discard every trial trained so far. A folder that holds no
-study yet (killed while starting) is removed and run again. All runs share one local Ray. Seed k of every
-method draws the same first architectures with the same trial seeds (TPE's first 8 draws are random search's),
-so the methods are compared on common random numbers, seed by seed.
+early stopping), random + ASHA, TPE + ASHA (single objective, val_acc) and multi-objective TPE + MO-ASHA (val_acc,
+params), and the levers on the last one: its first draws chosen by a training-free proxy (--startup), every trained
+draw the best of a pool by a proxy (--screen, rung 0), the first rung later, a smaller reduction factor
+(search_quality_report.METHODS). Each (dataset, space, method, seed) is one run folder under --out. A finished run
+is skipped; a half-finished one (killed, or stopped by Ctrl-C) is resumed with nas.engine.search.resume_search: its
+finished trials are kept and the epochs of the trials it cut short stay counted as spent (the search's own count),
+so a resumed run trains at most max_concurrent x (epochs - 1) epochs fewer than one that ran straight through,
+where rerunning it from scratch would discard every trial trained so far. A folder that holds no study yet (killed
+while starting) is removed and run again. All runs share one local Ray. Seed k of every method draws the same first
+architectures with the same trial seeds (TPE's first 8 draws are random search's), so the methods are compared on
+common random numbers, seed by seed.
 
 The report (after the runs, or alone with --report) reads every finished run in --out, grouped by dataset and
 space. At a grid of epochs spent it takes, per run, the hypervolume of the trials scored at full length that
