@@ -219,14 +219,17 @@ class RunFolder:
         return run if model_folder.parent == run.retrain_dir else None
 
     def check_study(self, study_name: str) -> None:
-        """study.db as a reader needs it, read only (nothing is written to a file that is not the run's study): a
+        """study.db as a reader needs it, read only unless a killed writer's journal must be rolled back: a
         SQLite database, whole, of Optuna's tables, holding `study_name`; anything else is one UsageError naming the
         file and what to do."""
         path = self.study_file
         if not path.is_file():
             raise UsageError(f"{path}: not found; {STUDY_EXPECTED}")
+        # A journal left by a writer killed mid-transaction (kill -9 of a search) is rolled back on open: SQLite
+        # needs write access for that, and the file is then the run's own study, not a foreign one.
+        killed_writer = any(path.with_name(path.name + suffix).exists() for suffix in ("-journal", "-wal"))
         try:
-            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rw' if killed_writer else 'ro'}", uri=True)
             try:
                 tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 missing = sorted(STUDY_TABLES - tables)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,24 @@ def test_a_study_db_with_bytes_flipped_or_cut_reads_or_is_one_line(tmp_path, stu
             render_trials(study)
     except UsageError as error:
         assert "\n" not in str(error) and str(folder.study_file) in str(error)
+
+
+def test_a_study_db_left_mid_transaction_by_a_kill_9_is_rolled_back_and_read(tmp_path):
+    """kill -9 of a search can leave study.db with a hot journal; a read-only open cannot roll it back, so the check
+    would call the run's own study unreadable (CI found this in the kill -9 drill)."""
+    study_file = with_study(tmp_path)
+    writer = ("import os, sqlite3\n"
+              f"connection = sqlite3.connect({str(study_file)!r}, isolation_level=None)\n"
+              "connection.execute('PRAGMA cache_size=1')\n"  # spills the open transaction's pages into the file
+              "connection.execute('BEGIN')\n"
+              "connection.execute('CREATE TABLE filler (value BLOB)')\n"
+              "for _ in range(200): connection.execute('INSERT INTO filler VALUES (randomblob(4000))')\n"
+              "os.kill(os.getpid(), 9)\n")
+    subprocess.run([sys.executable, "-c", writer])
+    assert study_file.with_name("study.db-journal").is_file()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        sqlite3.connect(f"{study_file.as_uri()}?mode=ro", uri=True).execute("SELECT name FROM sqlite_master").close()
+    assert RunFolder(tmp_path).load_study("done").study_name == "done"
+    with sqlite3.connect(study_file) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "filler" not in tables and "trials" in tables
