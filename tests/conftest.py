@@ -1,6 +1,12 @@
 """Fixtures shared by the tests: the digits dataset, the `nas` command runner, hand-made run folders, Ray."""
 from __future__ import annotations
 
+import os
+
+# Before torch loads: two xdist workers share two cores, so one torch thread each, or their OpenMP threads spin
+# against each other (the checkpoint resume test: 9 s at one thread, 345 s at two beside another job).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import json
 from pathlib import Path
 
@@ -23,8 +29,6 @@ DEFAULT_ROWS = (("t0000", TINY, "complete", [0.50, 0.70, 0.80]), ("t0001", FSNE,
 @pytest.fixture(scope="session", autouse=True)
 def cache_home(tmp_path_factory) -> Path:
     """The user's cache folder (the image cache's default place) in a temporary folder, never ~/.cache."""
-    import os
-
     home = tmp_path_factory.mktemp("cache-home")
     os.environ["XDG_CACHE_HOME"] = str(home)
     return home

@@ -262,7 +262,7 @@ class SearchSession:
                 tuner.fit()
         finally:
             # Trials Ctrl-C left running are failed (interrupted) in the study: a resume trains others instead.
-            close_interrupted(self.study)
+            close_interrupted(self.study, settings.seed)
             self.save_trials(ended=True)
         return searcher
 
@@ -333,7 +333,7 @@ def open_session(settings: SearchSettings, record: dict[str, Any] | None, stack:
     clock = SessionClock(folder.settings_file, settings, session)
     clock.write()
     study = open_study(folder.storage, settings.study_name, settings.seed, settings.objectives, settings.sampler)
-    close_interrupted(study)
+    close_interrupted(study, settings.seed)
     trials = render_trials(study)
     write_trials(folder.trials_file, trials)
     limits = reference_limits(settings.budget, settings.max_flops)

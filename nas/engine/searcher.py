@@ -203,7 +203,7 @@ class BudgetedSearcher(Searcher):
         ot_trial, arch = candidate.ot_trial, candidate.arch
         self.trained_ids.add(arch.arch_id)
         self.running[trial_id] = ot_trial
-        seed = ot_trial.user_attrs.get("seed", self.seed + ot_trial.number)  # a retried trial keeps its seed
+        seed = trial_seed(ot_trial, self.seed)
         _set_constraints(ot_trial, candidate.violation)
         _set_attrs(ot_trial, arch=arch.to_json(), params=candidate.params, flops=candidate.flops, seed=seed,
                    state=TrialState.QUEUED)
@@ -446,16 +446,25 @@ def trial_state(result: dict[str, Any] | None, error: bool, epochs: int) -> Tria
     return TrialState.COMPLETE if result.get("training_iteration", 0) >= epochs else TrialState.STOPPED
 
 
-def close_interrupted(study: optuna.Study) -> list[int]:
+def trial_seed(ot_trial: optuna.trial.BaseTrial, run_seed: int) -> int:
+    """A trial's training seed: the run's seed plus its number, or the seed it carries (a retried trial keeps the
+    seed of the one it replaces)."""
+    return ot_trial.user_attrs.get("seed", run_seed + ot_trial.number)
+
+
+def close_interrupted(study: optuna.Study, run_seed: int) -> list[int]:
     """Trials left RUNNING by Ctrl-C, a crash or kill -9 are recorded as failed (interrupted) and told FAIL, so
     the study's history is clean; one that was drawn (it has an architecture) is enqueued again with its parameters
     and seed, so the next draw of a resume trains the same architecture with the same seed to its end (`retry_of`
-    names the trial it replaces). One cut off while being drawn had nothing to train: it is only closed."""
+    names the trial it replaces). One cut off while being drawn had nothing to train: it is only closed. Each
+    attribute is its own commit, so a kill can fall between the architecture and the seed: the seed is then the one
+    `trial_seed` would have given."""
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         _set_attrs(running_trial(study, trial), state=TrialState.FAILED, reason=INTERRUPTED)
         study.tell(trial.number, state=OptunaState.FAIL)
         if "arch" in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": trial.user_attrs["seed"]})
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                          "seed": trial_seed(trial, run_seed)})
         numbers.append(trial.number)
     return numbers

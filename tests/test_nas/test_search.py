@@ -487,7 +487,7 @@ def test_the_study_records_each_trial_from_draw_to_end(tmp_path, space_file):
     assert row("t0002")["state"] == "infeasible" and row("t0002")["params"] > BUDGET
     assert recorded.count(True) == 2 and False in recorded  # two trials ended; each draw and event recorded
 
-    assert close_interrupted(study) == [3]
+    assert close_interrupted(study, 7) == [3]
     trials = render_trials(study).set_index("trial_id")
     assert (trials.loc["t0003", "state"], trials.loc["t0003", "reason"]) == ("failed", INTERRUPTED)
     assert list(trials.index) == ["t0000", "t0001", "t0002", "t0003"]
@@ -500,6 +500,20 @@ def test_the_study_records_each_trial_from_draw_to_end(tmp_path, space_file):
     assert ArchConfig.from_dict(retried["arch"]).arch_id == trials.loc["t0003", "arch_id"]
     assert retried["seed"] == trials.loc["t0003", "seed"] == 7 + 3 and retried["trial_number"] == 5
     assert study.trials[5].user_attrs["retry_of"] == 3
+
+
+def test_a_trial_killed_between_its_architecture_and_its_seed_is_retried_with_the_seed_it_would_have_had():
+    """Each user attr is its own commit: kill -9 can leave a drawn trial with an architecture and no seed (CI's
+    kill -9 drill resumed into a KeyError)."""
+    arch = ArchConfig(embed_dim=16, depth=1, num_heads=2, patch_size=2)
+    study = optuna.create_study(direction="maximize")
+    cut_off = study.ask()
+    width = cut_off.suggest_categorical("embed_dim", [16, 32, 64])
+    cut_off.set_user_attr("arch", arch.to_json())
+    assert close_interrupted(study, 7) == [0]
+    retry = study.ask()
+    assert retry.user_attrs == {"retry_of": 0, "seed": 7 + 0}
+    assert retry.suggest_categorical("embed_dim", [16, 32, 64]) == width
 
 
 def test_counts_stay_integers_in_trials_csv(tmp_path):
