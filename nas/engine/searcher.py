@@ -458,13 +458,14 @@ def close_interrupted(study: optuna.Study, run_seed: int) -> list[int]:
     and seed, so the next draw of a resume trains the same architecture with the same seed to its end (`retry_of`
     names the trial it replaces). One cut off while being drawn had nothing to train: it is only closed. Each
     attribute is its own commit, so a kill can fall between the architecture and the seed: the seed is then the one
-    `trial_seed` would have given."""
+    `trial_seed` would have given, recorded on both."""
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-        _set_attrs(running_trial(study, trial), state=TrialState.FAILED, reason=INTERRUPTED)
+        drawn = "arch" in trial.user_attrs
+        seed = trial_seed(trial, run_seed) if drawn else None
+        _set_attrs(running_trial(study, trial), state=TrialState.FAILED, reason=INTERRUPTED, seed=seed)
         study.tell(trial.number, state=OptunaState.FAIL)
-        if "arch" in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                          "seed": trial_seed(trial, run_seed)})
+        if drawn:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "seed": seed})
         numbers.append(trial.number)
     return numbers

@@ -511,6 +511,7 @@ def test_a_trial_killed_between_its_architecture_and_its_seed_is_retried_with_th
     width = cut_off.suggest_categorical("embed_dim", [16, 32, 64])
     cut_off.set_user_attr("arch", arch.to_json())
     assert close_interrupted(study, 7) == [0]
+    assert study.trials[0].user_attrs["seed"] == 7 + 0
     retry = study.ask()
     assert retry.user_attrs == {"retry_of": 0, "seed": 7 + 0}
     assert retry.suggest_categorical("embed_dim", [16, 32, 64]) == width
