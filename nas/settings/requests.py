@@ -291,12 +291,14 @@ class SearchSettings:
                            help="tpe (multi-objective TPE with costs), nsga2, or random")
     startup: str | None = setting(
         None, parse=startup_argument, metavar="random|proxy:NAME", group="trials", default_text="random",
-        help="the first draws: the sampler's random ones (random), or proxy:zico (the best 8 of 64 feasible draws "
-             "by the training-free proxy, trained first; see docs/search.md)")
+        help="the first draws: the sampler's random ones (random), or proxy:NAME (the best 8 of 64 feasible draws "
+             "by the training-free proxy, trained first). random is the default because proxy:zico's head start "
+             "did not reach a better front sooner on mnist5k (docs/search.md)")
     screen: str | None = setting(
         None, parse=proxy_argument, metavar="proxy:NAME", group="trials", default_text="none: every draw trains",
         help="rung 0: each trial trained is the best of a pool of feasible draws by the training-free proxy "
-             "(proxy:zico); the others are screened out untrained (see docs/search.md)")
+             "(proxy:zico); the others are screened out untrained. Off by default: a screen narrows the front to "
+             "what the proxy favours (docs/search.md)")
     screen_pool: int = setting(8, parse=integer_at_least(2), metavar="N", group="trials",
                                help="with --screen: the draws scored for each pool")
     screen_train: int = setting(1, parse=positive_int, metavar="K", group="trials",
@@ -304,9 +306,11 @@ class SearchSettings:
     early_stopping: str = setting("asha", parse=choice_argument(EARLY_STOPPING), metavar="|".join(EARLY_STOPPING),
                                   group="trials", help="asha (multi-objective ASHA with costs) or none")
     grace_epochs: int = setting(2, parse=positive_int, metavar="N", group="trials",
-                                help="ASHA: epochs before a trial may be stopped")
+                                help="ASHA: epochs before a trial may be stopped; 2 because one epoch does not "
+                                     "rank the qkv space (docs/search.md)")
     reduction_factor: int = setting(4, parse=integer_at_least(2), metavar="N", group="trials",
-                                    help="ASHA: rungs at epochs / N^k; keep 1 in N at each")
+                                    help="ASHA: rungs at epochs / N^k; keep 1 in N at each; 4 because 2 (more "
+                                         "rungs) reached no better front sooner (docs/search.md)")
     max_concurrent: int | None = setting(None, parse=positive_int, metavar="N", group="trials", resumable=True,
                                          help="trials at once", default_text="as resources allow")
     cpus_per_model: float = setting(1.0, group="trials", resumable=True, help="each trial trains one",

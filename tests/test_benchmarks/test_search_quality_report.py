@@ -4,6 +4,7 @@ rung correlation."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -115,3 +116,13 @@ def test_an_exported_run_keeps_the_curves_its_study_held(tmp_path):
     exported = sq.FinishedRun(**{**run.__dict__, "path": tmp_path / "exported"})
     assert sq.complete_curves(exported.path, exported.study_name) == held
     pd.testing.assert_frame_equal(sq.rung_correlation([exported]), sq.rung_correlation([run]))
+
+
+def test_the_committed_runs_give_the_committed_report(tmp_path):
+    """benchmarks/data/search_quality holds each run of issue 29's comparison as small files (search.json,
+    trials.csv, benchmark.json, curves.csv); read back, they give the report RESULTS.md quotes, to the last digit."""
+    committed = ROOT / "benchmarks" / "data" / "search_quality"
+    shutil.copytree(committed, tmp_path / "runs", ignore=shutil.ignore_patterns("search_quality.*", "*.csv.tmp"))
+    runs = sq.read_finished_runs(tmp_path / "runs", 1, 4)
+    assert {run.method for run in runs} >= {"random", "mo-tpe+mo-asha", "zico+mo-tpe+mo-asha"}
+    assert sq.report(tmp_path / "runs", None, 0, 1, 4) + "\n" == (committed / "search_quality.md").read_text()
