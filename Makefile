@@ -15,7 +15,8 @@ search: $(VENV)/.installed
 	$(VENV)/bin/nas search --budget $(BUDGET)
 
 # Two workers, each taking whole test files (a module's Ray and search fixtures start once): Ray and subprocess
-# tests spend part of their time waiting, which the other worker fills (8-14 min on 2 quiet cores).
+# tests spend part of their time waiting, which the other worker fills (6 min on 2 quiet cores; one torch thread
+# each, tests/conftest.py).
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 --dist loadfile
 
