@@ -8,7 +8,10 @@ import optuna
 import pytest
 
 from nas.engine.budget import Budget
+from nas.engine.search import run_search
 from nas.engine.searcher import BudgetedSearcher
+from nas.runs.results import load_trials
+from nas.settings import SearchSettings
 from qkvnas_core.errors import UsageError
 from search_spaces.arch import ATTENTIONS, FFNS, POSITIONS, STEMS, ArchConfig, AttentionConfig
 from search_spaces.cost import check_buildable, count_params
@@ -121,3 +124,15 @@ def test_nystrom_with_more_landmarks_than_tokens_builds():
     such as vix-nystrom (64 landmarks) on 8 px digits is."""
     check_buildable(ArchConfig(backbone="vit", embed_dim=32, depth=1, num_heads=2, patch_size=2,
                                attention=AttentionConfig(kind="nystrom", num_landmarks=64)), DIGITS)
+
+
+@pytest.mark.slow
+def test_lite_space_trials_train_every_vit_part(ray_cluster, tmp_path):
+    """The lite space through Ray on digits: sub-1M ViTs (MoE, linear attentions, rope, conv stems) train."""
+    settings = SearchSettings(name="lite", budget=300_000, results_dir=str(tmp_path), space="lite", trials=3,
+                              epochs=2, grace_epochs=1, reduction_factor=2, seed=1)
+    assert run_search(settings).exit_code == 0
+    table = load_trials(settings.run_dir)
+    trained = table[table["state"].isin(["complete", "stopped"])]
+    assert len(trained) == 3 and (trained["params"] <= 300_000).all() and (trained["backbone"] == "vit").all()
+    assert trained["val_acc"].between(0, 1).all() and (trained["flops"] > 0).all()
