@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -131,3 +132,19 @@ def test_a_study_db_left_mid_transaction_by_a_kill_9_is_rolled_back_and_read(tmp
     with sqlite3.connect(study_file) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "filler" not in tables and "trials" in tables
+
+
+@settings(derandomize=True, max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(journal=st.binary(max_size=2048))
+def test_any_journal_beside_an_intact_study_leaves_it_readable_and_whole(tmp_path, study_copy, journal):
+    """A study.db-journal opens the study read-write (a killed writer's rollback): bytes that are no journal of it
+    must change nothing in the study and read as before."""
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir(exist_ok=True)
+    folder.study_file.write_bytes(study_copy.read_bytes())
+    folder.study_file.with_name("study.db-journal").write_bytes(journal)
+    expected = render_trials(RunFolder(study_copy.parent).load_study("done"))
+    with folder.reading_study():
+        pd.testing.assert_frame_equal(render_trials(folder.load_study("done")), expected)
+    assert folder.study_file.read_bytes() == study_copy.read_bytes()
